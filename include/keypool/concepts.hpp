@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: BSL-1.0
+// The concepts every policy must satisfy. Each requirement is its own named concept, so a compiler
+// error names the missing piece (e.g. "does not satisfy connector_has_reset").
+#pragma once
+
+#include <concepts>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+#include <type_traits>
+
+#include <keypool/policies/clock.hpp>
+#include <keypool/policies/reset.hpp>
+
+namespace keypool {
+
+// ---- Connector -------------------------------------------------------------------------------
+// A connector knows how to open, reset, check and close connections to a target. One connector
+// object serves a whole pool and is called from many threads at once: it must be thread-safe.
+// No member may throw (a throwing `connect` is treated as `connect_failed`, a throwing `reset`
+// as a failed reset).
+
+template <class C>
+concept connector_has_connection_type =
+    requires { typename C::connection_type; } && std::movable<typename C::connection_type>;
+
+template <class C>
+concept connector_has_target_type =
+    requires { typename C::target_type; } && std::copy_constructible<typename C::target_type>;
+
+/// `c.connect(target, deadline, stop_token, ec)` opens a connection before `deadline`, or returns
+/// an empty optional and sets `ec` (a `keypool::errc` where it can be classified).
+template <class C>
+concept connector_has_connect = requires(C& c, const typename C::target_type& t, time_point d,
+                                         std::stop_token st, std::error_code& ec) {
+    { c.connect(t, d, st, ec) } -> std::same_as<std::optional<typename C::connection_type>>;
+};
+
+/// `c.reset(x)` clears all session state; false means the connection must be destroyed.
+template <class C>
+concept connector_has_reset = requires(C& c, typename C::connection_type& x) {
+    { c.reset(x) } -> std::same_as<bool>;
+};
+
+/// `c.alive(x)` is a cheap check (no round trip where possible) that an idle connection still works.
+template <class C>
+concept connector_has_alive = requires(C& c, typename C::connection_type& x) {
+    { c.alive(x) } -> std::same_as<bool>;
+};
+
+/// `c.close(x)` releases the connection's resources. Called exactly once per opened connection.
+template <class C>
+concept connector_has_close = requires(C& c, typename C::connection_type& x) {
+    { c.close(x) } -> std::same_as<void>;
+};
+
+template <class C>
+concept connector = connector_has_connection_type<C> && connector_has_target_type<C> &&
+                    connector_has_connect<C> && connector_has_reset<C> && connector_has_alive<C> &&
+                    connector_has_close<C>;
+
+/// Optional: `c.native_handle(x)` gives the driver's handle (`PGconn*` for pq); `lease::native_handle()`
+/// exists only when the connector has it.
+template <class C>
+concept connector_has_native_handle = requires(C& c, typename C::connection_type& x) {
+    c.native_handle(x);
+};
+
+// ---- Clock -----------------------------------------------------------------------------------
+
+template <class C>
+concept clock_has_now = requires(const C& c) {
+    { c.now() } -> std::same_as<time_point>;
+    { c.coarse_now() } -> std::same_as<time_point>;
+};
+
+/// `typename C::event ev(clock)`: `ev.set()`, `ev.reset()`, `ev.wait_until(deadline) -> bool`.
+template <class C>
+concept clock_has_event = requires(const C& c, typename C::event& ev, time_point d) {
+    typename C::event;
+    requires std::constructible_from<typename C::event, const C&>;
+    ev.set();
+    ev.reset();
+    { ev.wait_until(d) } -> std::same_as<bool>;
+};
+
+template <class C>
+concept clock = clock_has_now<C> && clock_has_event<C>;
+
+// ---- Sync ------------------------------------------------------------------------------------
+
+template <class S>
+concept sync_policy = requires {
+    { S::thread_safe } -> std::convertible_to<bool>;
+    typename S::mutex_type;
+    typename S::template atomic<unsigned long long>;
+};
+
+// ---- Reset placement -------------------------------------------------------------------------
+
+template <class R>
+concept reset_policy = std::same_as<R, reset_at::release> || std::same_as<R, reset_at::checkout> ||
+                       std::same_as<R, reset_at::background>;
+
+// ---- Observer --------------------------------------------------------------------------------
+// Any class type: every hook is optional (see policies/observer.hpp).
+template <class O>
+concept observer = std::is_class_v<O> && std::move_constructible<O>;
+
+} // namespace keypool

@@ -1,0 +1,724 @@
+// SPDX-License-Identifier: BSL-1.0
+// The engine behind basic_pool: slots, the lock-free idle stack, the FIFO waiter queue, connects,
+// resets, maintenance and close. Everything with a loop, a lock or a data structure lives here.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+#include <thread>
+
+#include <boost/container/small_vector.hpp>
+#include <boost/intrusive/list.hpp>
+
+#include <keypool/concepts.hpp>
+#include <keypool/error.hpp>
+#include <keypool/options.hpp>
+#include <keypool/policies/observer.hpp>
+#include <keypool/stats.hpp>
+#include <keypool/detail/rng.hpp>
+
+namespace keypool::detail {
+
+// Invariants (all under m_ unless said otherwise):
+// - head_ packs the idle stack's top slot index (bits 0-15), WAITERS (bit 16), CLOSED (bit 17) and
+//   an ABA tag (bits 18-63). The fast paths touch only head_ and the slot they own.
+// - WAITERS is set exactly while waiters_ is non-empty, and then the idle stack is empty: a release
+//   that sees WAITERS takes the lock and hands its connection to the oldest waiter, and an acquire
+//   that sees it queues behind them. So a new caller never overtakes a waiter.
+// - Because the push CAS itself observes WAITERS and CLOSED, a releasing thread never touches the
+//   core after a successful push. That is what lets a lease outlive the pool: the core is deleted
+//   by whoever brings open_ to 0 after the owner is gone, and nobody can be between "published"
+//   and "done" at that moment.
+// - open_ counts every slot holding or about to hold a connection: idle, leased, connecting and
+//   closing. A slot is owned by exactly one party: the idle stack, a lease, a waiter it was
+//   handed to, or the thread connecting/closing/resetting it.
+template <class Connector, class Clock, class Sync, class Observer, class Reset>
+class pool_core {
+public:
+    using connector_type = Connector;
+    using connection_type = typename Connector::connection_type;
+    using target_type = typename Connector::target_type;
+    template <class T>
+    using atomic = typename Sync::template atomic<T>;
+    static constexpr bool thread_safe = Sync::thread_safe;
+
+    enum class slot_state : std::uint8_t { empty, connecting, idle, in_use };
+
+    struct alignas(64) slot {
+        atomic<std::uint32_t> next{none};
+        atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
+        // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
+        atomic<std::uint64_t> uses{0};
+        atomic<std::uint64_t> resets{0};
+        bool dirty = false;
+        time_point created{};
+        time_point expires = time_point::max();
+        time_point last_used{};
+        std::optional<connection_type> conn;
+    };
+
+    pool_core(Connector c, target_type t, const pool_options& o, const Clock& clock, Observer obs)
+        : connector_(std::move(c)), target_(std::move(t)), opt_(clamped(o)), clock_(&clock), obs_(std::move(obs)),
+          slots_(new slot[o.max_size]), rng_(o.seed ? *o.seed : seed_from_address()),
+          drained_(clock) {
+        for (std::uint32_t i = 0; i < o.max_size; ++i)
+            slots_[i].next.store(i + 1 < o.max_size ? i + 1 : none, std::memory_order_relaxed);
+        free_head_ = 0;
+    }
+
+    pool_core(const pool_core&) = delete;
+    pool_core& operator=(const pool_core&) = delete;
+
+    const pool_options& options() const noexcept { return opt_; }
+    Connector& connector() noexcept { return connector_; }
+    const target_type& target() const noexcept { return target_; }
+    std::uint32_t index_of(const slot* s) const noexcept { return static_cast<std::uint32_t>(s - slots_.get()); }
+
+    // ---- acquire ---------------------------------------------------------------------------
+
+    slot* acquire(time_point deadline, std::stop_token st, std::error_code& ec) noexcept {
+        ec.clear();
+        for (;;) {
+            slot* s = pop_fast();
+            if (!s && !(s = acquire_slow(deadline, st, ec))) return nullptr;
+            if (checkout(s)) return s;
+            // The connection failed checkout and was closed: try another within the deadline.
+            if (clock_->now() >= deadline) {
+                ec = make_error_code(errc::timeout);
+                std::lock_guard lk(m_);
+                ++timeouts_;
+                return nullptr;
+            }
+        }
+    }
+
+    /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
+    slot* try_acquire() noexcept {
+        while (slot* s = pop_fast())
+            if (checkout(s)) return s;
+        return nullptr;
+    }
+
+    // ---- release ---------------------------------------------------------------------------
+
+    /// Returns a leased connection. Returns true if the caller must delete the core (the pool is
+    /// gone and this was its last connection).
+    [[nodiscard]] bool release(slot* s, bool discard) noexcept {
+        if (discard) return dispose(s, close_reason::discarded);
+        const time_point now = clock_->coarse_now();
+        if (now >= s->expires) return dispose(s, close_reason::lifetime);
+        if constexpr (std::is_same_v<Reset, reset_at::release>) {
+            bump(s->resets);
+            if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
+        } else {
+            s->dirty = true;
+        }
+        s->last_used = now;
+        s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
+        if (push_fast(s)) return false;
+        return release_slow(s);
+    }
+
+    // ---- close -----------------------------------------------------------------------------
+
+    void close() noexcept {
+        slot* idle = nullptr;
+        {
+            std::lock_guard lk(m_);
+            if (closed_) return;
+            closed_ = true;
+            close_source_.request_stop();
+            idle = take_all_idle_locked(closed_bit);
+            fail_all_waiters_locked(make_error_code(errc::closed));
+            signal_if_drained_locked();
+        }
+        while (idle) {
+            slot* next = next_of(idle);
+            (void)dispose(idle, close_reason::closed); // the owner is alive: never deletes here
+            idle = next;
+        }
+    }
+
+    /// Waits until every connection is closed (all leases returned) or the deadline passes.
+    bool wait_drained(time_point deadline) noexcept {
+        {
+            std::lock_guard lk(m_);
+            if (open_ == 0) return true;
+        }
+        if constexpr (!thread_safe) {
+            return false; // nobody else can return a lease while we wait
+        } else {
+            for (;;) {
+                bool signalled = drained_.wait_until(deadline);
+                std::lock_guard lk(m_);
+                if (open_ == 0) return true;
+                if (!signalled || clock_->now() >= deadline) return false;
+            }
+        }
+    }
+
+    /// Called by the owner's destructor after close(). True if the caller must delete the core now.
+    [[nodiscard]] bool owner_gone() noexcept {
+        std::lock_guard lk(m_);
+        owner_gone_ = true;
+        return open_ == 0;
+    }
+
+    // ---- maintenance -----------------------------------------------------------------------
+
+    /// Idle and lifetime eviction, background resets, min_idle top-up, connects for waiters whose
+    /// backoff ended. Returns when it next needs to run (time_point::max() if nothing is due).
+    time_point maintain() noexcept {
+        const time_point now = clock_->now();
+        boost::container::small_vector<slot*, 32> idle, to_close, to_reset;
+        boost::container::small_vector<close_reason, 32> why;
+        std::size_t top_up = 0;
+        time_point due = time_point::max();
+        {
+            std::lock_guard lk(m_);
+            if (closed_) return time_point::max();
+            for (slot* s = take_all_idle_locked(0); s; s = next_of(s)) idle.push_back(s); // MRU first
+            // Lifetime first, then idle timeout from the least recently used end, never below min_idle.
+            std::size_t keep_count = idle.size();
+            for (slot* s : idle)
+                if (now >= s->expires) --keep_count;
+            for (std::size_t i = idle.size(); i-- > 0;) {
+                slot* s = idle[i];
+                if (now >= s->expires) {
+                    to_close.push_back(s), why.push_back(close_reason::lifetime);
+                    idle[i] = nullptr;
+                } else if (opt_.idle_timeout && keep_count > opt_.min_idle &&
+                           now - s->last_used >= *opt_.idle_timeout) {
+                    to_close.push_back(s), why.push_back(close_reason::idle);
+                    idle[i] = nullptr;
+                    --keep_count;
+                } else if constexpr (std::is_same_v<Reset, reset_at::background>) {
+                    if (s->dirty) {
+                        to_reset.push_back(s);
+                        idle[i] = nullptr;
+                    }
+                }
+            }
+            for (std::size_t i = idle.size(); i-- > 0;) { // LRU first, so the MRU ends on top
+                if (!idle[i]) continue;
+                due = std::min(due, idle[i]->expires);
+                if (opt_.idle_timeout && keep_count > opt_.min_idle)
+                    due = std::min(due, idle[i]->last_used + *opt_.idle_timeout);
+                deliver_locked(idle[i]);
+            }
+            const std::size_t idle_after = keep_count;
+            if (waiters_.empty() && idle_after < opt_.min_idle && !in_backoff_locked(now)) {
+                top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
+                                   opt_.max_connecting - std::min(connecting_, opt_.max_connecting)});
+                for (std::size_t i = 0; i < top_up; ++i) idle.push_back(reserve_locked());
+            }
+            grant_permits_locked(now);
+            if (failures_ > 0 && (!waiters_.empty() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
+                due = std::min(due, backoff_until_);
+        }
+        for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
+        for (slot* s : to_reset) {
+            bump(s->resets);
+            if (reset_connection(s))
+                deliver(s);
+            else
+                (void)dispose(s, close_reason::reset_failed);
+        }
+        for (std::size_t i = 0; i < top_up; ++i) {
+            slot* s = idle[idle.size() - top_up + i];
+            std::error_code ec;
+            if (open_connection(s, now + opt_.connect_timeout, close_source_.get_token(), ec)) {
+                s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
+                deliver(s);
+            }
+        }
+        // Connections reset or opened above are new idle ones: due no earlier than the ones kept,
+        // except that a connection opened now could expire before them only if lifetime < idle scan.
+        if (top_up > 0 || !to_reset.empty()) {
+            std::lock_guard lk(m_);
+            if (failures_ > 0) due = std::min(due, backoff_until_);
+            if (opt_.idle_timeout && open_ > opt_.min_idle) due = std::min(due, now + *opt_.idle_timeout);
+            if (opt_.max_lifetime) due = std::min(due, now + *opt_.max_lifetime - opt_.lifetime_jitter);
+        }
+        return due;
+    }
+
+    // ---- stats -----------------------------------------------------------------------------
+
+    pool_stats stats() const noexcept {
+        pool_stats r;
+        std::lock_guard lk(m_);
+        r.size = open_;
+        r.connecting = connecting_;
+        r.waiters = waiters_.size();
+        r.peak_size = peak_size_;
+        r.peak_waiters = peak_waiters_;
+        r.acquires = retired_uses_;
+        r.resets = retired_resets_;
+        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+            const slot& s = slots_[i];
+            auto st = static_cast<slot_state>(s.state.load(std::memory_order_relaxed));
+            if (st == slot_state::idle) ++r.idle;
+            if (st == slot_state::in_use) ++r.in_use;
+            r.acquires += s.uses.load(std::memory_order_relaxed);
+            r.resets += s.resets.load(std::memory_order_relaxed);
+        }
+        r.waits = waits_;
+        r.wait_time = wait_time_;
+        r.timeouts = timeouts_;
+        r.cancels = cancels_;
+        r.rejected = rejected_;
+        r.connects_ok = connects_ok_;
+        r.connects_failed = connects_failed_;
+        r.closes = closes_;
+        return r;
+    }
+
+    std::error_code last_connect_error() const noexcept {
+        std::lock_guard lk(m_);
+        return last_connect_error_;
+    }
+
+private:
+    static constexpr std::uint32_t none = 0xFFFF;
+    static constexpr std::uint64_t index_mask = 0xFFFF;
+    static constexpr std::uint64_t waiters_bit = 1ULL << 16;
+    static constexpr std::uint64_t closed_bit = 1ULL << 17;
+    static constexpr std::uint64_t tag_one = 1ULL << 18;
+
+    struct waiter : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+        enum class outcome : std::uint8_t { pending, served, permit, failed };
+        explicit waiter(const Clock& c) : ev(c) {}
+        outcome result = outcome::pending;
+        slot* s = nullptr;
+        std::error_code ec;
+        // Completing a waiter = setting result/s/ec under m_, then signalling. A blocked thread
+        // sleeps on this event; an asynchronous acquire would complete through a callback instead.
+        typename Clock::event ev;
+    };
+    using waiter_list = boost::intrusive::list<waiter, boost::intrusive::constant_time_size<true>>;
+
+    static pool_options clamped(pool_options o) noexcept {
+        o.max_connecting = std::min(o.max_connecting, o.max_size);
+        return o;
+    }
+
+    static std::uint64_t seed_from_address() noexcept {
+        static std::uint64_t salt = 0x243f6a8885a308d3ULL;
+        return reinterpret_cast<std::uintptr_t>(&salt) ^
+               static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    }
+
+    template <class A>
+    static void bump(A& a) noexcept {
+        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+
+    slot* next_of(slot* s) noexcept {
+        std::uint32_t n = s->next.load(std::memory_order_relaxed);
+        return n == none ? nullptr : &slots_[n];
+    }
+
+    // ---- the idle stack (Treiber stack of slot indices in head_) -------------------------------
+
+    slot* pop_fast() noexcept {
+        std::uint64_t h = head_.load(std::memory_order_acquire);
+        for (;;) {
+            if (h & (waiters_bit | closed_bit)) return nullptr;
+            std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
+            if (i == none) return nullptr;
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
+            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+                return &slots_[i];
+        }
+    }
+
+    bool push_fast(slot* s) noexcept {
+        const std::uint32_t i = index_of(s);
+        std::uint64_t h = head_.load(std::memory_order_relaxed);
+        for (;;) {
+            if (h & (waiters_bit | closed_bit)) return false;
+            s->next.store(static_cast<std::uint32_t>(h & index_mask), std::memory_order_relaxed);
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | i;
+            if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
+                return true;
+        }
+    }
+
+    // Under m_ with WAITERS and CLOSED clear: nobody else pushes, but fast pops may still race.
+    void push_locked(slot* s) noexcept {
+        const std::uint32_t i = index_of(s);
+        std::uint64_t h = head_.load(std::memory_order_relaxed);
+        for (;;) {
+            s->next.store(static_cast<std::uint32_t>(h & index_mask), std::memory_order_relaxed);
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | i;
+            if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
+                return;
+        }
+    }
+
+    /// Empties the idle stack (setting `extra` flag bits) and returns its chain, MRU first.
+    slot* take_all_idle_locked(std::uint64_t extra) noexcept {
+        std::uint64_t h = head_.load(std::memory_order_acquire);
+        for (;;) {
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | none | extra;
+            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+                break;
+        }
+        std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
+        return i == none ? nullptr : &slots_[i];
+    }
+
+    slot* pop_locked() noexcept {
+        std::uint64_t h = head_.load(std::memory_order_acquire);
+        for (;;) {
+            std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
+            if (i == none) return nullptr;
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
+            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+                return &slots_[i];
+        }
+    }
+
+    // ---- waiters -------------------------------------------------------------------------------
+
+    void complete_locked(waiter& w, typename waiter::outcome o, slot* s, std::error_code ec) noexcept {
+        waiters_.erase(waiters_.iterator_to(w));
+        if (waiters_.empty()) head_.fetch_and(~waiters_bit);
+        w.result = o;
+        w.s = s;
+        w.ec = ec;
+        w.ev.set();
+    }
+
+    void fail_all_waiters_locked(std::error_code ec) noexcept {
+        while (!waiters_.empty()) complete_locked(waiters_.front(), waiter::outcome::failed, nullptr, ec);
+    }
+
+    /// Gives a returned or new connection to the oldest waiter, or makes it idle.
+    /// Returns true if it was handed to a waiter.
+    bool deliver_locked(slot* s) noexcept {
+        if (!waiters_.empty()) {
+            complete_locked(waiters_.front(), waiter::outcome::served, s, {});
+            return true;
+        }
+        s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
+        push_locked(s);
+        return false;
+    }
+
+    void deliver(slot* s) noexcept {
+        bool dispose_it = false;
+        {
+            std::lock_guard lk(m_);
+            if (closed_)
+                dispose_it = true;
+            else
+                deliver_locked(s);
+        }
+        if (dispose_it) (void)dispose(s, close_reason::closed);
+    }
+
+    bool release_slow(slot* s) noexcept {
+        bool handed = false;
+        {
+            std::unique_lock lk(m_);
+            if (closed_) {
+                lk.unlock();
+                return dispose(s, close_reason::closed);
+            }
+            handed = deliver_locked(s);
+        }
+        // Let the woken waiter run before this thread can queue again (see pool_options).
+        if (handed && opt_.yield_after_handoff) std::this_thread::yield();
+        return false;
+    }
+
+    // ---- capacity: reservations, permits, backoff ------------------------------------------------
+
+    slot* reserve_locked() noexcept {
+        slot* s = &slots_[free_head_];
+        free_head_ = s->next.load(std::memory_order_relaxed);
+        s->state.store(static_cast<std::uint8_t>(slot_state::connecting), std::memory_order_relaxed);
+        ++open_;
+        ++connecting_;
+        peak_size_ = std::max<std::uint64_t>(peak_size_, open_);
+        return s;
+    }
+
+    void free_locked(slot* s) noexcept {
+        s->state.store(static_cast<std::uint8_t>(slot_state::empty), std::memory_order_relaxed);
+        s->next.store(free_head_, std::memory_order_relaxed);
+        free_head_ = index_of(s);
+        --open_;
+        signal_if_drained_locked();
+    }
+
+    void signal_if_drained_locked() noexcept {
+        if (closed_ && open_ == 0) drained_.set();
+    }
+
+    bool can_connect_locked() const noexcept {
+        return !closed_ && open_ < opt_.max_size && connecting_ < opt_.max_connecting;
+    }
+
+    bool in_backoff_locked(time_point now) const noexcept { return failures_ > 0 && now < backoff_until_; }
+
+    /// Hands connect permits to the oldest waiters while there is room to connect.
+    void grant_permits_locked(time_point now) noexcept {
+        if (waiters_.empty() || !can_connect_locked() || in_backoff_locked(now)) return;
+        while (!waiters_.empty() && can_connect_locked())
+            complete_locked(waiters_.front(), waiter::outcome::permit, reserve_locked(), {});
+    }
+    void grant_permits_locked() noexcept {
+        if (waiters_.empty() || !can_connect_locked()) return;
+        grant_permits_locked(failures_ > 0 ? clock_->now() : time_point{});
+    }
+
+    duration next_backoff_locked() noexcept {
+        duration d = opt_.backoff_initial;
+        for (unsigned i = 1; i < failures_ && d < opt_.backoff_max; ++i) d *= 2;
+        d = std::min(d, opt_.backoff_max);
+        return rng_.between(d / 2, d);
+    }
+
+    time_point expiry_for(time_point created) noexcept {
+        if (!opt_.max_lifetime) return time_point::max();
+        return created + *opt_.max_lifetime - rng_.between(duration::zero(), opt_.lifetime_jitter);
+    }
+
+    // ---- connect, checkout, reset, dispose --------------------------------------------------------
+
+    /// Connects into the reserved slot `s`. On success the slot holds the connection and belongs to
+    /// the caller; on failure the slot is freed and `ec` says why.
+    bool open_connection(slot* s, time_point deadline, std::stop_token st, std::error_code& ec) noexcept {
+        const time_point start = clock_->now();
+        const time_point cd = std::min(deadline, start + opt_.connect_timeout);
+        std::optional<connection_type> c;
+        std::error_code cec;
+        try {
+            c = connector_.connect(target_, cd, st, cec);
+        } catch (...) {
+            c.reset();
+            cec = make_error_code(errc::connect_failed);
+        }
+        if (!c && !cec) cec = make_error_code(errc::connect_failed);
+        const time_point end = clock_->now();
+        notify_connect(obs_, end - start, c ? std::error_code{} : cec);
+
+        std::unique_lock lk(m_);
+        --connecting_;
+        if (c) {
+            ++connects_ok_;
+            failures_ = 0;
+            s->conn.emplace(std::move(*c));
+            s->created = end;
+            s->last_used = end;
+            s->expires = expiry_for(end);
+            s->dirty = false;
+            s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
+            if (closed_) {
+                lk.unlock();
+                (void)dispose(s, close_reason::closed);
+                ec = make_error_code(errc::closed);
+                return false;
+            }
+            grant_permits_locked(); // a connect slot came free
+            return true;
+        }
+        ++connects_failed_;
+        free_locked(s);
+        // A connect ended by the caller's own deadline or stop says nothing about the server.
+        const bool own = st.stop_requested() || end >= deadline;
+        if (own) {
+            ec = make_error_code(st.stop_requested() ? errc::cancelled : errc::timeout);
+        } else {
+            ec = cec;
+            last_connect_error_ = cec;
+            ++failures_;
+            backoff_until_ = end + next_backoff_locked();
+            // Nothing open and nothing connecting: no waiter can be served before the backoff
+            // ends, so tell them the real error now instead of letting them time out.
+            if (open_ == 0) fail_all_waiters_locked(cec);
+        }
+        grant_permits_locked(end);
+        return false;
+    }
+
+    bool reset_connection(slot* s) noexcept {
+        try {
+            if (!connector_.reset(*s->conn)) return false;
+        } catch (...) {
+            return false;
+        }
+        s->dirty = false;
+        return true;
+    }
+
+    /// Makes an owned slot's connection fit to lease: lifetime, liveness, pending reset.
+    /// On failure the connection is closed and false returned.
+    bool checkout(slot* s) noexcept {
+        const time_point now = clock_->coarse_now();
+        if (now >= s->expires) return (void)dispose(s, close_reason::lifetime), false;
+        if (now - s->last_used >= opt_.validate_after_idle) {
+            bool ok = false;
+            try {
+                ok = connector_.alive(*s->conn);
+            } catch (...) {
+            }
+            if (!ok) return (void)dispose(s, close_reason::broken), false;
+        }
+        if constexpr (!std::is_same_v<Reset, reset_at::release>) {
+            if (s->dirty) {
+                bump(s->resets);
+                if (!reset_connection(s)) return (void)dispose(s, close_reason::reset_failed), false;
+            }
+        }
+        s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
+        bump(s->uses);
+        return true;
+    }
+
+    /// Closes an owned slot's connection and frees the slot. True if the caller must delete the
+    /// core (owner gone, last connection).
+    [[nodiscard]] bool dispose(slot* s, close_reason why) noexcept {
+        try {
+            connector_.close(*s->conn);
+        } catch (...) {
+        }
+        s->conn.reset();
+        notify_close(obs_, why);
+        std::lock_guard lk(m_);
+        ++closes_[static_cast<std::size_t>(why)];
+        retired_uses_ += s->uses.load(std::memory_order_relaxed);
+        retired_resets_ += s->resets.load(std::memory_order_relaxed);
+        s->uses.store(0, std::memory_order_relaxed);
+        s->resets.store(0, std::memory_order_relaxed);
+        free_locked(s);
+        grant_permits_locked(); // room for a new connection
+        return closed_ && owner_gone_ && open_ == 0;
+    }
+
+    // ---- the slow path of acquire -------------------------------------------------------------
+
+    slot* acquire_slow(time_point deadline, std::stop_token& st, std::error_code& ec) noexcept {
+        std::unique_lock lk(m_);
+        if (closed_) return fail(ec, errc::closed);
+        if (waiters_.empty()) {
+            if (slot* s = pop_locked()) return s;
+            const time_point now = failures_ > 0 ? clock_->now() : time_point{};
+            if (can_connect_locked() && !in_backoff_locked(now)) {
+                slot* s = reserve_locked();
+                lk.unlock();
+                return open_connection(s, deadline, st, ec) ? s : nullptr;
+            }
+            // Backing off with nothing open: no connection can appear before the backoff ends.
+            if (in_backoff_locked(now) && open_ == 0) {
+                ec = last_connect_error_;
+                return nullptr;
+            }
+        }
+        if constexpr (!thread_safe) {
+            return fail(ec, errc::would_deadlock); // no other thread can return a connection
+        } else {
+            if (st.stop_requested()) return ++cancels_, fail(ec, errc::cancelled);
+            if (clock_->now() >= deadline) return ++timeouts_, fail(ec, errc::timeout);
+            if (waiters_.size() >= opt_.max_waiters) return ++rejected_, fail(ec, errc::pool_exhausted);
+            return wait(lk, deadline, st, ec);
+        }
+    }
+
+    slot* fail(std::error_code& ec, errc e) noexcept {
+        ec = make_error_code(e);
+        return nullptr;
+    }
+
+    /// Queues the caller and blocks until it is served, handed a connect permit, failed, cancelled
+    /// or out of time. Entered with m_ held; returns with it released.
+    slot* wait(std::unique_lock<typename Sync::mutex_type>& lk, time_point deadline, std::stop_token& st,
+               std::error_code& ec) noexcept {
+        waiter w(*clock_);
+        waiters_.push_back(w);
+        head_.fetch_or(waiters_bit);
+        ++waits_;
+        peak_waiters_ = std::max<std::uint64_t>(peak_waiters_, waiters_.size());
+        // Connections pushed before WAITERS was set are still on the stack: hand them out in order.
+        while (!waiters_.empty()) {
+            slot* s = pop_locked();
+            if (!s) break;
+            deliver_locked(s);
+        }
+        grant_permits_locked();
+        const time_point start = clock_->now();
+        lk.unlock(); // the stop callback may run at once, in this thread, and it takes m_
+        {
+            std::stop_callback on_stop(st, [&]() noexcept {
+                std::lock_guard g(m_);
+                if (w.is_linked()) {
+                    ++cancels_;
+                    complete_locked(w, waiter::outcome::failed, nullptr, make_error_code(errc::cancelled));
+                }
+            });
+            lk.lock();
+            while (w.result == waiter::outcome::pending) {
+                // Wake at the deadline, or when a connect backoff ends, to ask for a permit.
+                time_point wake = deadline;
+                if (failures_ > 0 && backoff_until_ < wake) wake = backoff_until_;
+                lk.unlock();
+                w.ev.wait_until(wake);
+                lk.lock();
+                if (w.result != waiter::outcome::pending) break;
+                const time_point now = clock_->now();
+                if (now >= deadline) {
+                    ++timeouts_;
+                    complete_locked(w, waiter::outcome::failed, nullptr, make_error_code(errc::timeout));
+                    break;
+                }
+                grant_permits_locked(now);
+            }
+            wait_time_ += clock_->now() - start;
+            lk.unlock(); // the stop callback may be running and waiting for m_
+        }
+        notify_wait(obs_, clock_->now() - start, w.ec);
+        switch (w.result) {
+        case waiter::outcome::served: return w.s;
+        case waiter::outcome::permit: return open_connection(w.s, deadline, st, ec) ? w.s : nullptr;
+        default: ec = w.ec; return nullptr;
+        }
+    }
+
+    Connector connector_;
+    const target_type target_;
+    const pool_options opt_;
+    const Clock* clock_;
+    [[no_unique_address]] Observer obs_;
+
+    alignas(64) atomic<std::uint64_t> head_{none};
+    alignas(64) mutable typename Sync::mutex_type m_;
+    std::unique_ptr<slot[]> slots_;
+    std::uint32_t free_head_ = none;
+    waiter_list waiters_;
+    std::size_t open_ = 0;
+    std::size_t connecting_ = 0;
+    bool closed_ = false;
+    bool owner_gone_ = false;
+    std::stop_source close_source_;
+    std::error_code last_connect_error_;
+    unsigned failures_ = 0;
+    time_point backoff_until_{};
+    splitmix64 rng_;
+    typename Clock::event drained_;
+    // Counters (under m_).
+    std::uint64_t peak_size_ = 0, peak_waiters_ = 0, waits_ = 0, timeouts_ = 0, cancels_ = 0, rejected_ = 0;
+    std::uint64_t connects_ok_ = 0, connects_failed_ = 0, retired_uses_ = 0, retired_resets_ = 0;
+    std::chrono::nanoseconds wait_time_{0};
+    std::array<std::uint64_t, close_reason_count> closes_{};
+};
+
+} // namespace keypool::detail

@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: BSL-1.0
+// fake::connector: in-memory connections with session state, scripted connect outcomes, fault
+// injection and counters. For your own tests as much as for keypool's.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include <keypool/error.hpp>
+#include <keypool/policies/clock.hpp>
+
+namespace keypool::fake {
+
+/// A latch a test opens to let blocked connects through. Thread-safety: all members.
+class gate {
+public:
+    void open() {
+        std::lock_guard lk(m_);
+        open_ = true;
+        for (auto& wake : wakers_) wake();
+    }
+    void close() {
+        std::lock_guard lk(m_);
+        open_ = false;
+    }
+    bool is_open() const {
+        std::lock_guard lk(m_);
+        return open_;
+    }
+    /// How many connects are blocked on this gate right now (lets a test wait for them).
+    std::size_t waiting() const {
+        std::lock_guard lk(m_);
+        return wakers_.size();
+    }
+
+    /// Blocks until the gate opens (true), the deadline passes on `clock` or `st` fires (false).
+    template <class Clock>
+    bool wait(const Clock& clock, time_point deadline, std::stop_token st) {
+        typename Clock::event ev(clock);
+        std::list<std::function<void()>>::iterator me;
+        {
+            std::lock_guard lk(m_);
+            if (open_) return true;
+            me = wakers_.insert(wakers_.end(), [&ev] { ev.set(); });
+        }
+        std::stop_callback cb(st, [&ev] { ev.set(); });
+        for (;;) {
+            ev.wait_until(deadline);
+            std::lock_guard lk(m_);
+            if (open_ || st.stop_requested() || clock.now() >= deadline) {
+                wakers_.erase(me);
+                return open_;
+            }
+            ev.reset();
+        }
+    }
+
+private:
+    mutable std::mutex m_;
+    bool open_ = false;
+    std::list<std::function<void()>> wakers_;
+};
+
+/// What the next connect does. The script is consumed one outcome per connect attempt; when it is
+/// empty, connects succeed at once.
+struct outcome {
+    enum class kind { succeed, fail, delay, block };
+    kind what = kind::succeed;
+    std::error_code ec{};
+    duration delay{};
+    std::shared_ptr<gate> at{};
+
+    static outcome succeed() { return {}; }
+    static outcome fail(std::error_code ec = make_error_code(errc::connect_failed)) {
+        return {kind::fail, ec, {}, {}};
+    }
+    /// Takes `d` of the connector's clock (a manual clock must be advanced), then succeeds; the
+    /// connect's deadline and stop token still end it early.
+    static outcome slow(duration d) { return {kind::delay, {}, d, {}}; }
+    /// Blocks until `g` opens, the deadline passes or the stop token fires; once the gate opens the
+    /// connect succeeds, or fails with `then` if given.
+    static outcome wait_for(std::shared_ptr<gate> g, std::error_code then = {}) {
+        return {kind::block, then, {}, std::move(g)};
+    }
+};
+
+/// One fake connection: an id, the target it was opened for, and session state that use sets
+/// and reset clears (like Go's fakedb).
+struct connection {
+    std::uint64_t id = 0;
+    std::string target;
+    std::string session; ///< empty = clean
+
+    /// Marks the session dirty, as a query that changes session state would.
+    void use(std::string state = "used") { session = std::move(state); }
+    bool dirty() const noexcept { return !session.empty(); }
+};
+
+/// What the connector has seen since it was built.
+struct counters {
+    std::uint64_t connect_attempts = 0;
+    std::uint64_t connects = 0;         ///< successful
+    std::uint64_t connect_failures = 0;
+    std::uint64_t closes = 0;
+    std::uint64_t resets = 0;
+    std::uint64_t reset_failures = 0;
+    std::uint64_t alive_checks = 0;
+    std::uint64_t live = 0;             ///< opened and not yet closed
+};
+
+/// The fake connector. Copies share one state, so a test keeps a copy to script and inspect the
+/// one inside a pool. Thread-safety: all members.
+class connector {
+public:
+    using connection_type = connection;
+    using target_type = std::string;
+
+    /// Delays and deadlines run on the real steady clock.
+    connector() : st_(std::make_shared<state>()) {}
+    /// Delays and deadlines run on `clock`, which must outlive every copy of the connector.
+    explicit connector(const manual_clock& clock) : connector() { st_->clock = &clock; }
+
+    // ---- scripting and fault injection --------------------------------------------------------
+    void script(std::initializer_list<outcome> outcomes) {
+        std::lock_guard lk(st_->m);
+        for (auto& o : outcomes) st_->script.push_back(o);
+    }
+    void push(outcome o) {
+        std::lock_guard lk(st_->m);
+        st_->script.push_back(std::move(o));
+    }
+    /// The next `n` connects fail with `ec` (after anything already scripted).
+    void fail_next_connects(std::size_t n, std::error_code ec = make_error_code(errc::connect_failed)) {
+        std::lock_guard lk(st_->m);
+        for (std::size_t i = 0; i < n; ++i) st_->script.push_back(outcome::fail(ec));
+    }
+    /// The next `n` resets report failure.
+    void fail_next_resets(std::size_t n) {
+        std::lock_guard lk(st_->m);
+        st_->failing_resets += n;
+    }
+    /// Kills the connection with this id: `alive` and `reset` report false from now on.
+    void kill(std::uint64_t id) {
+        std::lock_guard lk(st_->m);
+        st_->dead.insert(id);
+    }
+    void kill_all() {
+        std::lock_guard lk(st_->m);
+        st_->dead.insert(st_->live.begin(), st_->live.end());
+    }
+
+    // ---- inspection ---------------------------------------------------------------------------
+    counters stats() const {
+        std::lock_guard lk(st_->m);
+        counters c = st_->count;
+        c.live = st_->live.size();
+        return c;
+    }
+    std::uint64_t live() const { return stats().live; }
+    bool is_live(std::uint64_t id) const {
+        std::lock_guard lk(st_->m);
+        return st_->live.count(id) != 0;
+    }
+
+    // ---- the connector concept --------------------------------------------------------------
+    std::optional<connection> connect(const std::string& target, time_point deadline, std::stop_token stop,
+                                      std::error_code& ec) {
+        outcome o;
+        {
+            std::lock_guard lk(st_->m);
+            ++st_->count.connect_attempts;
+            if (!st_->script.empty()) {
+                o = std::move(st_->script.front());
+                st_->script.pop_front();
+            }
+        }
+        ec = st_->clock ? play(*st_->clock, o, deadline, stop) : play(steady_clock{}, o, deadline, stop);
+        std::lock_guard lk(st_->m);
+        if (ec) {
+            ++st_->count.connect_failures;
+            return std::nullopt;
+        }
+        ++st_->count.connects;
+        const std::uint64_t id = ++st_->next_id;
+        st_->live.insert(id);
+        return connection{id, target, {}};
+    }
+
+    bool reset(connection& c) {
+        std::lock_guard lk(st_->m);
+        ++st_->count.resets;
+        if (st_->failing_resets > 0 || st_->dead.count(c.id)) {
+            if (st_->failing_resets > 0) --st_->failing_resets;
+            ++st_->count.reset_failures;
+            return false;
+        }
+        c.session.clear();
+        return true;
+    }
+
+    bool alive(connection& c) {
+        std::lock_guard lk(st_->m);
+        ++st_->count.alive_checks;
+        return st_->dead.count(c.id) == 0;
+    }
+
+    void close(connection& c) {
+        std::lock_guard lk(st_->m);
+        ++st_->count.closes;
+        st_->live.erase(c.id);
+        st_->dead.erase(c.id);
+    }
+
+    std::uint64_t native_handle(connection& c) const noexcept { return c.id; }
+
+private:
+    struct state {
+        std::mutex m;
+        const manual_clock* clock = nullptr;
+        std::deque<outcome> script;
+        std::size_t failing_resets = 0;
+        std::set<std::uint64_t> live, dead;
+        std::uint64_t next_id = 0;
+        counters count;
+    };
+
+    template <class Clock>
+    static std::error_code play(const Clock& clock, const outcome& o, time_point deadline, std::stop_token stop) {
+        auto ended = [&]() -> std::error_code {
+            if (stop.stop_requested()) return make_error_code(errc::cancelled);
+            return make_error_code(errc::timeout);
+        };
+        if (stop.stop_requested()) return make_error_code(errc::cancelled);
+        switch (o.what) {
+        case outcome::kind::succeed: return {};
+        case outcome::kind::fail: return o.ec;
+        case outcome::kind::delay: {
+            const time_point until = clock.now() + o.delay;
+            if (until > deadline) {
+                sleep_until(clock, deadline, stop);
+                return ended();
+            }
+            return sleep_until(clock, until, stop) ? std::error_code{} : ended();
+        }
+        case outcome::kind::block: return o.at->wait(clock, deadline, stop) ? o.ec : ended();
+        }
+        return {};
+    }
+
+    std::shared_ptr<state> st_;
+};
+
+} // namespace keypool::fake

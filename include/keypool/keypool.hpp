@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: BSL-1.0
+// Umbrella header: the whole library except the opt-in libpq adapter (keypool/pq/...).
+#pragma once
+
+#include <keypool/concepts.hpp>
+#include <keypool/error.hpp>
+#include <keypool/fake/connector.hpp>
+#include <keypool/janitor.hpp>
+#include <keypool/lease.hpp>
+#include <keypool/options.hpp>
+#include <keypool/policies/clock.hpp>
+#include <keypool/policies/observer.hpp>
+#include <keypool/policies/reset.hpp>
+#include <keypool/policies/sync.hpp>
+#include <keypool/pool.hpp>
+#include <keypool/stats.hpp>

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: BSL-1.0
+// Runtime options of a pool: a plain aggregate written with designated initialisers and checked
+// once by `validate` when the pool is built.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <keypool/error.hpp>
+#include <keypool/policies/clock.hpp>
+
+namespace keypool {
+
+using namespace std::chrono_literals;
+
+/// Options of one pool. `std::nullopt` means "never" where a duration is optional; there is no
+/// magic zero. Example: `keypool::pool_options{.max_size = 16, .idle_timeout = 5min}`.
+struct pool_options {
+    /// Upper bound on open connections, counting idle, leased, connecting and closing ones.
+    /// Default 10; range 1..65534.
+    std::size_t max_size = 10;
+    /// Idle connections `maintain()` keeps open (and idle eviction never goes below).
+    /// Default 0; range 0..max_size.
+    std::size_t min_idle = 0;
+    /// Connects that may be in flight at once. Default 2; at least 1 (values above max_size act as
+    /// max_size).
+    std::size_t max_connecting = 2;
+    /// Callers that may wait at once; one more gets `pool_exhausted` at once. Default 4096;
+    /// range 1..1'000'000.
+    std::size_t max_waiters = 4096;
+    /// Timeout of `acquire()` without an explicit one. Default 30 s; must be positive (finite by type).
+    duration acquire_timeout = 30s;
+    /// Upper bound of each connect attempt (the caller's deadline may end it sooner). Default 10 s;
+    /// must be positive.
+    duration connect_timeout = 10s;
+    /// Idle connections above `min_idle` are closed by `maintain()` after this long. Default 10 min;
+    /// nullopt = never; when set, must be positive.
+    std::optional<duration> idle_timeout = 10min;
+    /// A connection is closed (at checkout, at return or by `maintain()`) once this old. Default
+    /// 30 min; nullopt = never; when set, must be positive.
+    std::optional<duration> max_lifetime = 30min;
+    /// Each connection's lifetime is shortened by a random amount in [0, lifetime_jitter], fixed at
+    /// creation, so connections opened together do not expire together. Default 30 s; must be
+    /// zero or positive and below `max_lifetime`.
+    duration lifetime_jitter = 30s;
+    /// A connection idle at least this long is checked with the connector's `alive()` before it is
+    /// handed out (0 = always check). Default 1 s; must be zero or positive.
+    duration validate_after_idle = 1s;
+    /// First delay after a failed connect, doubled after each further failure up to `backoff_max`,
+    /// each delay drawn at random from [d/2, d]. Defaults 100 ms and 10 s; positive, initial <= max.
+    duration backoff_initial = 100ms;
+    duration backoff_max = 10s;
+    /// After handing a returned connection to a parked waiter, the releasing thread yields the CPU
+    /// so the waiter runs before the releaser can queue again: this keeps strict FIFO from
+    /// collapsing into a lock convoy when threads outnumber cores. Default true.
+    bool yield_after_handoff = true;
+    /// Seed of the jitter generator, for reproducible runs. Default: drawn per pool.
+    std::optional<std::uint64_t> seed = std::nullopt;
+};
+
+/// Checks `o`; on a violation returns `errc::invalid_config` and sets `message` to a sentence that
+/// names the field and the rule. Options hold no secrets, so values may be quoted.
+inline std::error_code validate(const pool_options& o, std::string& message) {
+    auto fail = [&](std::string text) {
+        message = "pool_options." + std::move(text);
+        return make_error_code(errc::invalid_config);
+    };
+    auto ms = [](duration d) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+    };
+    if (o.max_size < 1 || o.max_size > 65534)
+        return fail("max_size must be in 1..65534 (got " + std::to_string(o.max_size) + ")");
+    if (o.min_idle > o.max_size)
+        return fail("min_idle must not exceed max_size (got " + std::to_string(o.min_idle) + " > " +
+                    std::to_string(o.max_size) + ")");
+    if (o.max_connecting < 1)
+        return fail("max_connecting must be at least 1 (got " + std::to_string(o.max_connecting) + ")");
+    if (o.max_waiters < 1 || o.max_waiters > 1'000'000)
+        return fail("max_waiters must be in 1..1000000 (got " + std::to_string(o.max_waiters) + ")");
+    if (o.acquire_timeout <= duration::zero())
+        return fail("acquire_timeout must be positive (got " + ms(o.acquire_timeout) + ")");
+    if (o.connect_timeout <= duration::zero())
+        return fail("connect_timeout must be positive (got " + ms(o.connect_timeout) + ")");
+    if (o.idle_timeout && *o.idle_timeout <= duration::zero())
+        return fail("idle_timeout must be positive or nullopt (got " + ms(*o.idle_timeout) + ")");
+    if (o.max_lifetime && *o.max_lifetime <= duration::zero())
+        return fail("max_lifetime must be positive or nullopt (got " + ms(*o.max_lifetime) + ")");
+    if (o.lifetime_jitter < duration::zero())
+        return fail("lifetime_jitter must not be negative (got " + ms(o.lifetime_jitter) + ")");
+    if (o.max_lifetime && o.lifetime_jitter >= *o.max_lifetime)
+        return fail("lifetime_jitter must be below max_lifetime (got " + ms(o.lifetime_jitter) +
+                    " >= " + ms(*o.max_lifetime) + ")");
+    if (o.validate_after_idle < duration::zero())
+        return fail("validate_after_idle must not be negative (got " + ms(o.validate_after_idle) + ")");
+    if (o.backoff_initial <= duration::zero())
+        return fail("backoff_initial must be positive (got " + ms(o.backoff_initial) + ")");
+    if (o.backoff_max < o.backoff_initial)
+        return fail("backoff_max must not be below backoff_initial (got " + ms(o.backoff_max) + ")");
+    message.clear();
+    return {};
+}
+
+} // namespace keypool

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: BSL-1.0
+// Synchronisation policies: sync::mutex (thread-safe, the default) and sync::none (one thread,
+// no atomic read-modify-writes and no locks).
+#pragma once
+
+#include <atomic>
+#include <mutex>
+#include <utility>
+
+namespace keypool {
+namespace detail {
+
+/// The subset of std::atomic the pool uses, as plain loads and stores: what sync::none compiles to.
+template <class T>
+class plain_atomic {
+public:
+    constexpr plain_atomic(T v = T{}) noexcept : v_(v) {}
+    T load(std::memory_order = std::memory_order_seq_cst) const noexcept { return v_; }
+    void store(T v, std::memory_order = std::memory_order_seq_cst) noexcept { v_ = v; }
+    T exchange(T v, std::memory_order = std::memory_order_seq_cst) noexcept {
+        T old = v_;
+        v_ = v;
+        return old;
+    }
+    bool compare_exchange_weak(T& expected, T desired, std::memory_order = {},
+                               std::memory_order = {}) noexcept {
+        if (v_ == expected) {
+            v_ = desired;
+            return true;
+        }
+        expected = v_;
+        return false;
+    }
+    bool compare_exchange_strong(T& e, T d, std::memory_order a = {}, std::memory_order b = {}) noexcept {
+        return compare_exchange_weak(e, d, a, b);
+    }
+    T fetch_add(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ + d); }
+    T fetch_or(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ | d); }
+    T fetch_and(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ & d); }
+
+private:
+    T v_;
+};
+
+struct null_mutex {
+    void lock() noexcept {}
+    void unlock() noexcept {}
+    bool try_lock() noexcept { return true; }
+};
+
+} // namespace detail
+
+namespace sync {
+
+/// Thread-safe (the default): atomics on the fast path, a mutex on the slow path, blocked waiters.
+struct mutex {
+    static constexpr bool thread_safe = true;
+    template <class T>
+    using atomic = std::atomic<T>;
+    using mutex_type = std::mutex;
+};
+
+/// Single-threaded: every "atomic" is a plain variable and the lock does nothing. A caller that
+/// would have to wait for another thread gets `errc::would_deadlock` at once instead.
+struct none {
+    static constexpr bool thread_safe = false;
+    template <class T>
+    using atomic = detail::plain_atomic<T>;
+    using mutex_type = detail::null_mutex;
+};
+
+} // namespace sync
+} // namespace keypool

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: BSL-1.0
+// basic_pool: a bounded pool of connections to one target, with policies chosen at compile time.
+#pragma once
+
+#include <chrono>
+#include <stop_token>
+#include <string>
+#include <system_error>
+
+#include <keypool/concepts.hpp>
+#include <keypool/error.hpp>
+#include <keypool/lease.hpp>
+#include <keypool/options.hpp>
+#include <keypool/policies/clock.hpp>
+#include <keypool/policies/observer.hpp>
+#include <keypool/policies/reset.hpp>
+#include <keypool/policies/sync.hpp>
+#include <keypool/stats.hpp>
+#include <keypool/detail/options_pack.hpp>
+#include <keypool/detail/pool_core.hpp>
+
+namespace keypool {
+
+// ---- Option setters: order-free, each checked by its axis concept ----------------------------
+namespace detail {
+struct clock_axis {};
+struct sync_axis {};
+struct observer_axis {};
+struct reset_axis {};
+} // namespace detail
+
+/// Chooses the clock (default `steady_clock`; tests use `manual_clock`, passed to the constructor).
+template <clock C>
+struct with_clock { using axis = detail::clock_axis; using type = C; };
+/// Chooses thread-safety (default `sync::mutex`; `sync::none` for one thread, no atomics or locks).
+template <sync_policy S>
+struct with_sync { using axis = detail::sync_axis; using type = S; };
+/// Chooses the observer whose hooks see every connect, close and wait (default `null_observer`).
+template <observer O>
+struct with_observer { using axis = detail::observer_axis; using type = O; };
+/// Chooses where `reset` runs (default `reset_at::checkout`).
+template <reset_policy R>
+struct with_reset { using axis = detail::reset_axis; using type = R; };
+
+template <class T>
+concept pool_option = requires { typename T::axis; typename T::type; } &&
+                      (std::same_as<typename T::axis, detail::clock_axis> ||
+                       std::same_as<typename T::axis, detail::sync_axis> ||
+                       std::same_as<typename T::axis, detail::observer_axis> ||
+                       std::same_as<typename T::axis, detail::reset_axis>);
+
+/// A bounded pool of connections to one target.
+///
+/// - At most `max_size` connections are open; `min_idle` are kept warm by `maintain()`.
+/// - Waiters are served strictly FIFO with direct hand-off; idle connections are reused most
+///   recently used first.
+/// - Every acquire has a deadline (`acquire_timeout` by default) and may take a stop token.
+/// - Connections are reset before reuse, validated when they sat idle, closed when too old.
+///
+/// Thread-safety: with `sync::mutex` (the default) every member may be called from any thread,
+/// except that the destructor must not run concurrently with other members. The pool object may
+/// be destroyed while leases are out: they return into a closed pool and their connections close.
+template <connector Connector, pool_option... Options>
+class basic_pool {
+public:
+    using connector_type = Connector;
+    using connection_type = typename Connector::connection_type;
+    using target_type = typename Connector::target_type;
+    using clock_type = detail::pick_option_t<detail::clock_axis, steady_clock, Options...>;
+    using sync_type = detail::pick_option_t<detail::sync_axis, sync::mutex, Options...>;
+    using observer_type = detail::pick_option_t<detail::observer_axis, null_observer, Options...>;
+    using reset_type = detail::pick_option_t<detail::reset_axis, reset_at::checkout, Options...>;
+
+private:
+    using core_type = detail::pool_core<Connector, clock_type, sync_type, observer_type, reset_type>;
+
+public:
+    using lease = basic_lease<core_type>;
+
+    /// Builds a pool; opens no connection (call `maintain()` to warm it up to `min_idle`).
+    /// Errors: throws `keypool::error` with `invalid_config` naming the bad field.
+    explicit basic_pool(Connector connector, target_type target = {}, pool_options options = {})
+        requires std::same_as<clock_type, steady_clock>
+        : basic_pool(std::move(connector), std::move(target), options, default_clock()) {}
+
+    /// As above with an explicit clock (required for `manual_clock`, which must outlive the pool)
+    /// and observer.
+    basic_pool(Connector connector, target_type target, pool_options options, const clock_type& clock,
+               observer_type observer = {})
+        : core_(make_core(std::move(connector), std::move(target), options, clock, std::move(observer))) {}
+
+    basic_pool(basic_pool&& o) noexcept : clock_(o.clock_), core_(std::exchange(o.core_, nullptr)) {}
+    basic_pool& operator=(basic_pool&&) = delete;
+    basic_pool(const basic_pool&) = delete;
+    basic_pool& operator=(const basic_pool&) = delete;
+
+    /// Closes the pool (see `close()`); leases still out return into the closed pool.
+    ~basic_pool() {
+        if (!core_) return;
+        core_->close();
+        if (core_->owner_gone()) delete core_;
+    }
+
+    // ---- acquire ----------------------------------------------------------------------------
+
+    /// Waits up to `options().acquire_timeout`.
+    /// Errors: throws `keypool::error` with timeout, pool_exhausted, closed, would_deadlock, or the
+    /// classified connect failure.
+    [[nodiscard]] lease acquire() { return acquire(core_->options().acquire_timeout); }
+    [[nodiscard]] lease acquire(duration timeout) { return acquire(now() + timeout); }
+    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {}) {
+        std::error_code ec;
+        lease l = acquire(deadline, std::move(stop), ec);
+        if (ec) throw_acquire_error(ec);
+        return l;
+    }
+
+    /// Non-throwing forms: on failure `ec` is set and the lease is empty.
+    [[nodiscard]] lease acquire(duration timeout, std::error_code& ec) noexcept {
+        return acquire(now() + timeout, std::stop_token{}, ec);
+    }
+    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec) noexcept {
+        auto* s = core_->acquire(deadline, std::move(stop), ec);
+        return s ? detail::lease_access::make(core_, s) : lease{};
+    }
+
+    /// Never blocks: an idle connection if one is free and no caller is queued, else an empty lease.
+    /// (It may still run the connector's `alive` or a pending `reset` on the connection it takes.)
+    [[nodiscard]] lease try_acquire() noexcept {
+        auto* s = core_->try_acquire();
+        return s ? detail::lease_access::make(core_, s) : lease{};
+    }
+
+    // ---- housekeeping -----------------------------------------------------------------------
+
+    /// Closes idle connections past `idle_timeout` (down to `min_idle`) or `max_lifetime`, resets
+    /// dirty idle ones under `reset_at::background`, opens connections up to `min_idle`, and grants
+    /// connects to waiters whose backoff ended. Returns when it next has work (or time_point::max()).
+    /// Blocking: runs connects and closes on the calling thread.
+    time_point maintain() noexcept { return core_->maintain(); }
+
+    /// Wakes every waiter with `closed`, closes idle connections, and makes every later acquire fail
+    /// with `closed`. Leases out stay valid; their connections close when they return.
+    void close() noexcept { core_->close(); }
+
+    /// `close()`, then waits until every lease has returned or `deadline` passes.
+    /// Returns true if the pool drained (no connection left open).
+    bool close(time_point deadline) noexcept {
+        core_->close();
+        return core_->wait_drained(deadline);
+    }
+
+    [[nodiscard]] pool_stats stats() const noexcept { return core_->stats(); }
+    /// The error of the most recent failed connect (empty if none failed yet).
+    [[nodiscard]] std::error_code last_connect_error() const noexcept { return core_->last_connect_error(); }
+    const pool_options& options() const noexcept { return core_->options(); }
+    Connector& connector() noexcept { return core_->connector(); }
+    const target_type& target() const noexcept { return core_->target(); }
+    time_point now() const noexcept { return clock_->now(); }
+
+private:
+    static const clock_type& default_clock() noexcept {
+        static const clock_type c{};
+        return c;
+    }
+
+    core_type* make_core(Connector c, target_type t, const pool_options& o, const clock_type& clock,
+                         observer_type obs) {
+        std::string msg;
+        if (auto ec = validate(o, msg)) throw error(ec, msg);
+        clock_ = &clock;
+        return new core_type(std::move(c), std::move(t), o, clock, std::move(obs));
+    }
+
+    [[noreturn]] void throw_acquire_error(std::error_code ec) const {
+        std::string msg = "keypool: acquire failed";
+        if (ec != errc::closed) {
+            if (auto last = core_->last_connect_error(); last && last != ec)
+                msg += " (last connect error: " + last.message() + ")";
+        }
+        throw error(ec, msg);
+    }
+
+    const clock_type* clock_ = nullptr;
+    core_type* core_ = nullptr;
+};
+
+/// The pool with default policies: `keypool::pool<keypool::fake::connector>`.
+template <connector Connector>
+using pool = basic_pool<Connector>;
+
+} // namespace keypool

@@ -1,0 +1,600 @@
+// SPDX-License-Identifier: BSL-1.0
+// basic_pool: bounds, FIFO hand-off, MRU reuse, timeouts, cancellation, reset, validation,
+// lifetime, idle eviction, connect failures and backoff, close. Deterministic: manual clock,
+// fake connector, threads synchronised on observable pool state.
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
+#include "../support/helpers.hpp"
+
+using namespace std::chrono_literals;
+using keypool::close_reason;
+using keypool::errc;
+using keypool::pool_options;
+using kp_test::eventually;
+using kp_test::fixture;
+
+namespace {
+
+/// Runs one acquire on its own thread and keeps the outcome.
+template <class Pool>
+struct async_acquire {
+    using lease = typename Pool::lease;
+    async_acquire(Pool& p, keypool::duration timeout, std::stop_token st = {}) : pool(p) {
+        thread = std::jthread([this, timeout, st] {
+            auto l = pool.acquire(pool.now() + timeout, st, ec);
+            if (l) id = l->id;
+            result = std::move(l);
+            done = true;
+        });
+    }
+    Pool& pool;
+    lease result;
+    std::error_code ec;
+    std::uint64_t id = 0;
+    std::atomic<bool> done{false};
+    std::jthread thread;
+    void join() { thread.join(); }
+};
+
+} // namespace
+
+TEST_SUITE("pool") {
+
+TEST_CASE("acquire opens a connection and its return makes it idle") {
+    fixture f;
+    auto p = f.make();
+    {
+        auto l = p.acquire();
+        REQUIRE(l);
+        CHECK(l->target == "db");
+        CHECK(p.stats().in_use == 1);
+        CHECK(p.stats().idle == 0);
+    }
+    auto s = p.stats();
+    CHECK(s.size == 1);
+    CHECK(s.idle == 1);
+    CHECK(s.in_use == 0);
+    CHECK(s.acquires == 1);
+    CHECK(s.connects_ok == 1);
+    CHECK(f.fake.live() == 1);
+}
+
+TEST_CASE("idle connections are reused most recently used first") {
+    fixture f;
+    auto p = f.make({.max_size = 4});
+    auto a = p.acquire(), b = p.acquire(), c = p.acquire();
+    const auto ia = a->id, ib = b->id, ic = c->id;
+    a.release();
+    b.release();
+    c.release();
+    CHECK(p.acquire()->id == ic);
+    auto x = p.acquire();
+    auto y = p.acquire();
+    CHECK(x->id == ic);
+    CHECK(y->id == ib);
+    CHECK(p.acquire()->id == ia);
+    CHECK(f.fake.stats().connects == 3);
+}
+
+TEST_CASE("try_acquire never blocks and never connects") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    CHECK_FALSE(p.try_acquire());
+    CHECK(f.fake.stats().connect_attempts == 0);
+    p.acquire().release();
+    auto l = p.try_acquire();
+    REQUIRE(l);
+    CHECK_FALSE(p.try_acquire()); // the only connection is leased
+}
+
+TEST_CASE("max_size bounds open connections and a full pool times out") {
+    fixture f;
+    auto p = f.make({.max_size = 2});
+    auto a = p.acquire(), b = p.acquire();
+    std::error_code ec;
+    auto c = p.acquire(0s, ec);
+    CHECK_FALSE(c);
+    CHECK(ec == errc::timeout);
+    CHECK(p.stats().timeouts == 1);
+    CHECK(p.stats().size == 2);
+    CHECK_THROWS_AS((void)p.acquire(0s), keypool::error);
+}
+
+TEST_CASE("a waiter times out when the clock passes its deadline") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    auto held = p.acquire();
+    async_acquire w(p, 10s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    f.clock.advance(9s);
+    CHECK_FALSE(w.done);
+    f.clock.advance(1s);
+    w.join();
+    CHECK(w.ec == errc::timeout);
+    auto s = p.stats();
+    CHECK(s.waiters == 0);
+    CHECK(s.waits == 1);
+    CHECK(s.timeouts == 1);
+    CHECK(s.wait_time == 10s);
+}
+
+TEST_CASE("waiters are served strictly in arrival order by direct hand-off") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    auto held = p.acquire();
+    const auto id = held->id;
+    std::vector<std::unique_ptr<async_acquire<decltype(p)>>> ws;
+    for (int i = 0; i < 4; ++i) {
+        ws.push_back(std::make_unique<async_acquire<decltype(p)>>(p, 60s));
+        REQUIRE(eventually([&] { return p.stats().waiters == static_cast<std::uint64_t>(i + 1); }));
+    }
+    held.release();
+    for (auto& w : ws) {
+        REQUIRE(eventually([&] { return w->done.load(); }));
+        CHECK(w->id == id);
+        // Nobody else has it: a newcomer cannot overtake the queued waiters.
+        CHECK_FALSE(p.try_acquire());
+        for (auto& other : ws)
+            if (other != w && !other->done) CHECK_FALSE(other->result);
+        w->result.release();
+        w->join();
+    }
+    CHECK(f.fake.stats().connects == 1);
+}
+
+TEST_CASE("a returned connection goes to the waiter, not to a later caller") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    auto held = p.acquire();
+    async_acquire w(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    held.release();
+    CHECK_FALSE(p.try_acquire()); // handed off inside release, before any newcomer could look
+    w.join();
+    CHECK(w.result);
+}
+
+TEST_CASE("a stop token cancels a waiter at once") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    auto held = p.acquire();
+    std::stop_source stop;
+    async_acquire w(p, 60s, stop.get_token());
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    stop.request_stop();
+    w.join();
+    CHECK(w.ec == errc::cancelled);
+    CHECK(p.stats().cancels == 1);
+    CHECK(p.stats().waiters == 0);
+
+    std::stop_source already;
+    already.request_stop();
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(p.now() + 60s, already.get_token(), ec));
+    CHECK(ec == errc::cancelled);
+}
+
+TEST_CASE("exhaust then cancel many waiters: no connection is lost or leaked") {
+    // The Go database/sql case: saturate, cancel every waiter, then the pool must still work.
+    fixture f;
+    auto p = f.make({.max_size = 2});
+    auto a = p.acquire(), b = p.acquire();
+    std::vector<std::stop_source> stops(16);
+    std::vector<std::unique_ptr<async_acquire<decltype(p)>>> ws;
+    for (auto& s : stops) ws.push_back(std::make_unique<async_acquire<decltype(p)>>(p, 60s, s.get_token()));
+    REQUIRE(eventually([&] { return p.stats().waiters == 16; }));
+    // Returns race with the cancels: each waiter either got a connection or was cancelled.
+    std::jthread returner([&] {
+        a.release();
+        b.release();
+    });
+    for (auto& s : stops) s.request_stop();
+    returner.join();
+    int served = 0;
+    for (auto& w : ws) {
+        w->join();
+        if (w->result) ++served;
+        else CHECK(w->ec == errc::cancelled);
+        w->result.release();
+    }
+    CHECK(served <= 2);
+    auto l = p.try_acquire();
+    CHECK(l);
+    CHECK(p.stats().size == f.fake.live());
+    CHECK(p.stats().size == 2);
+}
+
+TEST_CASE("a full wait queue rejects with pool_exhausted at once") {
+    fixture f;
+    auto p = f.make({.max_size = 1, .max_waiters = 1});
+    auto held = p.acquire();
+    async_acquire w(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(ec == errc::pool_exhausted);
+    CHECK(p.stats().rejected == 1);
+    held.release();
+    w.join();
+    CHECK(w.result);
+}
+
+TEST_CASE("discard closes the connection instead of returning it") {
+    fixture f;
+    auto p = f.make();
+    auto l = p.acquire();
+    l.discard();
+    CHECK_FALSE(l);
+    CHECK(f.fake.live() == 0);
+    auto s = p.stats();
+    CHECK(s.size == 0);
+    CHECK(s.closed_for(close_reason::discarded) == 1);
+}
+
+TEST_CASE_TEMPLATE("no session state reaches the next borrower", R, keypool::reset_at::release,
+                   keypool::reset_at::checkout, keypool::reset_at::background) {
+    fixture f;
+    auto p = f.make<keypool::with_reset<R>>({.max_size = 1});
+    {
+        auto l = p.acquire();
+        l->use("SET search_path = tenant_a");
+    }
+    if constexpr (std::is_same_v<R, keypool::reset_at::background>) {
+        p.maintain(); // resets off the caller's path
+        CHECK(f.fake.stats().resets == 1);
+    }
+    auto l = p.acquire();
+    CHECK_FALSE(l->dirty());
+    CHECK(f.fake.stats().resets == 1);
+    CHECK(p.stats().resets == 1);
+}
+
+TEST_CASE_TEMPLATE("a failed reset destroys the connection", R, keypool::reset_at::release,
+                   keypool::reset_at::checkout) {
+    fixture f;
+    auto p = f.make<keypool::with_reset<R>>({.max_size = 1});
+    auto first = p.acquire();
+    const auto id = first->id;
+    f.fake.fail_next_resets(1);
+    first.release();
+    auto next = p.acquire();
+    CHECK(next->id != id);
+    CHECK_FALSE(f.fake.is_live(id));
+    CHECK(p.stats().closed_for(close_reason::reset_failed) == 1);
+}
+
+TEST_CASE("connections idle past the threshold are validated and dead ones never handed out") {
+    fixture f;
+    auto p = f.make<keypool::with_reset<keypool::reset_at::release>>({.max_size = 2, .validate_after_idle = 5s});
+    auto l = p.acquire();
+    const auto id = l->id;
+    l.release();
+    const auto checks = f.fake.stats().alive_checks;
+    CHECK(p.acquire()->id == id); // idle < 5 s: no check
+    CHECK(f.fake.stats().alive_checks == checks);
+
+    f.fake.kill(id);
+    f.clock.advance(6s);
+    auto fresh = p.acquire(); // the dead one is found, closed, and another one opened transparently
+    CHECK(fresh->id != id);
+    CHECK(f.fake.stats().alive_checks == checks + 1);
+    CHECK(p.stats().closed_for(close_reason::broken) == 1);
+    CHECK_FALSE(f.fake.is_live(id));
+}
+
+TEST_CASE("max lifetime closes old connections at checkout and at return") {
+    fixture f;
+    auto p = f.make({.max_lifetime = 10min, .lifetime_jitter = 0s});
+    auto l = p.acquire();
+    const auto first = l->id;
+    l.release();
+    f.clock.advance(10min);
+    auto second = p.acquire();
+    CHECK(second->id != first);
+    CHECK(p.stats().closed_for(close_reason::lifetime) == 1);
+    f.clock.advance(10min);
+    second.release(); // too old to go back
+    CHECK(p.stats().closed_for(close_reason::lifetime) == 2);
+    CHECK(p.stats().size == 0);
+}
+
+TEST_CASE("lifetime jitter shortens each lifetime by at most lifetime_jitter") {
+    fixture f;
+    auto p = f.make({.max_size = 8, .idle_timeout = std::nullopt, .max_lifetime = 10min,
+                     .lifetime_jitter = 1min, .seed = 42});
+    {
+        std::vector<decltype(p)::lease> ls;
+        for (int i = 0; i < 8; ++i) ls.push_back(p.acquire());
+    }
+    f.clock.advance(9min - 1s);
+    p.maintain();
+    CHECK(p.stats().closed_for(close_reason::lifetime) == 0);
+    f.clock.advance(61s);
+    p.maintain();
+    CHECK(p.stats().closed_for(close_reason::lifetime) == 8);
+}
+
+TEST_CASE("idle timeout closes the least recently used idle connections but keeps min_idle") {
+    fixture f;
+    auto p = f.make({.max_size = 5, .min_idle = 2, .idle_timeout = 1min, .max_lifetime = std::nullopt});
+    std::vector<std::uint64_t> order;
+    {
+        std::vector<decltype(p)::lease> ls;
+        for (int i = 0; i < 5; ++i) ls.push_back(p.acquire());
+        for (auto& l : ls) order.push_back(l->id); // released in this order: the last is the MRU
+    }
+    f.clock.advance(2min);
+    p.maintain();
+    auto s = p.stats();
+    CHECK(s.closed_for(close_reason::idle) == 3);
+    CHECK(s.idle == 2);
+    CHECK(f.fake.is_live(order[4]));
+    CHECK(f.fake.is_live(order[3]));
+    CHECK_FALSE(f.fake.is_live(order[0]));
+}
+
+TEST_CASE("maintain keeps min_idle warm and says when it is next due") {
+    fixture f;
+    auto p = f.make({.max_size = 5, .min_idle = 3, .max_connecting = 3, .idle_timeout = 1min,
+                     .max_lifetime = std::nullopt});
+    CHECK(p.maintain() == keypool::time_point::max()); // at min_idle, nothing can expire
+    auto s = p.stats();
+    CHECK(s.size == 3);
+    CHECK(s.idle == 3);
+    CHECK(f.fake.stats().connects == 3);
+    // One above min_idle: due when its idle timeout ends.
+    {
+        auto a = p.acquire(), b = p.acquire(), c = p.acquire(), d = p.acquire();
+    }
+    CHECK(p.maintain() == f.clock.now() + 1min);
+}
+
+TEST_CASE("max_connecting caps concurrent connects; the capped caller waits for a permit") {
+    fixture f;
+    auto gate = std::make_shared<keypool::fake::gate>();
+    f.fake.script({keypool::fake::outcome::wait_for(gate)});
+    auto p = f.make({.max_size = 4, .max_connecting = 1});
+    async_acquire a(p, 60s);
+    REQUIRE(eventually([&] { return gate->waiting() == 1; }));
+    async_acquire b(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    CHECK(f.fake.stats().connect_attempts == 1);
+    gate->open();
+    a.join();
+    b.join();
+    CHECK(a.result);
+    CHECK(b.result);
+    CHECK(a.id != b.id);
+    CHECK(f.fake.stats().connects == 2);
+}
+
+TEST_CASE("a freed slot becomes a connect permit for the oldest waiter") {
+    fixture f;
+    auto p = f.make({.max_size = 1});
+    auto held = p.acquire();
+    const auto id = held->id;
+    async_acquire w(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    held.discard();
+    w.join();
+    REQUIRE(w.result);
+    CHECK(w.id != id);
+}
+
+TEST_CASE("every connect has a deadline") {
+    fixture f;
+    f.fake.script({keypool::fake::outcome::slow(20s)});
+    auto p = f.make({.connect_timeout = 5s});
+    async_acquire w(p, 60s);
+    REQUIRE(eventually([&] { return f.fake.stats().connect_attempts == 1; }));
+    f.clock.advance(5s);
+    w.join();
+    CHECK(w.ec == errc::timeout);
+    CHECK(p.stats().connects_failed == 1);
+    CHECK(p.stats().size == 0);
+}
+
+TEST_CASE("the caller's own deadline ends its connect without counting as a server failure") {
+    fixture f;
+    f.fake.script({keypool::fake::outcome::slow(20s)});
+    auto p = f.make();
+    async_acquire w(p, 2s);
+    REQUIRE(eventually([&] { return f.fake.stats().connect_attempts == 1; }));
+    f.clock.advance(2s);
+    w.join();
+    CHECK(w.ec == errc::timeout);
+    CHECK_FALSE(p.last_connect_error()); // no backoff: the next caller connects at once
+    CHECK(p.acquire());
+}
+
+TEST_CASE("a definite connect failure is delivered at once, then backed off exponentially") {
+    fixture f;
+    f.fake.fail_next_connects(3, keypool::make_error_code(errc::authentication_failed));
+    auto p = f.make({.max_size = 1, .backoff_initial = 100ms, .backoff_max = 10s});
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(ec == errc::authentication_failed);
+    CHECK(f.fake.stats().connect_attempts == 1);
+
+    // In backoff with nothing open: fail fast with the real error, without a connect attempt.
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(ec == errc::authentication_failed);
+    CHECK(f.fake.stats().connect_attempts == 1);
+
+    f.clock.advance(100ms); // first delay is in [50, 100] ms
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(f.fake.stats().connect_attempts == 2);
+    f.clock.advance(99ms); // second delay is in [100, 200] ms
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(f.fake.stats().connect_attempts == 2);
+    f.clock.advance(101ms);
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(f.fake.stats().connect_attempts == 3);
+    f.clock.advance(400ms);
+    auto l = p.acquire(60s, ec);
+    CHECK(l);
+    CHECK(p.stats().connects_failed == 3);
+    // A later timeout still names the last connect failure.
+    CHECK_THROWS_WITH_AS((void)p.acquire(0s), doctest::Contains("authentication_failed"), keypool::error);
+}
+
+TEST_CASE("waiters get the definite failure instead of waiting out their timeout") {
+    fixture f;
+    auto gate = std::make_shared<keypool::fake::gate>();
+    f.fake.script({keypool::fake::outcome::wait_for(gate, keypool::make_error_code(errc::key_not_found))});
+    auto p = f.make({.max_size = 2, .max_connecting = 1});
+    async_acquire a(p, 60s);
+    REQUIRE(eventually([&] { return gate->waiting() == 1; }));
+    async_acquire b(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    gate->open();
+    a.join();
+    b.join();
+    CHECK(a.ec == errc::key_not_found);
+    CHECK(b.ec == errc::key_not_found);
+}
+
+TEST_CASE("a waiter in backoff connects once the backoff ends") {
+    fixture f;
+    auto p = f.make({.max_size = 2, .backoff_initial = 1s, .backoff_max = 1s});
+    auto held = p.acquire();
+    f.fake.fail_next_connects(1);
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(60s, ec)); // the second connect fails: backoff, but one is open
+    CHECK(ec == errc::connect_failed);
+    async_acquire w(p, 60s); // waits: a lease may return, or the backoff may end
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    f.clock.advance(1s);
+    w.join();
+    CHECK(w.result);
+    CHECK(f.fake.stats().connects == 2);
+}
+
+TEST_CASE("close wakes every waiter, closes idle connections, and takes late returns") {
+    fixture f;
+    auto p = f.make({.max_size = 2});
+    auto a = p.acquire();
+    p.acquire().release(); // one idle
+    auto b = p.acquire();
+    async_acquire w(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    b.release(); // handed to w
+    w.join();
+    async_acquire w2(p, 60s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    p.close();
+    w2.join();
+    CHECK(w2.ec == errc::closed);
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(ec == errc::closed);
+    CHECK(f.fake.live() == 2); // both leased
+    a.release();
+    w.result.release();
+    CHECK(f.fake.live() == 0);
+    CHECK(p.stats().closed_for(close_reason::closed) == 2);
+}
+
+TEST_CASE("close with a deadline drains or reports that leases are still out") {
+    fixture f;
+    auto p = f.make();
+    auto l = p.acquire();
+    CHECK_FALSE(p.close(p.now()));
+    l.release();
+    CHECK(p.close(p.now()));
+
+    auto q = f.make();
+    auto m = q.acquire();
+    std::atomic<bool> drained{false};
+    std::jthread closer([&] { drained = q.close(q.now() + 60s); });
+    REQUIRE(eventually([&] { return q.stats().size == 1 && !drained; }));
+    m.release();
+    closer.join();
+    CHECK(drained);
+}
+
+TEST_CASE("a lease may outlive its pool") {
+    fixture f;
+    auto p = std::make_unique<kp_test::manual_pool<>>(f.make());
+    auto l = p->acquire();
+    auto idle = p->acquire();
+    idle.release();
+    p.reset();
+    CHECK(f.fake.live() == 1);
+    l->use();
+    CHECK(l->dirty());
+    l.release();
+    CHECK(f.fake.live() == 0);
+}
+
+TEST_CASE("move-assigning a lease returns the connection it held first") {
+    fixture f;
+    auto p = f.make();
+    auto a = p.acquire();
+    auto b = p.acquire();
+    const auto bid = b->id;
+    a = std::move(b);
+    CHECK_FALSE(b);
+    CHECK(a->id == bid);
+    CHECK(p.stats().idle == 1);
+    CHECK(p.stats().in_use == 1);
+}
+
+TEST_CASE("a single-threaded pool reports would_deadlock instead of waiting") {
+    fixture f;
+    auto p = f.make<keypool::with_sync<keypool::sync::none>>({.max_size = 1});
+    auto l = p.acquire();
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(60s, ec));
+    CHECK(ec == errc::would_deadlock);
+    l.release();
+    CHECK(p.acquire(60s, ec));
+}
+
+TEST_CASE("observer hooks see connects, closes and waits") {
+    struct counting {
+        std::shared_ptr<std::atomic<int>> connects = std::make_shared<std::atomic<int>>(0);
+        std::shared_ptr<std::atomic<int>> closes = std::make_shared<std::atomic<int>>(0);
+        std::shared_ptr<std::atomic<int>> waits = std::make_shared<std::atomic<int>>(0);
+        void on_connect(std::chrono::nanoseconds, std::error_code) { ++*connects; }
+        void on_close(close_reason) { ++*closes; }
+        void on_wait(std::chrono::nanoseconds, std::error_code) { ++*waits; }
+    };
+    fixture f;
+    counting obs;
+    kp_test::manual_pool<keypool::with_observer<counting>> p(f.fake, "db", {.max_size = 1}, f.clock, obs);
+    auto l = p.acquire();
+    std::error_code ec;
+    async_acquire w(p, 1s);
+    REQUIRE(eventually([&] { return p.stats().waiters == 1; }));
+    f.clock.advance(1s);
+    w.join();
+    l.discard();
+    CHECK(*obs.connects == 1);
+    CHECK(*obs.closes == 1);
+    CHECK(*obs.waits == 1);
+}
+
+TEST_CASE("invalid options are rejected when the pool is built") {
+    fixture f;
+    CHECK_THROWS_WITH_AS(f.make({.max_size = 0}), doctest::Contains("max_size"), keypool::error);
+    try {
+        (void)f.make({.min_idle = 11});
+    } catch (const keypool::error& e) {
+        CHECK(e.code() == errc::invalid_config);
+    }
+}
+
+TEST_CASE("the janitor runs maintenance on its own thread") {
+    keypool::fake::connector fake;
+    keypool::pool<keypool::fake::connector> p(fake, "db", {.max_size = 4, .min_idle = 2});
+    keypool::janitor j(p, 10ms);
+    CHECK(eventually([&] { return p.stats().idle == 2; }));
+}
+
+} // TEST_SUITE
