@@ -6,6 +6,8 @@
 #include <functional>
 #include <thread>
 
+#include <ostream> // doctest prints std::error_code through it
+
 #include <doctest/doctest.h>
 #include <keypool/keypool.hpp>
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The "main" job: Release build with benchmarks and examples, run every
+# example, run every benchmark in quick mode, then summarise the results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+
+dir=build/main
+cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release \
+  -DKEYPOOL_BUILD_TESTS=OFF -DKEYPOOL_BUILD_BENCH=ON -DKEYPOOL_BUILD_EXAMPLES=ON
+cmake --build "$dir" -j2
+
+shopt -s nullglob
+
+echo "== examples"
+for exe in "$dir"/examples/*; do
+  [[ -f "$exe" && -x "$exe" ]] || continue
+  echo "-- $exe"
+  "$exe"
+done
+
+echo "== benchmarks"
+results="$dir/bench-results"
+rm -rf "$results"
+mkdir -p "$results"
+for exe in "$dir"/bench/*_bench; do
+  [[ -f "$exe" && -x "$exe" ]] || continue
+  name=$(basename "$exe")
+  echo "-- $name"
+  "$exe" --benchmark_min_time=0.05 --benchmark_repetitions=3 \
+    --benchmark_report_aggregates_only=true \
+    --benchmark_out="$results/$name.json" --benchmark_out_format=json
+done
+
+jsons=("$results"/*.json)
+if [[ -f bench/summarize.py && ${#jsons[@]} -gt 0 ]]; then
+  python3 bench/summarize.py "${jsons[@]}"
+fi

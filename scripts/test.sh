@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run):
+#   1. build/test  RelWithDebInfo, everything: unit, stress, readme,
+#                  compile_fail, consumer and example tests
+#   2. build/tsan  ThreadSanitizer,    unit + stress
+#   3. build/asan  ASan + UBSan,       unit + stress
+# Test failures in one phase don't stop the next (you see all of them);
+# a configure/build failure stops at once. Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh || exit 1
+
+# Hook: scripts/pg-fixture.sh (PostgreSQL/pgbouncer fixture) is not wired in
+# yet; when it lands, start it here for the integration tests.
+
+total_passed=0
+total_failed=0
+status=0
+
+summary() {
+  echo "== ${total_passed} passed, ${total_failed} failed"
+}
+
+# build <dir> <cmake args...>: configure and build, abort the run on error.
+build() {
+  local dir=$1; shift
+  echo "== configure + build $dir"
+  if ! cmake -S . -B "$dir" "$@" || ! cmake --build "$dir" -j2; then
+    echo "== BUILD FAILED: $dir" >&2
+    summary
+    exit 1
+  fi
+}
+
+# run_ctest <dir> <ctest args...>: run tests and add to the totals.
+run_ctest() {
+  local dir=$1; shift
+  local log="$dir/ctest.log"
+  echo "== ctest $dir $*"
+  ctest --test-dir "$dir" --output-on-failure -j2 --no-tests=error "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  # ctest's summary: "95% tests passed, 1 tests failed out of 20"
+  local line failed total
+  line=$(grep -Eo 'tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -n1)
+  if [[ -n "$line" ]]; then
+    failed=$(awk '{print $3}' <<<"$line")
+    total=$(awk '{print $NF}' <<<"$line")
+    total_passed=$((total_passed + total - failed))
+    total_failed=$((total_failed + failed))
+  fi
+  if ((rc != 0)); then
+    echo "== ctest FAILED in $dir (exit $rc)" >&2
+    # Count a run that failed without a summary (e.g. no tests) as one failure.
+    [[ -n "$line" ]] || total_failed=$((total_failed + 1))
+    status=1
+  fi
+}
+
+# 1. Everything, optimised as released but with debug info.
+build build/test -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DKEYPOOL_BUILD_TESTS=ON -DKEYPOOL_BUILD_BENCH=OFF -DKEYPOOL_BUILD_EXAMPLES=ON
+run_ctest build/test
+
+# 2. ThreadSanitizer. Options are exported for the build as well, since
+# doctest test discovery runs the test binaries at build time.
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+build build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEYPOOL_SANITIZE=thread \
+  -DKEYPOOL_BUILD_TESTS=ON -DKEYPOOL_BUILD_BENCH=OFF -DKEYPOOL_BUILD_EXAMPLES=OFF
+run_ctest build/tsan -L 'stress|unit'
+unset TSAN_OPTIONS
+
+# 3. ASan + UBSan. A Debug build keeps assert()s live somewhere in the suite;
+# -O1 is what ASan recommends and keeps the stress tests reasonably fast.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+build build/asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" -DKEYPOOL_SANITIZE=address \
+  -DKEYPOOL_BUILD_TESTS=ON -DKEYPOOL_BUILD_BENCH=OFF -DKEYPOOL_BUILD_EXAMPLES=OFF
+run_ctest build/asan -L 'stress|unit'
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+summary
+exit $status

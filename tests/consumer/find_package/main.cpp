@@ -1,0 +1,3 @@
+#include <keypool/keypool.hpp>
+
+int main() { return 0; }

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: BSL-1.0
+// Clock policies: the coarse reading and the manual clock's events.
+#include <thread>
+
+#include "../support/helpers.hpp"
+
+using namespace std::chrono_literals;
+
+TEST_SUITE("clock") {
+
+TEST_CASE("the coarse steady reading is on the same epoch as the precise one") {
+    keypool::steady_clock c;
+    auto precise = c.now();
+    auto coarse = c.coarse_now();
+    CHECK(coarse <= precise + 10ms);
+    CHECK(coarse >= precise - 50ms); // resolution is a few milliseconds
+}
+
+TEST_CASE("a manual clock moves only when told") {
+    keypool::manual_clock c;
+    auto t0 = c.now();
+    CHECK(c.now() == t0);
+    c.advance(5s);
+    CHECK(c.now() == t0 + 5s);
+    CHECK(c.coarse_now() == c.now());
+    c.set(t0);
+    CHECK(c.now() == t0);
+}
+
+TEST_CASE("a manual-clock event wakes when set or when time passes its deadline") {
+    keypool::manual_clock c;
+    keypool::manual_clock::event ev(c);
+    CHECK_FALSE(ev.wait_until(c.now())); // deadline already reached: returns at once
+    std::atomic<int> result{-1};
+    std::atomic<bool> started{false};
+    std::jthread t([&] {
+        started = true;
+        result = ev.wait_until(c.now() + 10s) ? 1 : 0;
+    });
+    REQUIRE(kp_test::eventually([&] { return started.load(); }));
+    c.advance(10s);
+    t.join();
+    CHECK(result == 0);
+    ev.set();
+    CHECK(ev.wait_until(c.now() + 1s));
+}
+
+TEST_CASE("sleep_until ends early on a stop request") {
+    keypool::manual_clock c;
+    std::stop_source s;
+    s.request_stop();
+    CHECK_FALSE(keypool::sleep_until(c, c.now() + 1h, s.get_token()));
+    CHECK(keypool::sleep_until(c, c.now(), {}));
+}
+
+} // TEST_SUITE

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: BSL-1.0
+// fake::connector: scripted outcomes, fault injection, session state and counters.
+#include <thread>
+
+#include "../support/helpers.hpp"
+
+using namespace std::chrono_literals;
+using keypool::errc;
+using keypool::fake::outcome;
+using kp_test::eventually;
+
+TEST_SUITE("fake_connector") {
+
+TEST_CASE("connects succeed by default and record their target") {
+    keypool::manual_clock clock;
+    keypool::fake::connector c(clock);
+    std::error_code ec;
+    auto x = c.connect("tenant_a", clock.now() + 1s, {}, ec);
+    REQUIRE(x);
+    CHECK_FALSE(ec);
+    CHECK(x->target == "tenant_a");
+    CHECK(x->id == 1);
+    CHECK(c.live() == 1);
+    c.close(*x);
+    CHECK(c.live() == 0);
+    CHECK(c.stats().closes == 1);
+}
+
+TEST_CASE("copies share one state") {
+    keypool::fake::connector a;
+    keypool::fake::connector b = a;
+    std::error_code ec;
+    auto x = b.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    CHECK(a.live() == 1);
+    CHECK(a.native_handle(*x) == x->id);
+}
+
+TEST_CASE("scripted failures come in order, then connects succeed again") {
+    keypool::manual_clock clock;
+    keypool::fake::connector c(clock);
+    c.script({outcome::fail(keypool::make_error_code(errc::key_not_found)), outcome::succeed()});
+    c.fail_next_connects(1, keypool::make_error_code(errc::authentication_failed));
+    std::error_code ec;
+    CHECK_FALSE(c.connect("t", clock.now() + 1s, {}, ec));
+    CHECK(ec == errc::key_not_found);
+    CHECK(c.connect("t", clock.now() + 1s, {}, ec));
+    CHECK_FALSE(c.connect("t", clock.now() + 1s, {}, ec));
+    CHECK(ec == errc::authentication_failed);
+    CHECK(c.connect("t", clock.now() + 1s, {}, ec));
+    auto s = c.stats();
+    CHECK(s.connect_attempts == 4);
+    CHECK(s.connects == 2);
+    CHECK(s.connect_failures == 2);
+}
+
+TEST_CASE("a slow connect follows the manual clock and honours its deadline") {
+    keypool::manual_clock clock;
+    keypool::fake::connector c(clock);
+    c.script({outcome::slow(5s), outcome::slow(5s)});
+    std::error_code ec1, ec2;
+    std::optional<keypool::fake::connection> x;
+    std::jthread t([&] { x = c.connect("t", clock.now() + 10s, {}, ec1); });
+    REQUIRE(eventually([&] { return c.stats().connect_attempts == 1; }));
+    clock.advance(5s);
+    t.join();
+    CHECK(x);
+    CHECK_FALSE(ec1);
+
+    std::jthread u([&] { x = c.connect("t", clock.now() + 2s, {}, ec2); });
+    REQUIRE(eventually([&] { return c.stats().connect_attempts == 2; }));
+    clock.advance(2s);
+    u.join();
+    CHECK(ec2 == errc::timeout);
+}
+
+TEST_CASE("a connect blocked on a gate waits for the test to open it, or for its stop token") {
+    keypool::manual_clock clock;
+    keypool::fake::connector c(clock);
+    auto g = std::make_shared<keypool::fake::gate>();
+    c.script({outcome::wait_for(g), outcome::wait_for(g)});
+    std::error_code ec;
+    std::stop_source stop;
+    std::jthread t([&] { (void)c.connect("t", clock.now() + 1h, stop.get_token(), ec); });
+    REQUIRE(eventually([&] { return g->waiting() == 1; }));
+    stop.request_stop();
+    t.join();
+    CHECK(ec == errc::cancelled);
+    CHECK(g->waiting() == 0);
+
+    std::optional<keypool::fake::connection> x;
+    std::jthread u([&] { x = c.connect("t", clock.now() + 1h, {}, ec); });
+    REQUIRE(eventually([&] { return g->waiting() == 1; }));
+    g->open();
+    u.join();
+    CHECK(x);
+}
+
+TEST_CASE("session state is set by use and cleared by reset; failures are injectable") {
+    keypool::fake::connector c;
+    std::error_code ec;
+    auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    x->use("SET ROLE alice");
+    CHECK(x->dirty());
+    CHECK(c.reset(*x));
+    CHECK_FALSE(x->dirty());
+    c.fail_next_resets(1);
+    x->use();
+    CHECK_FALSE(c.reset(*x));
+    CHECK(x->dirty());
+    CHECK(c.reset(*x));
+    CHECK(c.stats().reset_failures == 1);
+}
+
+TEST_CASE("a killed connection is reported dead by alive and fails its reset") {
+    keypool::fake::connector c;
+    std::error_code ec;
+    auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    auto y = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    CHECK(c.alive(*x));
+    c.kill(x->id);
+    CHECK_FALSE(c.alive(*x));
+    CHECK_FALSE(c.reset(*x));
+    CHECK(c.alive(*y));
+    c.kill_all();
+    CHECK_FALSE(c.alive(*y));
+    CHECK(c.stats().alive_checks == 4);
+}
+
+} // TEST_SUITE
