@@ -373,6 +373,37 @@ TEST_CASE("max_connecting caps concurrent connects; the capped caller waits for 
     CHECK(f.fake.stats().connects == 2);
 }
 
+TEST_CASE("connecting and closing connections count against max_size") {
+    fixture f;
+    auto gate = std::make_shared<keypool::fake::gate>();
+    f.fake.script({keypool::fake::outcome::wait_for(gate)});
+    auto p = f.make({.max_size = 1, .max_connecting = 2});
+    {
+        async_acquire a(p, 60s);
+        REQUIRE(eventually([&] { return gate->waiting() == 1; }));
+        std::error_code ec;
+        CHECK_FALSE(p.acquire(0s, ec)); // the slot is taken by the connect in flight
+        CHECK(ec == errc::timeout);
+        CHECK(p.stats().connecting == 1);
+        CHECK(f.fake.stats().connect_attempts == 1);
+        gate->open();
+        a.join();
+        REQUIRE(a.result);
+
+        auto closing = std::make_shared<keypool::fake::gate>();
+        f.fake.block_closes(closing);
+        std::jthread discarder([&] { a.result.discard(); });
+        REQUIRE(eventually([&] { return closing->waiting() == 1; }));
+        CHECK_FALSE(p.acquire(0s, ec)); // still counted while its close runs
+        CHECK(ec == errc::timeout);
+        CHECK(p.stats().size == 1);
+        closing->open();
+        discarder.join();
+        f.fake.block_closes(nullptr);
+    }
+    CHECK(p.acquire(0s));
+}
+
 TEST_CASE("a freed slot becomes a connect permit for the oldest waiter") {
     fixture f;
     auto p = f.make({.max_size = 1});

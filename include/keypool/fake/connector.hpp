@@ -149,6 +149,11 @@ public:
         std::lock_guard lk(st_->m);
         st_->failing_resets += n;
     }
+    /// From now on every `close` blocks until `g` opens (nullptr: closes return at once again).
+    void block_closes(std::shared_ptr<gate> g) {
+        std::lock_guard lk(st_->m);
+        st_->close_gate = std::move(g);
+    }
     /// Kills the connection with this id: `alive` and `reset` report false from now on.
     void kill(std::uint64_t id) {
         std::lock_guard lk(st_->m);
@@ -215,6 +220,12 @@ public:
     }
 
     void close(connection& c) {
+        std::shared_ptr<gate> g;
+        {
+            std::lock_guard lk(st_->m);
+            g = st_->close_gate;
+        }
+        if (g) (void)g->wait(steady_clock{}, time_point::max(), {});
         std::lock_guard lk(st_->m);
         ++st_->count.closes;
         st_->live.erase(c.id);
@@ -229,6 +240,7 @@ private:
         const manual_clock* clock = nullptr;
         std::deque<outcome> script;
         std::size_t failing_resets = 0;
+        std::shared_ptr<gate> close_gate;
         std::set<std::uint64_t> live, dead;
         std::uint64_t next_id = 0;
         counters count;
