@@ -107,28 +107,27 @@ public:
     /// Errors: throws `keypool::error` with timeout, pool_exhausted, closed, would_deadlock, or the
     /// classified connect failure.
     [[nodiscard]] lease acquire() { return acquire(core_->options().acquire_timeout); }
-    [[nodiscard]] lease acquire(duration timeout) { return acquire(now() + timeout); }
+    [[nodiscard]] lease acquire(duration timeout) {
+        std::error_code ec;
+        return checked(core_->acquire(timeout, {}, ec), ec);
+    }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {}) {
         std::error_code ec;
-        lease l = acquire(deadline, std::move(stop), ec);
-        if (ec) throw_acquire_error(ec);
-        return l;
+        return checked(core_->acquire(deadline, std::move(stop), ec), ec);
     }
 
     /// Non-throwing forms: on failure `ec` is set and the lease is empty.
     [[nodiscard]] lease acquire(duration timeout, std::error_code& ec) noexcept {
-        return acquire(now() + timeout, std::stop_token{}, ec);
+        return make_lease(core_->acquire(timeout, {}, ec));
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec) noexcept {
-        auto* s = core_->acquire(deadline, std::move(stop), ec);
-        return s ? detail::lease_access::make(core_, s) : lease{};
+        return make_lease(core_->acquire(deadline, std::move(stop), ec));
     }
 
     /// Never blocks: an idle connection if one is free and no caller is queued, else an empty lease.
     /// (It may still run the connector's `alive` or a pending `reset` on the connection it takes.)
     [[nodiscard]] lease try_acquire() noexcept {
-        auto* s = core_->try_acquire();
-        return s ? detail::lease_access::make(core_, s) : lease{};
+        return make_lease(core_->try_acquire());
     }
 
     // ---- housekeeping -----------------------------------------------------------------------
@@ -170,6 +169,15 @@ private:
         if (auto ec = validate(o, msg)) throw error(ec, msg);
         clock_ = &clock;
         return new core_type(std::move(c), std::move(t), o, clock, std::move(obs));
+    }
+
+    lease make_lease(typename core_type::slot* s) noexcept {
+        return s ? detail::lease_access::make(core_, s) : lease{};
+    }
+
+    lease checked(typename core_type::slot* s, std::error_code ec) {
+        if (!s) throw_acquire_error(ec);
+        return make_lease(s);
     }
 
     [[noreturn]] void throw_acquire_error(std::error_code ec) const {

@@ -82,14 +82,27 @@ public:
 
     // ---- acquire ---------------------------------------------------------------------------
 
-    slot* acquire(time_point deadline, std::stop_token st, std::error_code& ec) noexcept {
+    /// `when` is a deadline (time_point) or a timeout (duration). A timeout becomes a deadline only
+    /// on the slow path, so the fast path never reads the precise clock.
+    template <class When>
+    slot* acquire(When when, std::stop_token st, std::error_code& ec) noexcept {
         ec.clear();
+        std::optional<time_point> deadline;
+        auto resolve = [&] {
+            if (!deadline) {
+                if constexpr (std::is_same_v<When, time_point>)
+                    deadline = when;
+                else
+                    deadline = saturating_add(clock_->now(), when);
+            }
+            return *deadline;
+        };
         for (;;) {
             slot* s = pop_fast();
-            if (!s && !(s = acquire_slow(deadline, st, ec))) return nullptr;
+            if (!s && !(s = acquire_slow(resolve(), st, ec))) return nullptr;
             if (checkout(s)) return s;
             // The connection failed checkout and was closed: try another within the deadline.
-            if (clock_->now() >= deadline) {
+            if (clock_->now() >= resolve()) {
                 ec = make_error_code(errc::timeout);
                 std::lock_guard lk(m_);
                 ++timeouts_;
@@ -303,6 +316,10 @@ private:
         typename Clock::event ev;
     };
     using waiter_list = boost::intrusive::list<waiter, boost::intrusive::constant_time_size<true>>;
+
+    static time_point saturating_add(time_point t, duration d) noexcept {
+        return d > time_point::max() - t ? time_point::max() : t + d;
+    }
 
     static pool_options clamped(pool_options o) noexcept {
         o.max_connecting = std::min(o.max_connecting, o.max_size);

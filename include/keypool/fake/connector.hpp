@@ -3,6 +3,7 @@
 // injection and counters. For your own tests as much as for keypool's.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <list>
@@ -10,7 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
+#include <map>
 #include <stop_token>
 #include <string>
 #include <system_error>
@@ -94,12 +95,25 @@ struct outcome {
     }
 };
 
+namespace detail {
+/// Per-connection state shared with the connector: the kill flag and counters. Only the
+/// connection's current owner calls reset/alive, so the counters need no read-modify-write.
+struct connection_state {
+    std::atomic<bool> dead{false};
+    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0};
+    static void bump(std::atomic<std::uint64_t>& a) noexcept {
+        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+};
+} // namespace detail
+
 /// One fake connection: an id, the target it was opened for, and session state that use sets
 /// and reset clears (like Go's fakedb).
 struct connection {
     std::uint64_t id = 0;
     std::string target;
     std::string session; ///< empty = clean
+    std::shared_ptr<detail::connection_state> state; ///< shared with the connector (kill, counters)
 
     /// Marks the session dirty, as a query that changes session state would.
     void use(std::string state = "used") { session = std::move(state); }
@@ -145,10 +159,7 @@ public:
         for (std::size_t i = 0; i < n; ++i) st_->script.push_back(outcome::fail(ec));
     }
     /// The next `n` resets report failure.
-    void fail_next_resets(std::size_t n) {
-        std::lock_guard lk(st_->m);
-        st_->failing_resets += n;
-    }
+    void fail_next_resets(std::size_t n) { st_->failing_resets.fetch_add(n); }
     /// From now on every `close` blocks until `g` opens (nullptr: closes return at once again).
     void block_closes(std::shared_ptr<gate> g) {
         std::lock_guard lk(st_->m);
@@ -157,11 +168,11 @@ public:
     /// Kills the connection with this id: `alive` and `reset` report false from now on.
     void kill(std::uint64_t id) {
         std::lock_guard lk(st_->m);
-        st_->dead.insert(id);
+        if (auto it = st_->live.find(id); it != st_->live.end()) it->second->dead = true;
     }
     void kill_all() {
         std::lock_guard lk(st_->m);
-        st_->dead.insert(st_->live.begin(), st_->live.end());
+        for (auto& [id, cs] : st_->live) cs->dead = true;
     }
 
     // ---- inspection ---------------------------------------------------------------------------
@@ -169,6 +180,7 @@ public:
         std::lock_guard lk(st_->m);
         counters c = st_->count;
         c.live = st_->live.size();
+        for (auto& [id, cs] : st_->live) add_counts(c, *cs);
         return c;
     }
     std::uint64_t live() const { return stats().live; }
@@ -197,16 +209,19 @@ public:
         }
         ++st_->count.connects;
         const std::uint64_t id = ++st_->next_id;
-        st_->live.insert(id);
-        return connection{id, target, {}};
+        auto cs = std::make_shared<detail::connection_state>();
+        st_->live.emplace(id, cs);
+        return connection{id, target, {}, std::move(cs)};
     }
 
+    // reset and alive take no lock: the benchmarks measure the pool, not the fake.
     bool reset(connection& c) {
-        std::lock_guard lk(st_->m);
-        ++st_->count.resets;
-        if (st_->failing_resets > 0 || st_->dead.count(c.id)) {
-            if (st_->failing_resets > 0) --st_->failing_resets;
-            ++st_->count.reset_failures;
+        detail::connection_state::bump(c.state->resets);
+        bool fail = c.state->dead.load(std::memory_order_relaxed);
+        for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
+            fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
+        if (fail) {
+            detail::connection_state::bump(c.state->reset_failures);
             return false;
         }
         c.session.clear();
@@ -214,9 +229,8 @@ public:
     }
 
     bool alive(connection& c) {
-        std::lock_guard lk(st_->m);
-        ++st_->count.alive_checks;
-        return st_->dead.count(c.id) == 0;
+        detail::connection_state::bump(c.state->alive_checks);
+        return !c.state->dead.load(std::memory_order_relaxed);
     }
 
     void close(connection& c) {
@@ -228,8 +242,10 @@ public:
         if (g) (void)g->wait(steady_clock{}, time_point::max(), {});
         std::lock_guard lk(st_->m);
         ++st_->count.closes;
-        st_->live.erase(c.id);
-        st_->dead.erase(c.id);
+        if (auto it = st_->live.find(c.id); it != st_->live.end()) {
+            add_counts(st_->count, *it->second);
+            st_->live.erase(it);
+        }
     }
 
     std::uint64_t native_handle(connection& c) const noexcept { return c.id; }
@@ -239,12 +255,18 @@ private:
         std::mutex m;
         const manual_clock* clock = nullptr;
         std::deque<outcome> script;
-        std::size_t failing_resets = 0;
+        std::atomic<std::size_t> failing_resets{0};
         std::shared_ptr<gate> close_gate;
-        std::set<std::uint64_t> live, dead;
+        std::map<std::uint64_t, std::shared_ptr<detail::connection_state>> live;
         std::uint64_t next_id = 0;
         counters count;
     };
+
+    static void add_counts(counters& c, const detail::connection_state& cs) {
+        c.resets += cs.resets.load(std::memory_order_relaxed);
+        c.reset_failures += cs.reset_failures.load(std::memory_order_relaxed);
+        c.alive_checks += cs.alive_checks.load(std::memory_order_relaxed);
+    }
 
     template <class Clock>
     static std::error_code play(const Clock& clock, const outcome& o, time_point deadline, std::stop_token stop) {
