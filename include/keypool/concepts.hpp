@@ -66,6 +66,14 @@ concept connector_has_native_handle = requires(C& c, typename C::connection_type
     c.native_handle(x);
 };
 
+/// Optional: `c.prepare(x, setup, ec) -> bool` runs a lease's session setup (e.g. the role switch)
+/// right after checkout; false closes the connection and fails the acquire with `ec`. The
+/// connector's `reset` must undo whatever `prepare` did.
+template <class C, class Setup>
+concept connector_has_prepare = requires(C& c, typename C::connection_type& x, const Setup& s, std::error_code& ec) {
+    { c.prepare(x, s, ec) } -> std::same_as<bool>;
+};
+
 // ---- Clock -----------------------------------------------------------------------------------
 
 template <class C>

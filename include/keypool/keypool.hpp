@@ -12,5 +12,9 @@
 #include <keypool/policies/observer.hpp>
 #include <keypool/policies/reset.hpp>
 #include <keypool/policies/sync.hpp>
+#include <keypool/policies/eviction.hpp>
+#include <keypool/policies/flight.hpp>
 #include <keypool/pool.hpp>
+#include <keypool/registry.hpp>
+#include <keypool/resolver.hpp>
 #include <keypool/stats.hpp>

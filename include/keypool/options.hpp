@@ -103,4 +103,41 @@ inline std::error_code validate(const pool_options& o, std::string& message) {
     return {};
 }
 
+/// Options of a registry of pools (one pool per key or per resolved target).
+struct registry_options {
+    /// Options of every pool the registry builds.
+    pool_options pool{};
+    /// Live pools kept under `evict::lru` (the least recently used is retired beyond it).
+    /// Default 500; range 1..100'000'000.
+    std::size_t max_pools = 500;
+    /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired.
+    /// Default 15 min; nullopt = never; when set, must be positive.
+    std::optional<duration> pool_idle_timeout = 15min;
+    /// How long a failed resolution is remembered and returned at once to later callers for the key.
+    /// Default 1 s; must be zero or positive.
+    duration failure_backoff = 1s;
+    /// Lock shards of the key table. Default 64; range 1..4096.
+    std::size_t shards = 64;
+};
+
+inline std::error_code validate(const registry_options& o, std::string& message) {
+    if (auto ec = validate(o.pool, message)) {
+        message = "registry_options.pool." + message.substr(std::string("pool_options.").size());
+        return ec;
+    }
+    auto fail = [&](std::string text) {
+        message = "registry_options." + std::move(text);
+        return make_error_code(errc::invalid_config);
+    };
+    if (o.max_pools < 1 || o.max_pools > 100'000'000)
+        return fail("max_pools must be in 1..100000000 (got " + std::to_string(o.max_pools) + ")");
+    if (o.pool_idle_timeout && *o.pool_idle_timeout <= duration::zero())
+        return fail("pool_idle_timeout must be positive or nullopt");
+    if (o.failure_backoff < duration::zero()) return fail("failure_backoff must not be negative");
+    if (o.shards < 1 || o.shards > 4096)
+        return fail("shards must be in 1..4096 (got " + std::to_string(o.shards) + ")");
+    message.clear();
+    return {};
+}
+
 } // namespace keypool

@@ -20,6 +20,9 @@
 #include <keypool/detail/pool_core.hpp>
 
 namespace keypool {
+namespace detail {
+struct pool_access; // the registry's way in: the core and lease construction
+}
 
 // ---- Option setters: order-free, each checked by its axis concept ----------------------------
 namespace detail {
@@ -158,6 +161,8 @@ public:
     time_point now() const noexcept { return clock_->now(); }
 
 private:
+    friend struct detail::pool_access;
+
     static const clock_type& default_clock() noexcept {
         static const clock_type c{};
         return c;
@@ -192,6 +197,15 @@ private:
     const clock_type* clock_ = nullptr;
     core_type* core_ = nullptr;
 };
+
+namespace detail {
+struct pool_access {
+    template <class Pool>
+    static auto* core(Pool& p) noexcept { return p.core_; }
+    template <class Pool, class Slot>
+    static typename Pool::lease make_lease(Pool& p, Slot* s) noexcept { return p.make_lease(s); }
+};
+} // namespace detail
 
 /// The pool with default policies: `keypool::pool<keypool::fake::connector>`.
 template <connector Connector>

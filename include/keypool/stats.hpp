@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 
+#include <keypool/error.hpp>
 #include <keypool/policies/observer.hpp>
 
 namespace keypool {
@@ -34,6 +35,36 @@ struct pool_stats {
     std::array<std::uint64_t, close_reason_count> closes{}; ///< closes, indexed by close_reason
 
     std::uint64_t closed_for(close_reason r) const noexcept { return closes[static_cast<std::size_t>(r)]; }
+};
+
+/// Why a registry retired a pool. The enumerator name is the metric label value.
+enum class evict_reason : std::uint8_t { lru, idle, size, invalidated };
+inline constexpr std::size_t evict_reason_count = 4;
+
+inline const char* to_string(evict_reason r) noexcept {
+    switch (r) {
+    case evict_reason::lru: return "lru";
+    case evict_reason::idle: return "idle";
+    case evict_reason::size: return "size";
+    case evict_reason::invalidated: return "invalidated";
+    }
+    return "unknown";
+}
+
+/// Snapshot of a registry.
+struct registry_stats {
+    std::uint64_t keys_active = 0;   ///< keys with a live pool entry
+    std::uint64_t pools_active = 0;  ///< distinct live pools (fewer than keys when keys share a target)
+    std::uint64_t pools_created = 0; ///< pool entries built (with flight::none, also the discarded ones)
+    std::uint64_t hits = 0;          ///< acquires that found the key's pool ready
+    std::uint64_t misses = 0;        ///< acquires that had to create it
+    std::uint64_t joins = 0;         ///< acquires that waited for another caller's creation
+    std::array<std::uint64_t, evict_reason_count> evicted{}; ///< indexed by evict_reason
+    std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
+    pool_stats pools{};              ///< the live pools' stats, summed (peaks are maxima)
+
+    std::uint64_t evicted_for(evict_reason r) const noexcept { return evicted[static_cast<std::size_t>(r)]; }
+    std::uint64_t errors_for(errc e) const noexcept { return errors[static_cast<std::size_t>(e) & 15]; }
 };
 
 } // namespace keypool

@@ -118,6 +118,39 @@ public:
         return nullptr;
     }
 
+    // ---- for owners that may have dropped the pool object (the registry) ---------------------
+
+    /// One CAS: an idle connection, or nullptr if none is free or callers are queued.
+    slot* pop_idle() noexcept { return pop_fast(); }
+
+    enum class checkout_result { ok, retry, delete_core };
+    /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
+    /// this closed its last connection, so the caller must delete the core.
+    checkout_result checkout_detached(slot* s) noexcept {
+        auto failed = [&](close_reason why) {
+            return dispose(s, why) ? checkout_result::delete_core : checkout_result::retry;
+        };
+        const time_point now = clock_->coarse_now();
+        if (now >= s->expires) return failed(close_reason::lifetime);
+        if (now - s->last_used >= opt_.validate_after_idle) {
+            bool ok = false;
+            try {
+                ok = connector_.alive(*s->conn);
+            } catch (...) {
+            }
+            if (!ok) return failed(close_reason::broken);
+        }
+        if constexpr (!std::is_same_v<Reset, reset_at::release>) {
+            if (s->dirty) {
+                bump(s->resets);
+                if (!reset_connection(s)) return failed(close_reason::reset_failed);
+            }
+        }
+        s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
+        bump(s->uses);
+        return checkout_result::ok;
+    }
+
     // ---- release ---------------------------------------------------------------------------
 
     /// Returns a leased connection. Returns true if the caller must delete the core (the pool is
@@ -291,6 +324,17 @@ public:
         r.connects_failed = connects_failed_;
         r.closes = closes_;
         return r;
+    }
+
+    /// True while a lease is out, a connect is in flight or a caller waits: a registry does not
+    /// count such a pool as idle.
+    bool busy() const noexcept {
+        std::lock_guard lk(m_);
+        if (connecting_ > 0 || !waiters_.empty()) return true;
+        for (std::size_t i = 0; i < opt_.max_size; ++i)
+            if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
+                return true;
+        return false;
     }
 
     std::error_code last_connect_error() const noexcept {
@@ -579,28 +623,9 @@ private:
     }
 
     /// Makes an owned slot's connection fit to lease: lifetime, liveness, pending reset.
-    /// On failure the connection is closed and false returned.
-    bool checkout(slot* s) noexcept {
-        const time_point now = clock_->coarse_now();
-        if (now >= s->expires) return (void)dispose(s, close_reason::lifetime), false;
-        if (now - s->last_used >= opt_.validate_after_idle) {
-            bool ok = false;
-            try {
-                ok = connector_.alive(*s->conn);
-            } catch (...) {
-            }
-            if (!ok) return (void)dispose(s, close_reason::broken), false;
-        }
-        if constexpr (!std::is_same_v<Reset, reset_at::release>) {
-            if (s->dirty) {
-                bump(s->resets);
-                if (!reset_connection(s)) return (void)dispose(s, close_reason::reset_failed), false;
-            }
-        }
-        s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
-        bump(s->uses);
-        return true;
-    }
+    /// On failure the connection is closed and false returned. Only for callers that keep the
+    /// pool object alive (so closing cannot be the core's last act).
+    bool checkout(slot* s) noexcept { return checkout_detached(s) == checkout_result::ok; }
 
     /// Closes an owned slot's connection and frees the slot. True if the caller must delete the
     /// core (owner gone, last connection).

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <map>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <system_error>
@@ -19,6 +20,7 @@
 
 #include <keypool/error.hpp>
 #include <keypool/policies/clock.hpp>
+#include <keypool/resolver.hpp>
 
 namespace keypool::fake {
 
@@ -250,6 +252,24 @@ public:
 
     std::uint64_t native_handle(connection& c) const noexcept { return c.id; }
 
+    /// The role switch: the session now runs as `r` (visible as `session == "role=<name>"`), until
+    /// the reset. Roles listed by `reject_role` fail with `authentication_failed`.
+    bool prepare(connection& c, const role& r, std::error_code& ec) {
+        {
+            std::lock_guard lk(st_->m);
+            if (st_->rejected_roles.count(r.name)) {
+                ec = make_error_code(errc::authentication_failed);
+                return false;
+            }
+        }
+        c.session = "role=" + r.name;
+        return true;
+    }
+    void reject_role(std::string name) {
+        std::lock_guard lk(st_->m);
+        st_->rejected_roles.insert(std::move(name));
+    }
+
 private:
     struct state {
         std::mutex m;
@@ -257,6 +277,7 @@ private:
         std::deque<outcome> script;
         std::atomic<std::size_t> failing_resets{0};
         std::shared_ptr<gate> close_gate;
+        std::set<std::string> rejected_roles;
         std::map<std::uint64_t, std::shared_ptr<detail::connection_state>> live;
         std::uint64_t next_id = 0;
         counters count;

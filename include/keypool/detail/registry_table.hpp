@@ -1,0 +1,547 @@
+// SPDX-License-Identifier: BSL-1.0
+// The machinery behind basic_registry: a sharded key table, single-flight creation, the CLOCK
+// ring for LRU eviction, idle eviction, and pool sharing between keys with one target.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <stop_token>
+#include <system_error>
+#include <vector>
+
+#include <boost/container_hash/hash.hpp>
+#include <boost/intrusive/list.hpp>
+#include <boost/unordered_map.hpp>
+
+#include <keypool/error.hpp>
+#include <keypool/lease.hpp>
+#include <keypool/options.hpp>
+#include <keypool/stats.hpp>
+
+namespace keypool::detail {
+
+template <class O, class Key>
+void notify_pool_created(O& o, const Key& k) {
+    if constexpr (requires { o.on_pool_created(k); }) o.on_pool_created(k);
+}
+template <class O, class Key>
+void notify_pool_evicted(O& o, const Key& k, evict_reason r) {
+    if constexpr (requires { o.on_pool_evicted(k, r); }) o.on_pool_evicted(k, r);
+}
+
+// Lock order: ring_m_ before any shard lock; never two shard locks at once. The hot path takes
+// one shard lock only. Pools are destroyed (which closes their idle connections) outside all locks.
+//
+// An entry is created by the first caller for its key (the leader) in state `creating`; only the
+// leader changes it until it is `ready` or `failed`. Ready entries are linked into the CLOCK ring;
+// eviction, invalidation and close take ring_m_, then the entry's shard lock, and erase it.
+template <class Key, class Resolver, class Connector, class Pool, class Lease, class Eviction, class Flight,
+          class Clock, class Sync, class Observer>
+class registry_table {
+public:
+    using target_type = typename Resolver::target_type;
+    using setup_type = typename Resolver::setup_type;
+    using core_type = std::remove_pointer_t<decltype(pool_access::core(std::declval<Pool&>()))>;
+    template <class T>
+    using atomic = typename Sync::template atomic<T>;
+    using mutex_type = typename Sync::mutex_type;
+
+    registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
+        : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
+          obs_(std::move(obs)), shards_(new shard[opt_.shards]) {}
+
+    registry_table(const registry_table&) = delete;
+    registry_table& operator=(const registry_table&) = delete;
+
+    const registry_options& options() const noexcept { return opt_; }
+    time_point now() const { return clock_->now(); }
+
+    // ---- acquire ---------------------------------------------------------------------------
+
+    template <class When>
+    Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
+        ec.clear();
+        shard& sh = shard_for(key);
+        std::optional<time_point> deadline;
+        auto resolve_deadline = [&] {
+            if (!deadline) {
+                if constexpr (std::is_same_v<When, time_point>) deadline = when;
+                else deadline = when > time_point::max() - clock_->now() ? time_point::max() : clock_->now() + when;
+            }
+            return *deadline;
+        };
+        for (int attempt = 0;; ++attempt) {
+            std::unique_lock lk(sh.m);
+            auto it = sh.map.find(key);
+            if (it != sh.map.end() && it->second->st == entry::state::ready) {
+                entry& e = *it->second;
+                touch(e);
+                if (attempt == 0) ++sh.hits;
+                core_type* core = pool_access::core(*e.pool);
+                setup_type setup = e.setup;
+                if (auto* s = core->pop_idle()) {
+                    lk.unlock();
+                    switch (core->checkout_detached(s)) {
+                    case core_type::checkout_result::ok:
+                        return prepared(Lease(lease_access::make(core, s), key), setup, ec);
+                    case core_type::checkout_result::delete_core: delete core; continue;
+                    case core_type::checkout_result::retry: continue;
+                    }
+                }
+                // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
+                std::shared_ptr<Pool> pin = e.pool;
+                lk.unlock();
+                auto l = pin->acquire(resolve_deadline(), st, ec);
+                if (!l) return count_error(ec), Lease{};
+                return prepared(Lease(std::move(l), key), setup, ec);
+            }
+            if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
+        }
+    }
+
+    Lease try_acquire(const Key& key) noexcept {
+        shard& sh = shard_for(key);
+        for (;;) {
+            std::unique_lock lk(sh.m);
+            auto it = sh.map.find(key);
+            if (it == sh.map.end() || it->second->st != entry::state::ready) return {};
+            entry& e = *it->second;
+            touch(e);
+            ++sh.hits;
+            core_type* core = pool_access::core(*e.pool);
+            setup_type setup = e.setup;
+            auto* s = core->pop_idle();
+            lk.unlock();
+            if (!s) return {};
+            switch (core->checkout_detached(s)) {
+            case core_type::checkout_result::ok: {
+                std::error_code ec;
+                return prepared(Lease(lease_access::make(core, s), key), setup, ec);
+            }
+            case core_type::checkout_result::delete_core: delete core; continue;
+            case core_type::checkout_result::retry: continue;
+            }
+        }
+    }
+
+    std::shared_ptr<Pool> pool(const Key& key, time_point deadline, std::stop_token st, std::error_code& ec) {
+        shard& sh = shard_for(key);
+        for (;;) {
+            std::unique_lock lk(sh.m);
+            auto it = sh.map.find(key);
+            if (it != sh.map.end() && it->second->st == entry::state::ready) {
+                touch(*it->second);
+                return it->second->pool;
+            }
+            if (!create_or_join(sh, lk, it, key, deadline, st, ec)) return nullptr;
+        }
+    }
+
+    // ---- housekeeping ------------------------------------------------------------------------
+
+    bool invalidate(const Key& key) {
+        std::vector<std::unique_ptr<entry>> dead;
+        {
+            std::lock_guard rl(ring_m_);
+            shard& sh = shard_for(key);
+            std::lock_guard lk(sh.m);
+            auto it = sh.map.find(key);
+            if (it == sh.map.end() || it->second->st == entry::state::creating) return false;
+            if (it->second->st == entry::state::ready) {
+                ring_.erase(ring_.iterator_to(*it->second));
+                ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
+            }
+            dead.push_back(std::move(it->second));
+            sh.map.erase(it);
+        }
+        for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::invalidated);
+        return true; // `dead` goes out of scope here, outside the locks: the pool closes
+    }
+
+    std::size_t evict_idle() {
+        if constexpr (!Eviction::uses_idle) {
+            return 0;
+        } else {
+            if (!opt_.pool_idle_timeout) return 0;
+            const time_point now = clock_->coarse_now();
+            std::vector<std::unique_ptr<entry>> dead;
+            {
+                std::lock_guard rl(ring_m_);
+                for (auto it = ring_.begin(); it != ring_.end();) {
+                    entry& e = *it++;
+                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) <
+                        *opt_.pool_idle_timeout)
+                        continue;
+                    if (pool_access::core(*e.pool)->busy()) continue;
+                    dead.push_back(unlink_locked(e, evict_reason::idle));
+                }
+            }
+            for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::idle);
+            return dead.size();
+        }
+    }
+
+    time_point maintain() {
+        evict_idle();
+        time_point due = time_point::max();
+        if constexpr (Eviction::uses_idle) {
+            if (opt_.pool_idle_timeout) due = clock_->now() + *opt_.pool_idle_timeout;
+        }
+        for (auto& p : live_pools()) due = std::min(due, p->maintain());
+        return due;
+    }
+
+    void close() noexcept {
+        std::vector<std::unique_ptr<entry>> dead;
+        {
+            std::lock_guard rl(ring_m_);
+            closed_ = true;
+            for (std::size_t i = 0; i < opt_.shards; ++i) {
+                std::lock_guard lk(shards_[i].m);
+                for (auto it = shards_[i].map.begin(); it != shards_[i].map.end();) {
+                    entry& e = *it->second;
+                    if (e.st == entry::state::creating) {
+                        wake_joiners_locked(e); // they see closed_; the leader finishes the entry
+                        ++it;
+                        continue;
+                    }
+                    if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
+                    dead.push_back(std::move(it->second));
+                    it = shards_[i].map.erase(it);
+                }
+            }
+        }
+        for (auto& e : dead)
+            if (e->pool) e->pool->close();
+    }
+
+    registry_stats stats() const {
+        registry_stats r;
+        std::set<const Pool*> seen;
+        {
+            std::lock_guard rl(ring_m_);
+            r.keys_active = ring_.size();
+            r.pools_created = created_;
+            r.evicted = evicted_;
+            for (const entry& e : ring_) {
+                if (!seen.insert(e.pool.get()).second) continue;
+                add(r.pools, e.pool->stats());
+            }
+        }
+        r.pools_active = seen.size();
+        for (std::size_t i = 0; i < opt_.shards; ++i) {
+            std::lock_guard lk(shards_[i].m);
+            r.hits += shards_[i].hits;
+            r.misses += shards_[i].misses;
+            r.joins += shards_[i].joins;
+        }
+        for (std::size_t i = 0; i < r.errors.size(); ++i) r.errors[i] = errors_[i].load(std::memory_order_relaxed);
+        return r;
+    }
+
+private:
+    struct joiner : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+        explicit joiner(const Clock& c) : ev(c) {}
+        typename Clock::event ev;
+    };
+    using joiner_list = boost::intrusive::list<joiner>;
+
+    struct entry : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+        enum class state : std::uint8_t { creating, ready, failed };
+        explicit entry(const Key& k) : key(k) {}
+        const Key key;
+        state st = state::creating;
+        std::shared_ptr<Pool> pool;
+        setup_type setup{};
+        atomic<bool> referenced{true};
+        atomic<duration::rep> last_used{0};
+        std::error_code error;
+        time_point failed_until{};
+        joiner_list joiners; // flight::shared: callers waiting for the leader
+    };
+
+    struct alignas(64) shard {
+        mutable mutex_type m;
+        boost::unordered_map<Key, std::unique_ptr<entry>, boost::hash<Key>> map;
+        std::uint64_t hits = 0, misses = 0, joins = 0;
+    };
+
+    using ring_type = boost::intrusive::list<entry, boost::intrusive::constant_time_size<true>>;
+
+    shard& shard_for(const Key& k) const noexcept {
+        std::size_t h = boost::hash<Key>{}(k);
+        h ^= h >> 17; // the map hashes the same bits; spread them differently across shards
+        h *= 0x9e3779b97f4a7c15ULL;
+        return shards_[(h >> 32) % opt_.shards];
+    }
+
+    /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
+    /// key does not bounce its cache line) and the coarse last-use time for idle eviction.
+    void touch(entry& e) noexcept {
+        if constexpr (Eviction::uses_lru)
+            if (!e.referenced.load(std::memory_order_relaxed)) e.referenced.store(true, std::memory_order_relaxed);
+        if constexpr (Eviction::uses_idle)
+            e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+    }
+
+    Lease prepared(Lease l, const setup_type& setup, std::error_code& ec) noexcept {
+        if constexpr (!std::is_same_v<setup_type, no_setup>) {
+            bool ok = false;
+            std::error_code pec;
+            try {
+                ok = connector_.prepare(*l, setup, pec);
+            } catch (...) {
+                ok = false;
+            }
+            if (!ok) {
+                l.discard();
+                ec = pec ? pec : make_error_code(errc::broken_connection);
+                count_error(ec);
+                return Lease{};
+            }
+        }
+        (void)ec;
+        return l;
+    }
+
+    void count_error(std::error_code ec) noexcept {
+        if (ec.category() == category()) errors_[static_cast<std::size_t>(ec.value()) & 15].fetch_add(1, std::memory_order_relaxed);
+    }
+
+    void wake_joiners_locked(entry& e) noexcept {
+        while (!e.joiners.empty()) {
+            joiner& j = e.joiners.front();
+            e.joiners.pop_front();
+            j.ev.set();
+        }
+    }
+
+    /// The key has no ready entry: create it (as leader), join the creation in flight, or return the
+    /// remembered failure. Entered with the shard lock held; returns with it released. Returns
+    /// false with `ec` set on failure; true means "look the key up again".
+    template <class It>
+    bool create_or_join(shard& sh, std::unique_lock<mutex_type>& lk, It it, const Key& key, time_point deadline,
+                        std::stop_token& st, std::error_code& ec) {
+        if (closed_) return ec = make_error_code(errc::closed), false;
+        if (it != sh.map.end()) {
+            entry& e = *it->second;
+            if (e.st == entry::state::failed) {
+                if (clock_->now() < e.failed_until) return ec = e.error, false;
+                sh.map.erase(it); // the backoff window is over: try again
+                it = sh.map.end();
+            } else if (e.st == entry::state::creating) {
+                if constexpr (Sync::thread_safe) return join(sh, lk, e, deadline, st, ec);
+                else return ec = make_error_code(errc::would_deadlock), false; // re-entered from the resolver
+            }
+        }
+        ++sh.misses;
+        if constexpr (Flight::single) {
+            auto owned = std::make_unique<entry>(key);
+            entry& e = *owned;
+            sh.map.emplace(key, std::move(owned));
+            lk.unlock();
+            return lead(sh, e, key, st, ec);
+        } else {
+            lk.unlock();
+            return build_unshared(sh, key, ec);
+        }
+    }
+
+    bool join(shard& sh, std::unique_lock<mutex_type>& lk, entry& e, time_point deadline, std::stop_token& st,
+              std::error_code& ec) {
+        ++sh.joins;
+        joiner j(*clock_);
+        e.joiners.push_back(j);
+        lk.unlock();
+        {
+            std::stop_callback cb(st, [&] { j.ev.set(); });
+            j.ev.wait_until(deadline);
+        }
+        lk.lock();
+        if (j.is_linked()) e.joiners.erase(e.joiners.iterator_to(j)); // not woken by the leader
+        lk.unlock();
+        if (closed_) return ec = make_error_code(errc::closed), false;
+        if (st.stop_requested()) return ec = make_error_code(errc::cancelled), false;
+        if (clock_->now() >= deadline) return ec = make_error_code(errc::timeout), false;
+        return true;
+    }
+
+    /// Resolves the key and builds (or shares) its pool. The entry is ours until we publish it.
+    bool lead(shard& sh, entry& e, const Key& key, std::stop_token& st, std::error_code& ec) {
+        std::error_code rec;
+        std::optional<route<target_type, setup_type>> r;
+        try {
+            r = resolver_.resolve(key, rec);
+        } catch (...) {
+            r.reset();
+            rec = make_error_code(errc::invalid_config);
+        }
+        if (!r && !rec) rec = make_error_code(errc::key_not_found);
+        std::shared_ptr<Pool> p;
+        std::vector<std::unique_ptr<entry>> dead;
+        std::vector<evict_reason> why;
+        {
+            std::lock_guard rl(ring_m_);
+            if (r && !closed_) {
+                try {
+                    p = shared_pool_locked(r->target);
+                } catch (const error& x) {
+                    rec = x.code();
+                } catch (...) {
+                    rec = make_error_code(errc::invalid_config);
+                }
+            }
+            std::lock_guard lk(sh.m);
+            if (p) {
+                e.pool = std::move(p);
+                e.setup = std::move(r->setup);
+                e.st = entry::state::ready;
+                e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+                ring_.push_back(e);
+                ++created_;
+            } else if (rec == errc::cancelled && st.stop_requested()) {
+                // The leader gave up; the joiners must not fail for it: drop the entry so the next
+                // of them becomes the leader.
+                wake_joiners_locked(e);
+                sh.map.erase(key);
+                return ec = rec, false;
+            } else {
+                e.st = entry::state::failed;
+                e.error = closed_ ? make_error_code(errc::closed) : rec;
+                e.failed_until = clock_->now() + opt_.failure_backoff;
+            }
+            wake_joiners_locked(e);
+            if (e.st == entry::state::failed) return ec = e.error, false;
+        }
+        notify_pool_created(obs_, key);
+        evict_over_cap(&e);
+        return true;
+    }
+
+    bool build_unshared(shard& sh, const Key& key, std::error_code& ec) {
+        std::error_code rec;
+        auto r = resolver_.resolve(key, rec);
+        if (!r) return ec = rec ? rec : make_error_code(errc::key_not_found), false;
+        entry* mine = nullptr;
+        {
+            std::lock_guard rl(ring_m_);
+            if (closed_) return ec = make_error_code(errc::closed), false;
+            auto p = std::make_shared<Pool>(connector_, r->target, opt_.pool, *clock_, obs_);
+            ++created_;
+            std::lock_guard lk(sh.m);
+            if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
+            auto owned = std::make_unique<entry>(key);
+            owned->pool = std::move(p);
+            owned->setup = std::move(r->setup);
+            owned->st = entry::state::ready;
+            owned->last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+            ring_.push_back(*owned);
+            mine = owned.get();
+            sh.map.emplace(key, std::move(owned));
+        }
+        notify_pool_created(obs_, key);
+        evict_over_cap(mine);
+        return true;
+    }
+
+    /// A pool for `target`: the live one other keys already share, or a new one.
+    std::shared_ptr<Pool> shared_pool_locked(const target_type& target) {
+        if constexpr (!std::is_same_v<setup_type, no_setup>) {
+            // Keys differ only by their setup: they share the target's physical pool.
+            for (auto it = by_target_.begin(); it != by_target_.end();) {
+                if (it->second.expired()) {
+                    it = by_target_.erase(it);
+                } else if (it->first == target) {
+                    return it->second.lock();
+                } else {
+                    ++it;
+                }
+            }
+            auto p = std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+            by_target_.emplace_back(target, p);
+            return p;
+        } else {
+            return std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+        }
+    }
+
+    /// Under ring_m_: takes a ready entry out of the ring and its shard.
+    std::unique_ptr<entry> unlink_locked(entry& e, evict_reason why) {
+        ring_.erase(ring_.iterator_to(e));
+        ++evicted_[static_cast<std::size_t>(why)];
+        shard& sh = shard_for(e.key);
+        std::lock_guard lk(sh.m);
+        auto it = sh.map.find(e.key);
+        std::unique_ptr<entry> owned = std::move(it->second);
+        sh.map.erase(it);
+        return owned;
+    }
+
+    /// CLOCK: sweep the ring from the hand, giving referenced or busy pools a second chance, and
+    /// retire the first that has neither, until the ring is within max_pools. Amortised O(1): each
+    /// step clears a bit that only an acquire sets again. After two full turns a busy pool is
+    /// retired anyway (its leases finish first). `fresh`, the entry just created, is never chosen:
+    /// its creator is about to use it.
+    void evict_over_cap(entry* fresh) {
+        if constexpr (Eviction::uses_lru) {
+            std::vector<std::unique_ptr<entry>> dead;
+            {
+                std::lock_guard rl(ring_m_);
+                std::size_t steps = 0;
+                while (ring_.size() > opt_.max_pools) {
+                    entry& e = ring_.front();
+                    const bool last_resort = steps++ > 2 * ring_.size();
+                    if (&e == fresh || (!last_resort && (e.referenced.load(std::memory_order_relaxed) ||
+                                                          pool_access::core(*e.pool)->busy()))) {
+                        e.referenced.store(false, std::memory_order_relaxed);
+                        ring_.splice(ring_.end(), ring_, ring_.begin()); // advance the hand
+                        continue;
+                    }
+                    dead.push_back(unlink_locked(e, evict_reason::lru));
+                }
+            }
+            for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::lru);
+        }
+    }
+
+    std::vector<std::shared_ptr<Pool>> live_pools() {
+        std::vector<std::shared_ptr<Pool>> v;
+        std::set<const Pool*> seen;
+        std::lock_guard rl(ring_m_);
+        for (entry& e : ring_)
+            if (seen.insert(e.pool.get()).second) v.push_back(e.pool);
+        return v;
+    }
+
+    static void add(pool_stats& a, const pool_stats& b) {
+        a.size += b.size, a.idle += b.idle, a.in_use += b.in_use, a.connecting += b.connecting;
+        a.waiters += b.waiters, a.peak_size = std::max(a.peak_size, b.peak_size);
+        a.peak_waiters = std::max(a.peak_waiters, b.peak_waiters);
+        a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
+        a.cancels += b.cancels, a.rejected += b.rejected, a.connects_ok += b.connects_ok;
+        a.connects_failed += b.connects_failed, a.resets += b.resets;
+        for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
+    }
+
+    const registry_options opt_;
+    Resolver resolver_;
+    Connector connector_;
+    const Clock* clock_;
+    [[no_unique_address]] Observer obs_;
+    std::unique_ptr<shard[]> shards_;
+
+    mutable mutex_type ring_m_;
+    ring_type ring_;
+    std::vector<std::pair<target_type, std::weak_ptr<Pool>>> by_target_;
+    atomic<bool> closed_{false}; // set once, under ring_m_
+    std::uint64_t created_ = 0;
+    std::array<std::uint64_t, evict_reason_count> evicted_{};
+    std::array<atomic<std::uint64_t>, 16> errors_{};
+};
+
+} // namespace keypool::detail

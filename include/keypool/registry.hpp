@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: BSL-1.0
+// basic_registry: one pool per key (or per resolved target), created once under concurrency,
+// retired by compile-time eviction policies.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+#include <keypool/concepts.hpp>
+#include <keypool/error.hpp>
+#include <keypool/options.hpp>
+#include <keypool/policies/eviction.hpp>
+#include <keypool/policies/flight.hpp>
+#include <keypool/pool.hpp>
+#include <keypool/resolver.hpp>
+#include <keypool/stats.hpp>
+#include <keypool/detail/registry_table.hpp>
+
+namespace keypool {
+
+namespace detail {
+struct eviction_axis {};
+struct flight_axis {};
+} // namespace detail
+
+/// Chooses the registry's eviction rules (default `evict::all_of<evict::lru, evict::idle>`).
+template <eviction_policy E>
+struct with_eviction { using axis = detail::eviction_axis; using type = E; };
+/// Chooses the single-flight policy for creating a key's pool (default `flight::shared`).
+template <flight_policy F>
+struct with_flight { using axis = detail::flight_axis; using type = F; };
+
+template <class T>
+concept registry_option = pool_option<T> || requires {
+    typename T::axis;
+    requires std::same_as<typename T::axis, detail::eviction_axis> ||
+                 std::same_as<typename T::axis, detail::flight_axis>;
+};
+
+/// A lease from a registry: a pool lease that also tells the key it was acquired for.
+template <class Key, class PoolLease>
+class keyed_lease : public PoolLease {
+public:
+    keyed_lease() = default;
+    keyed_lease(PoolLease l, Key k) noexcept(std::is_nothrow_move_constructible_v<Key>)
+        : PoolLease(std::move(l)), key_(std::move(k)) {}
+    const Key& key() const noexcept { return key_; }
+
+private:
+    Key key_{};
+};
+
+/// One pool per key. `acquire(key)` finds the key's pool (creating it on first use, once even under
+/// concurrency), takes a connection from it and runs the route's per-lease setup.
+///
+/// - Key: hashable (`boost::hash`) and equality-comparable.
+/// - Resolver: `resolver<Key>`; called once per key entry, never on the hot path.
+/// - Options: `with_eviction`, `with_flight`, and the pool setters (`with_clock`, `with_sync`,
+///   `with_observer`, `with_reset`) which also apply to every pool.
+///
+/// Thread-safety: as for `basic_pool`. The hot path for an existing key takes one of `shards` locks
+/// for a hash lookup and one compare-and-swap, and allocates nothing (a `std::string` key longer
+/// than the small-string buffer is copied into the lease).
+template <class Key, class Resolver, connector Connector, registry_option... Options>
+    requires resolver<Resolver, Key> &&
+             std::same_as<typename Resolver::target_type, typename Connector::target_type>
+class basic_registry {
+public:
+    using key_type = Key;
+    using resolver_type = Resolver;
+    using target_type = typename Resolver::target_type;
+    using setup_type = typename Resolver::setup_type;
+    using eviction_type = detail::pick_option_t<detail::eviction_axis, evict::all_of<evict::lru, evict::idle>, Options...>;
+    using flight_type = detail::pick_option_t<detail::flight_axis, flight::shared, Options...>;
+    using clock_type = detail::pick_option_t<detail::clock_axis, steady_clock, Options...>;
+    using sync_type = detail::pick_option_t<detail::sync_axis, sync::mutex, Options...>;
+    using observer_type = detail::pick_option_t<detail::observer_axis, null_observer, Options...>;
+    using reset_type = detail::pick_option_t<detail::reset_axis, reset_at::checkout, Options...>;
+    using pool_type = basic_pool<Connector, with_clock<clock_type>, with_sync<sync_type>,
+                                 with_observer<observer_type>, with_reset<reset_type>>;
+    using lease = keyed_lease<Key, typename pool_type::lease>;
+
+    static_assert(std::is_same_v<setup_type, no_setup> || connector_has_prepare<Connector, setup_type>,
+                  "keypool: the resolver's routes carry a session setup, but the connector has no "
+                  "matching prepare(connection&, const setup_type&, std::error_code&) -> bool");
+    static_assert(!eviction_type::uses_size, "keypool: evict::size is not built yet");
+
+    /// Builds an empty registry. Errors: throws `keypool::error(invalid_config)` naming the field.
+    basic_registry(Resolver resolver, Connector connector, registry_options options = {})
+        requires std::same_as<clock_type, steady_clock>
+        : basic_registry(std::move(resolver), std::move(connector), std::move(options), default_clock()) {}
+    basic_registry(Resolver resolver, Connector connector, registry_options options, const clock_type& clock,
+                   observer_type observer = {})
+        : table_(checked(std::move(options)), std::move(resolver), std::move(connector), clock,
+                 std::move(observer)) {}
+
+    basic_registry(const basic_registry&) = delete;
+    basic_registry& operator=(const basic_registry&) = delete;
+    /// Closes every pool; leases still out stay valid and close their connections on return.
+    ~basic_registry() { close(); }
+
+    // ---- acquire ----------------------------------------------------------------------------
+
+    /// Errors: throws `keypool::error` with the resolver's error (`key_not_found`, `invalid_config`),
+    /// the pool's (`timeout`, `pool_exhausted`, a classified connect failure...), `cancelled`,
+    /// `closed`, or the connector's `prepare` error.
+    [[nodiscard]] lease acquire(const Key& key) { return acquire(key, table_.options().pool.acquire_timeout); }
+    [[nodiscard]] lease acquire(const Key& key, duration timeout) {
+        std::error_code ec;
+        return checked(table_.acquire(key, timeout, {}, ec), ec, key);
+    }
+    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {}) {
+        std::error_code ec;
+        return checked(table_.acquire(key, deadline, std::move(stop), ec), ec, key);
+    }
+    [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec) noexcept {
+        return table_.acquire(key, timeout, {}, ec);
+    }
+    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop,
+                                std::error_code& ec) noexcept {
+        return table_.acquire(key, deadline, std::move(stop), ec);
+    }
+
+    /// Never blocks: a lease if the key's pool exists and has an idle connection, else empty.
+    [[nodiscard]] lease try_acquire(const Key& key) noexcept { return table_.try_acquire(key); }
+
+    /// Acquires a connection for `key`, calls `fn(connection&)` and returns what it returns. The
+    /// lease is returned however `fn` exits; exceptions propagate.
+    template <class Fn>
+    decltype(auto) run_as(const Key& key, Fn&& fn) {
+        lease l = acquire(key);
+        return std::invoke(std::forward<Fn>(fn), *l);
+    }
+
+    /// The key's pool itself (created if needed), for callers that manage leases themselves. The
+    /// pointer keeps the pool alive even if the registry retires it.
+    [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key) {
+        std::error_code ec;
+        auto p = table_.pool(key, now() + table_.options().pool.acquire_timeout, {}, ec);
+        if (!p) throw error(ec, "keypool: registry pool lookup failed");
+        return p;
+    }
+
+    // ---- housekeeping -----------------------------------------------------------------------
+
+    /// Retires the key's pool now: its idle connections close now, leased ones on return; the next
+    /// acquire for the key builds a fresh pool (the logout case). Returns false if the key had none.
+    /// With keys sharing one pool (role switch), only this key's entry is dropped.
+    bool invalidate(const Key& key) { return table_.invalidate(key); }
+
+    /// Retires every pool that is idle per `evict::idle` now. Returns how many.
+    std::size_t evict_idle() { return table_.evict_idle(); }
+
+    /// Idle eviction, then `maintain()` of every pool. Returns when it is next due.
+    time_point maintain() { return table_.maintain(); }
+
+    /// Closes every pool and wakes every waiter with `closed`; later acquires fail with `closed`.
+    void close() noexcept { table_.close(); }
+
+    [[nodiscard]] registry_stats stats() const { return table_.stats(); }
+    const registry_options& options() const noexcept { return table_.options(); }
+    time_point now() const { return table_.now(); }
+
+private:
+    using table_type = detail::registry_table<Key, Resolver, Connector, pool_type, lease, eviction_type,
+                                              flight_type, clock_type, sync_type, observer_type>;
+
+    static const clock_type& default_clock() noexcept {
+        static const clock_type c{};
+        return c;
+    }
+    static registry_options checked(registry_options o) {
+        std::string msg;
+        if (auto ec = validate(o, msg)) throw error(ec, msg);
+        return o;
+    }
+    static lease checked(lease l, std::error_code ec, const Key&) {
+        if (!l) throw error(ec, "keypool: registry acquire failed");
+        return l;
+    }
+
+    table_type table_;
+};
+
+/// The registry with default policies (LRU + idle eviction, single flight, thread-safe).
+template <class Key, class Resolver, connector Connector>
+using registry = basic_registry<Key, Resolver, Connector>;
+
+} // namespace keypool

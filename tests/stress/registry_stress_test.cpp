@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: BSL-1.0
+// Randomised property test of the registry: threads acquire, return, discard, invalidate and
+// maintain over many keys while LRU and idle eviction retire pools. After every step: a lease's
+// connection belongs to its key, and the accounting bounds hold; at the end, nothing leaked.
+// KEYPOOL_STRESS_SEED reproduces a run.
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <keypool/keypool.hpp>
+
+using namespace std::chrono_literals;
+
+namespace {
+struct prefix_resolver {
+    using target_type = std::string;
+    using setup_type = keypool::no_setup;
+    std::optional<keypool::route<std::string>> resolve(const std::string& key, std::error_code& ec) const {
+        if (key == "k13") { // one key that never resolves
+            ec = keypool::make_error_code(keypool::errc::key_not_found);
+            return std::nullopt;
+        }
+        return keypool::route<std::string>{"db_" + key, {}};
+    }
+};
+} // namespace
+
+TEST_CASE("registry_stress: random operations over many keys keep every lease on its key") {
+    std::uint64_t seed = std::random_device{}();
+    if (const char* s = std::getenv("KEYPOOL_STRESS_SEED")) seed = std::strtoull(s, nullptr, 10);
+    INFO("seed=" << seed);
+    std::printf("registry stress seed=%llu\n", static_cast<unsigned long long>(seed));
+
+    keypool::fake::connector fake;
+    constexpr std::size_t max_size = 3, max_pools = 16;
+    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+                                          keypool::with_eviction<keypool::evict::all_of<keypool::evict::lru,
+                                                                                        keypool::evict::idle>>>;
+    auto reg = std::make_unique<reg_t>(
+        prefix_resolver{}, fake,
+        keypool::registry_options{.pool = {.max_size = max_size, .max_connecting = 2, .idle_timeout = 2ms,
+                                           .max_lifetime = 10ms, .lifetime_jitter = 1ms, .seed = seed},
+                                  .max_pools = max_pools,
+                                  .pool_idle_timeout = 1ms,
+                                  .failure_backoff = 1ms});
+
+    std::vector<std::string> keys;
+    for (int i = 0; i < 64; ++i) keys.push_back("k" + std::to_string(i));
+    std::atomic<int> wrong_key{0}, dirty{0};
+    std::atomic<std::uint64_t> leases{0}, ops{0};
+    constexpr int threads = 8, per_thread = 12'500; // 100k operations
+    {
+        std::vector<std::jthread> ts;
+        for (int t = 0; t < threads; ++t)
+            ts.emplace_back([&, t] {
+                std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 104729);
+                for (int i = 0; i < per_thread; ++i, ++ops) {
+                    const std::string& key = keys[rng() % keys.size()];
+                    switch (rng() % 16) {
+                    case 0: reg->invalidate(key); break;
+                    case 1: reg->evict_idle(); break;
+                    case 2: (void)reg->maintain(); break;
+                    case 3: {
+                        auto l = reg->try_acquire(key);
+                        if (l && (l.key() != key || l->target != "db_" + key)) ++wrong_key;
+                        break;
+                    }
+                    default: {
+                        std::error_code ec;
+                        auto l = reg->acquire(key, std::chrono::milliseconds(rng() % 3), ec);
+                        if (!l) break;
+                        ++leases;
+                        if (l.key() != key || l->target != "db_" + key) ++wrong_key;
+                        if (l->dirty()) ++dirty;
+                        l->use();
+                        if (rng() % 8 == 0) l.discard();
+                    }
+                    }
+                    if (i % 64 == 0) { // the accounting bounds, checked while everything runs
+                        auto s = reg->stats();
+                        CHECK(s.keys_active <= max_pools + threads);
+                        CHECK(s.pools.size <= s.pools_active * max_size);
+                    }
+                }
+            });
+    }
+    CHECK(ops == threads * per_thread);
+    CHECK(wrong_key == 0);
+    CHECK(dirty == 0);
+    CHECK(leases > 0);
+    auto s = reg->stats(); // quiescent: exact
+    CHECK(s.keys_active <= max_pools);
+    CHECK(s.pools.in_use == 0);
+    CHECK(s.pools.connecting == 0);
+    CHECK(s.pools.idle == s.pools.size);
+    CHECK(s.pools.size == fake.live());
+    CHECK(s.errors_for(keypool::errc::key_not_found) > 0);
+    reg.reset();
+    CHECK(fake.live() == 0);
+    std::printf("registry stress: %llu leases, %llu pools created, %llu evicted (lru %llu, idle %llu, invalidated %llu)\n",
+                static_cast<unsigned long long>(leases.load()), static_cast<unsigned long long>(s.pools_created),
+                static_cast<unsigned long long>(s.evicted[0] + s.evicted[1] + s.evicted[3]),
+                static_cast<unsigned long long>(s.evicted[0]), static_cast<unsigned long long>(s.evicted[1]),
+                static_cast<unsigned long long>(s.evicted[3]));
+}

@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: BSL-1.0
+// basic_registry: resolution, role switch, run_as, LRU and idle eviction, invalidate, single
+// flight, close. Manual clock, fake connector, threads synchronised on observable state.
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "../support/helpers.hpp"
+
+using namespace std::chrono_literals;
+using keypool::errc;
+using keypool::evict_reason;
+using kp_test::eventually;
+
+namespace {
+
+/// A resolver that maps key k to target "db_k", counts its calls, and can block on a gate or fail.
+struct test_resolver {
+    using target_type = std::string;
+    using setup_type = keypool::no_setup;
+    struct state {
+        std::atomic<int> calls{0};
+        std::shared_ptr<keypool::fake::gate> gate;
+        const keypool::manual_clock* clock = nullptr;
+        std::error_code fail;
+    };
+    std::shared_ptr<state> st = std::make_shared<state>();
+    std::optional<keypool::route<std::string>> resolve(const std::string& key, std::error_code& ec) const {
+        ++st->calls;
+        if (st->gate) (void)st->gate->wait(*st->clock, keypool::time_point::max(), {});
+        if (key.empty() || key == "missing" || st->fail) {
+            ec = st->fail ? st->fail : keypool::make_error_code(key.empty() ? errc::invalid_config : errc::key_not_found);
+            return std::nullopt;
+        }
+        return keypool::route<std::string>{"db_" + key, {}};
+    }
+};
+
+template <class... Options>
+using test_registry = keypool::basic_registry<std::string, test_resolver, keypool::fake::connector,
+                                              keypool::with_clock<keypool::manual_clock>, Options...>;
+
+struct fixture : kp_test::fixture {
+    test_resolver resolver;
+    fixture() { resolver.st->clock = &clock; }
+    template <class... Options>
+    test_registry<Options...> make(keypool::registry_options o = {}) {
+        return test_registry<Options...>(resolver, fake, std::move(o), clock);
+    }
+};
+
+} // namespace
+
+TEST_SUITE("registry") {
+
+TEST_CASE("each key gets its own pool, created once; a lease tells its key") {
+    fixture f;
+    auto r = f.make();
+    {
+        auto a = r.acquire("acme");
+        CHECK(a.key() == "acme");
+        CHECK(a->target == "db_acme");
+    }
+    auto a = r.acquire("acme");
+    auto b = r.acquire("globex");
+    CHECK(b->target == "db_globex");
+    auto s = r.stats();
+    CHECK(s.keys_active == 2);
+    CHECK(s.pools_active == 2);
+    CHECK(s.pools_created == 2);
+    CHECK(s.misses == 2);
+    CHECK(s.hits == 1); // the second acquire of "acme" (the misses' own lookups are not hits)
+    CHECK(f.resolver.st->calls == 2);
+    CHECK(s.pools.in_use == 2);
+    CHECK(s.pools.size == f.fake.live());
+}
+
+TEST_CASE("a bad key gets the resolver's error and never a pool") {
+    fixture f;
+    auto r = f.make();
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("", 1s, ec));
+    CHECK(ec == errc::invalid_config);
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK(ec == errc::key_not_found);
+    CHECK_THROWS_AS((void)r.acquire("missing"), keypool::error);
+    auto s = r.stats();
+    CHECK(s.keys_active == 0);
+    CHECK(s.errors_for(errc::key_not_found) == 2);
+    CHECK(f.fake.stats().connect_attempts == 0);
+}
+
+TEST_CASE("a failed resolution is remembered for failure_backoff and no longer") {
+    fixture f;
+    auto r = f.make({.failure_backoff = 1s});
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK(ec == errc::key_not_found);
+    CHECK(f.resolver.st->calls == 1);
+    f.clock.advance(1s);
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK(f.resolver.st->calls == 2);
+}
+
+TEST_CASE("role switch: keys share one pool and each lease runs as its key's role") {
+    kp_test::fixture f;
+    using reg = keypool::basic_registry<std::string, keypool::resolve::role_switch<std::string>,
+                                        keypool::fake::connector, keypool::with_clock<keypool::manual_clock>>;
+    reg r(keypool::resolve::role_switch<std::string>{"app_db"}, f.fake, {.pool = {.max_size = 1}}, f.clock);
+    std::uint64_t id = 0;
+    {
+        auto alice = r.acquire("alice");
+        CHECK(alice->session == "role=alice");
+        CHECK(alice->target == "app_db");
+        id = alice->id;
+    }
+    auto bob = r.acquire("bob");
+    CHECK(bob->id == id);                 // the same physical connection...
+    CHECK(bob->session == "role=bob");    // ...reset, then switched to bob: nothing of alice's left
+    auto s = r.stats();
+    CHECK(s.keys_active == 2);
+    CHECK(s.pools_active == 1);
+
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("", 1s, ec));
+    CHECK(ec == errc::invalid_config);
+}
+
+TEST_CASE("a failed session setup fails the acquire and destroys the connection") {
+    kp_test::fixture f;
+    using reg = keypool::basic_registry<std::string, keypool::resolve::role_switch<std::string>,
+                                        keypool::fake::connector, keypool::with_clock<keypool::manual_clock>>;
+    reg r(keypool::resolve::role_switch<std::string>{"app_db"}, f.fake, {}, f.clock);
+    f.fake.reject_role("mallory");
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("mallory", 1s, ec));
+    CHECK(ec == errc::authentication_failed);
+    CHECK(f.fake.live() == 0);
+    CHECK(r.stats().errors_for(errc::authentication_failed) == 1);
+}
+
+TEST_CASE("run_as returns fn's result, propagates its exception, and always returns the lease") {
+    fixture f;
+    auto r = f.make();
+    int got = r.run_as("acme", [](keypool::fake::connection& c) { return c.target == "db_acme" ? 42 : 0; });
+    CHECK(got == 42);
+    CHECK_THROWS_AS(r.run_as("acme", [](keypool::fake::connection&) -> int { throw std::runtime_error("x"); }),
+                    std::runtime_error);
+    CHECK(r.stats().pools.in_use == 0);
+    CHECK(r.stats().pools.idle == 1);
+}
+
+TEST_CASE("lru keeps at most max_pools and retires the least recently used") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.max_pools = 2});
+    r.acquire("a").release();
+    r.acquire("b").release();
+    r.acquire("c").release();
+    auto s = r.stats();
+    CHECK(s.keys_active == 2);
+    CHECK(s.evicted_for(evict_reason::lru) == 1);
+    CHECK(f.fake.live() == 2); // a's idle connection closed with its pool
+    r.acquire("a").release(); // a is rebuilt
+    CHECK(r.stats().pools_created == 4);
+}
+
+TEST_CASE("lru passes over a pool with a lease out while another can go") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.max_pools = 2});
+    auto held = r.acquire("a");
+    r.acquire("b").release();
+    r.acquire("c").release();
+    CHECK(r.stats().evicted_for(evict_reason::lru) == 1);
+    CHECK(r.invalidate("a")); // a survived (busy) ...
+    CHECK_FALSE(r.invalidate("b")); // ... and b, idle and older than c, went
+}
+
+TEST_CASE("a pool retired with a lease out lets the lease finish, then closes its connection") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.max_pools = 1});
+    auto held = r.acquire("a");
+    r.acquire("b").release(); // a is busy, but over the cap: retired anyway (last resort)
+    CHECK(r.stats().evicted_for(evict_reason::lru) == 1);
+    CHECK(f.fake.live() == 2);
+    held->use();
+    held.release(); // returns into the retired pool: closed
+    CHECK(f.fake.live() == 1);
+}
+
+TEST_CASE("idle eviction retires pools unused for pool_idle_timeout, never one with a lease out") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = 15min});
+    r.acquire("a").release();
+    auto held = r.acquire("b");
+    f.clock.advance(14min);
+    CHECK(r.evict_idle() == 0);
+    f.clock.advance(1min);
+    r.maintain();
+    auto s = r.stats();
+    CHECK(s.evicted_for(evict_reason::idle) == 1);
+    CHECK(s.keys_active == 1);
+    CHECK(r.try_acquire("b").key() == std::string()); // b's only connection is held
+}
+
+TEST_CASE("invalidate closes idle connections now, leased ones on return, and rebuilds next time") {
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 2}});
+    auto leased = r.acquire("acme");
+    r.acquire("acme").release(); // a second, idle connection
+    CHECK(f.fake.live() == 2);
+    CHECK(r.invalidate("acme"));
+    CHECK(f.fake.live() == 1);
+    leased.release();
+    CHECK(f.fake.live() == 0);
+    CHECK_FALSE(r.invalidate("acme"));
+    r.acquire("acme").release();
+    auto s = r.stats();
+    CHECK(s.pools_created == 2);
+    CHECK(s.evicted_for(evict_reason::invalidated) == 1);
+}
+
+TEST_CASE("single flight: 64 concurrent first requests create exactly one pool") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    auto r = f.make({.pool = {.max_size = 4}});
+    std::atomic<int> served{0};
+    {
+        std::vector<std::jthread> ts;
+        for (int i = 0; i < 64; ++i)
+            ts.emplace_back([&] {
+                auto l = r.acquire("cold", 60s);
+                if (l && l->target == "db_cold") ++served;
+            });
+        REQUIRE(eventually([&] { return r.stats().joins == 63; }));
+        f.resolver.st->gate->open();
+    }
+    CHECK(served == 64);
+    CHECK(f.resolver.st->calls == 1);
+    auto s = r.stats();
+    CHECK(s.pools_created == 1);
+    CHECK(f.fake.stats().connect_attempts <= 4);
+}
+
+TEST_CASE("a failed creation gives every joiner the real error") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    f.resolver.st->fail = keypool::make_error_code(errc::upstream_unreachable);
+    auto r = f.make();
+    std::vector<std::error_code> ecs(8);
+    {
+        std::vector<std::jthread> ts;
+        for (auto& ec : ecs) ts.emplace_back([&] { (void)r.acquire("t", 60s, ec); });
+        REQUIRE(eventually([&] { return r.stats().joins == 7; }));
+        f.resolver.st->gate->open();
+    }
+    for (auto& ec : ecs) CHECK(ec == errc::upstream_unreachable);
+    CHECK(f.resolver.st->calls == 1);
+}
+
+TEST_CASE("the leader's cancellation does not fail the joiners") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    auto r = f.make();
+    std::stop_source leader_stop;
+    std::error_code leader_ec, joiner_ec;
+    decltype(r)::lease joined;
+    std::jthread leader([&] { (void)r.acquire("t", r.now() + 60s, leader_stop.get_token(), leader_ec); });
+    REQUIRE(eventually([&] { return f.resolver.st->calls == 1; }));
+    std::jthread joiner([&] { joined = r.acquire("t", r.now() + 60s, {}, joiner_ec); });
+    REQUIRE(eventually([&] { return r.stats().joins == 1; }));
+    leader_stop.request_stop();
+    f.resolver.st->gate->open();
+    leader.join();
+    joiner.join();
+    CHECK(leader_ec == errc::cancelled); // it held no connection and must not wait or connect now
+    CHECK(joined);
+}
+
+TEST_CASE("a joiner waits with its own deadline") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    auto r = f.make();
+    std::jthread leader([&] { (void)r.acquire("t", 60s); });
+    REQUIRE(eventually([&] { return f.resolver.st->calls == 1; }));
+    std::error_code ec;
+    std::jthread joiner([&] { (void)r.acquire("t", 5s, ec); });
+    REQUIRE(eventually([&] { return r.stats().joins == 1; }));
+    f.clock.advance(5s);
+    joiner.join();
+    CHECK(ec == errc::timeout);
+    f.resolver.st->gate->open();
+}
+
+TEST_CASE("flight::none lets concurrent first requests each build a pool and keeps one") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    auto r = f.make<keypool::with_flight<keypool::flight::none>>();
+    {
+        std::vector<std::jthread> ts;
+        for (int i = 0; i < 4; ++i) ts.emplace_back([&] { (void)r.acquire("cold", 60s); });
+        REQUIRE(eventually([&] { return f.resolver.st->calls == 4; }));
+        f.resolver.st->gate->open();
+    }
+    auto s = r.stats();
+    CHECK(s.pools_created == 4);
+    CHECK(s.keys_active == 1);
+}
+
+TEST_CASE("close fails later acquires and closes idle connections") {
+    fixture f;
+    auto r = f.make();
+    auto held = r.acquire("a");
+    r.acquire("b").release();
+    r.close();
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("a", 1s, ec));
+    CHECK(ec == errc::closed);
+    CHECK(f.fake.live() == 1);
+    held.release();
+    CHECK(f.fake.live() == 0);
+}
+
+TEST_CASE("pool(key) gives the pool itself, alive while held") {
+    fixture f;
+    auto r = f.make();
+    auto p = r.pool("acme");
+    REQUIRE(p);
+    CHECK(p->target() == "db_acme");
+    r.invalidate("acme");
+    auto l = p->acquire(); // still usable by the worker that holds it
+    CHECK(l);
+}
+
+TEST_CASE("registry options are validated with the field named") {
+    fixture f;
+    CHECK_THROWS_WITH_AS(f.make({.max_pools = 0}), doctest::Contains("registry_options.max_pools"), keypool::error);
+    CHECK_THROWS_WITH_AS(f.make({.pool = {.max_size = 0}}), doctest::Contains("registry_options.pool.max_size"),
+                         keypool::error);
+}
+
+} // TEST_SUITE
