@@ -741,9 +741,10 @@ private:
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
 
+    // The fast path touches only this cache line (and the slot it takes).
     alignas(64) atomic<std::uint64_t> head_{none};
-    alignas(64) mutable typename Sync::mutex_type m_;
     std::unique_ptr<slot[]> slots_;
+    alignas(64) mutable typename Sync::mutex_type m_;
     std::uint32_t free_head_ = none;
     waiter_list waiters_;
     std::size_t open_ = 0;

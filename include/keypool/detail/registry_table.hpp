@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -53,7 +54,8 @@ public:
 
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
-          obs_(std::move(obs)), shards_(new shard[opt_.shards]) {}
+          obs_(std::move(obs)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
+          shards_(new shard[shard_mask_ + 1]) {}
 
     registry_table(const registry_table&) = delete;
     registry_table& operator=(const registry_table&) = delete;
@@ -82,7 +84,7 @@ public:
                 entry& e = *it->second;
                 touch(e);
                 if (attempt == 0) ++sh.hits;
-                core_type* core = pool_access::core(*e.pool);
+                core_type* core = e.core;
                 setup_type setup = e.setup;
                 if (auto* s = core->pop_idle()) {
                     lk.unlock();
@@ -113,7 +115,7 @@ public:
             entry& e = *it->second;
             touch(e);
             ++sh.hits;
-            core_type* core = pool_access::core(*e.pool);
+            core_type* core = e.core;
             setup_type setup = e.setup;
             auto* s = core->pop_idle();
             lk.unlock();
@@ -201,7 +203,7 @@ public:
         {
             std::lock_guard rl(ring_m_);
             closed_ = true;
-            for (std::size_t i = 0; i < opt_.shards; ++i) {
+            for (std::size_t i = 0; i <= shard_mask_; ++i) {
                 std::lock_guard lk(shards_[i].m);
                 for (auto it = shards_[i].map.begin(); it != shards_[i].map.end();) {
                     entry& e = *it->second;
@@ -234,7 +236,7 @@ public:
             }
         }
         r.pools_active = seen.size();
-        for (std::size_t i = 0; i < opt_.shards; ++i) {
+        for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             r.hits += shards_[i].hits;
             r.misses += shards_[i].misses;
@@ -257,6 +259,7 @@ private:
         const Key key;
         state st = state::creating;
         std::shared_ptr<Pool> pool;
+        core_type* core = nullptr; // pool's core, cached: one pointer less to chase on the hot path
         setup_type setup{};
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
@@ -277,7 +280,7 @@ private:
         std::size_t h = boost::hash<Key>{}(k);
         h ^= h >> 17; // the map hashes the same bits; spread them differently across shards
         h *= 0x9e3779b97f4a7c15ULL;
-        return shards_[(h >> 32) % opt_.shards];
+        return shards_[(h >> 32) & shard_mask_];
     }
 
     /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
@@ -399,6 +402,7 @@ private:
             std::lock_guard lk(sh.m);
             if (p) {
                 e.pool = std::move(p);
+                e.core = pool_access::core(*e.pool);
                 e.setup = std::move(r->setup);
                 e.st = entry::state::ready;
                 e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
@@ -437,6 +441,7 @@ private:
             if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
             auto owned = std::make_unique<entry>(key);
             owned->pool = std::move(p);
+            owned->core = pool_access::core(*owned->pool);
             owned->setup = std::move(r->setup);
             owned->st = entry::state::ready;
             owned->last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
@@ -533,6 +538,7 @@ private:
     Connector connector_;
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
+    std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
 
     mutable mutex_type ring_m_;

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: BSL-1.0
+// W3: acquire + release through a registry for existing keys picked at random, against a bare
+// std::mutex + std::unordered_map keyed pool with the same keys, in the same process.
+// Names: BM_registry_keyed/<impl>/keys:<N>/threads:<T>; the baseline is registered first.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <keypool/keypool.hpp>
+
+namespace {
+
+using key_t = std::uint64_t;
+
+/// Baseline: one global mutex around an unordered_map of per-key idle vectors.
+class mutex_map_pool {
+public:
+    explicit mutex_map_pool(std::size_t keys) {
+        for (key_t k = 0; k < keys; ++k) map_[k] = {&conns_[k % conns_.size()], &conns_[(k + 1) % conns_.size()]};
+    }
+    int* acquire(key_t k) {
+        std::lock_guard lk(m_);
+        auto& v = map_.find(k)->second;
+        if (v.empty()) return nullptr;
+        int* c = v.back();
+        v.pop_back();
+        return c;
+    }
+    void release(key_t k, int* c) {
+        std::lock_guard lk(m_);
+        map_.find(k)->second.push_back(c);
+    }
+
+private:
+    std::mutex m_;
+    std::unordered_map<key_t, std::vector<int*>> map_;
+    std::vector<int> conns_ = std::vector<int>(64);
+};
+
+struct key_resolver {
+    using target_type = std::string;
+    using setup_type = keypool::no_setup;
+    std::optional<keypool::route<std::string>> resolve(const key_t& k, std::error_code&) const {
+        return keypool::route<std::string>{"db" + std::to_string(k), {}};
+    }
+};
+
+template <class Eviction>
+using registry_t = keypool::basic_registry<key_t, key_resolver, keypool::fake::connector,
+                                           keypool::with_eviction<Eviction>>;
+
+const std::vector<key_t>& random_keys(std::size_t keys) {
+    static std::unordered_map<std::size_t, std::vector<key_t>> cache;
+    static std::mutex m;
+    std::lock_guard lk(m);
+    auto& v = cache[keys];
+    if (v.empty()) {
+        std::mt19937_64 rng(42);
+        v.resize(1 << 16);
+        for (auto& k : v) k = rng() % keys;
+    }
+    return v;
+}
+
+// Shared fixtures: built by thread 0 once per (impl, key count) and kept across runs, since
+// building 1e5 pools takes longer than the measurement.
+template <class T>
+std::unordered_map<std::size_t, std::shared_ptr<T>>& instances() {
+    static std::unordered_map<std::size_t, std::shared_ptr<T>> m;
+    return m;
+}
+template <class T>
+std::shared_ptr<T>& shared_instance(std::size_t keys) { return instances<T>()[keys]; } // thread 0, before the loop
+template <class T>
+T& instance(std::size_t keys) { return *std::as_const(instances<T>()).find(keys)->second; } // any thread, in the loop
+
+void baseline(benchmark::State& state) {
+    const auto keys = static_cast<std::size_t>(state.range(0));
+    if (state.thread_index() == 0 && !shared_instance<mutex_map_pool>(keys))
+        shared_instance<mutex_map_pool>(keys) = std::make_shared<mutex_map_pool>(keys);
+    const auto& ks = random_keys(keys);
+    std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
+    for (auto _ : state) {
+        auto& p = instance<mutex_map_pool>(keys);
+        const key_t k = ks[i++ & (ks.size() - 1)];
+        int* c = p.acquire(k);
+        benchmark::DoNotOptimize(c);
+        if (c) p.release(k, c);
+    }
+    state.SetItemsProcessed(state.iterations());
+}
+
+template <class Eviction>
+void keypool_registry(benchmark::State& state) {
+    using reg = registry_t<Eviction>;
+    const auto keys = static_cast<std::size_t>(state.range(0));
+    if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
+        auto r = std::make_shared<reg>(key_resolver{}, keypool::fake::connector{},
+                                       keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys});
+        for (key_t k = 0; k < keys; ++k) r->acquire(k).release(); // every key has a pool and an idle connection
+        shared_instance<reg>(keys) = std::move(r);
+    }
+    const auto& ks = random_keys(keys);
+    std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
+    for (auto _ : state) {
+        auto& r = instance<reg>(keys);
+        auto l = r.acquire(ks[i++ & (ks.size() - 1)]);
+        benchmark::DoNotOptimize(l);
+    }
+    state.SetItemsProcessed(state.iterations());
+}
+
+void register_all() {
+    for (long keys : {1'000L, 10'000L, 100'000L}) {
+        for (int threads : {1, 2}) {
+            const std::string suffix = "/keys:" + std::to_string(keys);
+            benchmark::RegisterBenchmark(("BM_registry_keyed/mutex_map" + suffix).c_str(), baseline)
+                ->Arg(keys)->Threads(threads)->UseRealTime();
+            benchmark::RegisterBenchmark(("BM_registry_keyed/keypool" + suffix).c_str(),
+                                         keypool_registry<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>)
+                ->Arg(keys)->Threads(threads)->UseRealTime();
+            benchmark::RegisterBenchmark(("BM_registry_keyed/keypool_evict_none" + suffix).c_str(),
+                                         keypool_registry<keypool::evict::none>)
+                ->Arg(keys)->Threads(threads)->UseRealTime();
+        }
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    register_all();
+    benchmark::Initialize(&argc, argv);
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+}
