@@ -57,7 +57,6 @@ public:
         atomic<std::uint64_t> uses{0};
         atomic<std::uint64_t> resets{0};
         bool dirty = false;
-        time_point created{};
         time_point expires = time_point::max();
         time_point last_used{};
         std::optional<connection_type> conn;
@@ -65,8 +64,7 @@ public:
 
     pool_core(Connector c, target_type t, const pool_options& o, const Clock& clock, Observer obs)
         : connector_(std::move(c)), target_(std::move(t)), opt_(clamped(o)), clock_(&clock), obs_(std::move(obs)),
-          slots_(new slot[o.max_size]), rng_(o.seed ? *o.seed : seed_from_address()),
-          drained_(clock) {
+          slots_(new slot[o.max_size]), rng_(o.seed ? *o.seed : seed_from_address()) {
         for (std::uint32_t i = 0; i < o.max_size; ++i)
             slots_[i].next.store(i + 1 < o.max_size ? i + 1 : none, std::memory_order_relaxed);
         free_head_ = 0;
@@ -179,7 +177,7 @@ public:
             std::lock_guard lk(m_);
             if (closed_) return;
             closed_ = true;
-            close_source_.request_stop();
+            if (close_source_.stop_possible()) close_source_.request_stop();
             idle = take_all_idle_locked(closed_bit);
             fail_all_waiters_locked(make_error_code(errc::closed));
             signal_if_drained_locked();
@@ -193,15 +191,18 @@ public:
 
     /// Waits until every connection is closed (all leases returned) or the deadline passes.
     bool wait_drained(time_point deadline) noexcept {
+        typename Clock::event* drained = nullptr;
         {
             std::lock_guard lk(m_);
             if (open_ == 0) return true;
+            if (!drained_) drained_ = std::make_unique<typename Clock::event>(*clock_);
+            drained = drained_.get();
         }
         if constexpr (!thread_safe) {
             return false; // nobody else can return a lease while we wait
         } else {
             for (;;) {
-                bool signalled = drained_.wait_until(deadline);
+                bool signalled = drained->wait_until(deadline);
                 std::lock_guard lk(m_);
                 if (open_ == 0) return true;
                 if (!signalled || clock_->now() >= deadline) return false;
@@ -225,6 +226,7 @@ public:
         boost::container::small_vector<slot*, 32> idle, to_close, to_reset;
         boost::container::small_vector<close_reason, 32> why;
         std::size_t top_up = 0;
+        std::stop_token on_close;
         time_point due = time_point::max();
         {
             std::lock_guard lk(m_);
@@ -263,8 +265,10 @@ public:
                 top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
                                    opt_.max_connecting - std::min(connecting_, opt_.max_connecting)});
                 for (std::size_t i = 0; i < top_up; ++i) idle.push_back(reserve_locked());
+                if (top_up > 0 && !close_source_.stop_possible()) close_source_ = std::stop_source{};
             }
             grant_permits_locked(now);
+            if (top_up > 0) on_close = close_source_.get_token();
             if (failures_ > 0 && (!waiters_.empty() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
                 due = std::min(due, backoff_until_);
         }
@@ -279,7 +283,7 @@ public:
         for (std::size_t i = 0; i < top_up; ++i) {
             slot* s = idle[idle.size() - top_up + i];
             std::error_code ec;
-            if (open_connection(s, now + opt_.connect_timeout, close_source_.get_token(), ec)) {
+            if (open_connection(s, now + opt_.connect_timeout, on_close, ec)) {
                 s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
                 deliver(s);
             }
@@ -522,7 +526,7 @@ private:
     }
 
     void signal_if_drained_locked() noexcept {
-        if (closed_ && open_ == 0) drained_.set();
+        if (closed_ && open_ == 0 && drained_) drained_->set();
     }
 
     bool can_connect_locked() const noexcept {
@@ -579,7 +583,6 @@ private:
             ++connects_ok_;
             failures_ = 0;
             s->conn.emplace(std::move(*c));
-            s->created = end;
             s->last_used = end;
             s->expires = expiry_for(end);
             s->dirty = false;
@@ -751,12 +754,12 @@ private:
     std::size_t connecting_ = 0;
     bool closed_ = false;
     bool owner_gone_ = false;
-    std::stop_source close_source_;
+    std::stop_source close_source_{std::nostopstate}; // made when maintenance first connects
     std::error_code last_connect_error_;
     unsigned failures_ = 0;
     time_point backoff_until_{};
     splitmix64 rng_;
-    typename Clock::event drained_;
+    std::unique_ptr<typename Clock::event> drained_; // made by the first close(deadline)
     // Counters (under m_).
     std::uint64_t peak_size_ = 0, peak_waiters_ = 0, waits_ = 0, timeouts_ = 0, cancels_ = 0, rejected_ = 0;
     std::uint64_t connects_ok_ = 0, connects_failed_ = 0, retired_uses_ = 0, retired_resets_ = 0;
