@@ -7,13 +7,7 @@
 
 #include <keypool/keypool.hpp>
 
-#define EXPECT(cond)                                                                               \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            std::fprintf(stderr, "example failed: %s (line %d)\n", #cond, __LINE__);               \
-            std::exit(1);                                                                          \
-        }                                                                                          \
-    } while (0)
+#include "expect.hpp"
 
 int main() {
     using namespace std::chrono_literals;

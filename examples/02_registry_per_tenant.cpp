@@ -9,13 +9,7 @@
 
 #include <keypool/keypool.hpp>
 
-#define EXPECT(cond)                                                                               \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            std::fprintf(stderr, "example failed: %s (line %d)\n", #cond, __LINE__);               \
-            std::exit(1);                                                                          \
-        }                                                                                          \
-    } while (0)
+#include "expect.hpp"
 
 // Tenant "acme" lives in database "tenant_acme"; unknown tenants are rejected before any connect.
 struct tenant_directory {
