@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // W3: acquire + release through a registry for existing keys picked at random, against a bare
 // std::mutex + std::unordered_map keyed pool with the same keys, in the same process.
-// Names: BM_registry_keyed/<impl>/keys:<N>/threads:<T>; the baseline is registered first.
+// Names: BM_registry_keyed_<keys>/<impl>/real_time/threads:<T>; the baseline is registered first.
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -80,8 +80,7 @@ std::shared_ptr<T>& shared_instance(std::size_t keys) { return instances<T>()[ke
 template <class T>
 T& instance(std::size_t keys) { return *std::as_const(instances<T>()).find(keys)->second; } // any thread, in the loop
 
-void baseline(benchmark::State& state) {
-    const auto keys = static_cast<std::size_t>(state.range(0));
+void baseline(benchmark::State& state, std::size_t keys) {
     if (state.thread_index() == 0 && !shared_instance<mutex_map_pool>(keys))
         shared_instance<mutex_map_pool>(keys) = std::make_shared<mutex_map_pool>(keys);
     const auto& ks = random_keys(keys);
@@ -97,9 +96,8 @@ void baseline(benchmark::State& state) {
 }
 
 template <class Eviction>
-void keypool_registry(benchmark::State& state) {
+void keypool_registry(benchmark::State& state, std::size_t keys) {
     using reg = registry_t<Eviction>;
-    const auto keys = static_cast<std::size_t>(state.range(0));
     if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
         auto r = std::make_shared<reg>(key_resolver{}, keypool::fake::connector{},
                                        keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys});
@@ -117,17 +115,17 @@ void keypool_registry(benchmark::State& state) {
 }
 
 void register_all() {
-    for (long keys : {1'000L, 10'000L, 100'000L}) {
+    using lru_idle = keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>;
+    for (std::size_t keys : {1'000UL, 10'000UL, 100'000UL}) {
         for (int threads : {1, 2}) {
-            const std::string suffix = "/keys:" + std::to_string(keys);
-            benchmark::RegisterBenchmark(("BM_registry_keyed/mutex_map" + suffix).c_str(), baseline)
-                ->Arg(keys)->Threads(threads)->UseRealTime();
-            benchmark::RegisterBenchmark(("BM_registry_keyed/keypool" + suffix).c_str(),
-                                         keypool_registry<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>)
-                ->Arg(keys)->Threads(threads)->UseRealTime();
-            benchmark::RegisterBenchmark(("BM_registry_keyed/keypool_evict_none" + suffix).c_str(),
-                                         keypool_registry<keypool::evict::none>)
-                ->Arg(keys)->Threads(threads)->UseRealTime();
+            const std::string scenario = "BM_registry_keyed_" + std::to_string(keys);
+            benchmark::RegisterBenchmark((scenario + "/mutex_map").c_str(), baseline, keys)
+                ->Threads(threads)->UseRealTime();
+            benchmark::RegisterBenchmark((scenario + "/keypool").c_str(), keypool_registry<lru_idle>, keys)
+                ->Threads(threads)->UseRealTime();
+            benchmark::RegisterBenchmark((scenario + "/keypool_evict_none").c_str(),
+                                         keypool_registry<keypool::evict::none>, keys)
+                ->Threads(threads)->UseRealTime();
         }
     }
 }
