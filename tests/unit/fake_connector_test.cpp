@@ -40,6 +40,7 @@ TEST_CASE("scripted failures come in order, then connects succeed again") {
     keypool::fake::connector c(clock);
     c.script({outcome::fail(keypool::make_error_code(errc::key_not_found)), outcome::succeed()});
     c.fail_next_connects(1, keypool::make_error_code(errc::authentication_failed));
+    CHECK(c.scripted() == 3);
     std::error_code ec;
     CHECK_FALSE(c.connect("t", clock.now() + 1s, {}, ec));
     CHECK(ec == errc::key_not_found);

@@ -186,6 +186,11 @@ public:
         return c;
     }
     std::uint64_t live() const { return stats().live; }
+    /// Outcomes scripted and not yet consumed by a connect.
+    std::size_t scripted() const {
+        std::lock_guard lk(st_->m);
+        return st_->script.size();
+    }
     bool is_live(std::uint64_t id) const {
         std::lock_guard lk(st_->m);
         return st_->live.count(id) != 0;
