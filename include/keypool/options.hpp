@@ -110,6 +110,10 @@ struct registry_options {
     /// Live pools kept under `evict::lru` (the least recently used is retired beyond it).
     /// Default 500; range 1..100'000'000.
     std::size_t max_pools = 500;
+    /// Under `evict::size`, server connections open at once across all pools; a pool that needs one
+    /// more first closes another key's least recently used idle connection, else waits in line
+    /// with every other key's callers. Default 100; range 1..1'000'000.
+    std::size_t max_connections = 100;
     /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired.
     /// Default 15 min; nullopt = never; when set, must be positive.
     std::optional<duration> pool_idle_timeout = 15min;
@@ -131,6 +135,8 @@ inline std::error_code validate(const registry_options& o, std::string& message)
     };
     if (o.max_pools < 1 || o.max_pools > 100'000'000)
         return fail("max_pools must be in 1..100000000 (got " + std::to_string(o.max_pools) + ")");
+    if (o.max_connections < 1 || o.max_connections > 1'000'000)
+        return fail("max_connections must be in 1..1000000 (got " + std::to_string(o.max_connections) + ")");
     if (o.pool_idle_timeout && *o.pool_idle_timeout <= duration::zero())
         return fail("pool_idle_timeout must be positive or nullopt");
     if (o.failure_backoff < duration::zero()) return fail("failure_backoff must not be negative");

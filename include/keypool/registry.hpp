@@ -89,7 +89,6 @@ public:
     static_assert(std::is_same_v<setup_type, no_setup> || connector_has_prepare<Connector, setup_type>,
                   "keypool: the resolver's routes carry a session setup, but the connector has no "
                   "matching prepare(connection&, const setup_type&, std::error_code&) -> bool");
-    static_assert(!eviction_type::uses_size, "keypool: evict::size is not built yet");
 
     /// Builds an empty registry. Errors: throws `keypool::error(invalid_config)` naming the field.
     basic_registry(Resolver resolver, Connector connector, registry_options options = {})

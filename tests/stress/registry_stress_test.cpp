@@ -30,22 +30,25 @@ struct prefix_resolver {
 };
 } // namespace
 
-TEST_CASE("registry_stress: random operations over many keys keep every lease on its key") {
+namespace {
+template <class Eviction>
+void run_registry_stress() {
     std::uint64_t seed = std::random_device{}();
     if (const char* s = std::getenv("KEYPOOL_STRESS_SEED")) seed = std::strtoull(s, nullptr, 10);
     INFO("seed=" << seed);
     std::printf("registry stress seed=%llu\n", static_cast<unsigned long long>(seed));
 
     keypool::fake::connector fake;
-    constexpr std::size_t max_size = 3, max_pools = 16;
+    constexpr std::size_t max_size = 3, max_pools = 16, max_connections = 20;
+    constexpr bool budgeted = Eviction::uses_size;
     using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
-                                          keypool::with_eviction<keypool::evict::all_of<keypool::evict::lru,
-                                                                                        keypool::evict::idle>>>;
+                                          keypool::with_eviction<Eviction>>;
     auto reg = std::make_unique<reg_t>(
         prefix_resolver{}, fake,
         keypool::registry_options{.pool = {.max_size = max_size, .max_connecting = 2, .idle_timeout = 2ms,
                                            .max_lifetime = 10ms, .lifetime_jitter = 1ms, .seed = seed},
                                   .max_pools = max_pools,
+                                  .max_connections = max_connections,
                                   .pool_idle_timeout = 1ms,
                                   .failure_backoff = 1ms});
 
@@ -85,6 +88,7 @@ TEST_CASE("registry_stress: random operations over many keys keep every lease on
                         auto s = reg->stats();
                         CHECK(s.keys_active <= max_pools + threads);
                         CHECK(s.pools.size <= s.pools_active * max_size);
+                        if (budgeted) CHECK(fake.live() <= max_connections); // retired pools included
                     }
                 }
             });
@@ -107,4 +111,13 @@ TEST_CASE("registry_stress: random operations over many keys keep every lease on
                 static_cast<unsigned long long>(s.evicted[0] + s.evicted[1] + s.evicted[3]),
                 static_cast<unsigned long long>(s.evicted[0]), static_cast<unsigned long long>(s.evicted[1]),
                 static_cast<unsigned long long>(s.evicted[3]));
+}
+} // namespace
+
+TEST_CASE("registry_stress: random operations over many keys keep every lease on its key (lru + idle)") {
+    run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>();
+}
+
+TEST_CASE("registry_stress: the connection budget holds across keys (lru + idle + size)") {
+    run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>>();
 }

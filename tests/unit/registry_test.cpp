@@ -3,6 +3,7 @@
 // flight, close. Manual clock, fake connector, threads synchronised on observable state.
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -339,6 +340,63 @@ TEST_CASE("registry options are validated with the field named") {
     CHECK_THROWS_WITH_AS(f.make({.max_pools = 0}), doctest::Contains("registry_options.max_pools"), keypool::error);
     CHECK_THROWS_WITH_AS(f.make({.pool = {.max_size = 0}}), doctest::Contains("registry_options.pool.max_size"),
                          keypool::error);
+}
+
+} // TEST_SUITE
+
+TEST_SUITE("registry_size") {
+
+TEST_CASE("evict::size caps connections across keys and trims another key's idle connection") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::size>>({.pool = {.max_size = 4}, .max_connections = 2});
+    r.acquire("a").release(); // a holds one idle connection (and one token)
+    auto b = r.acquire("b");  // second token
+    CHECK(f.fake.live() == 2);
+    auto c = r.acquire("c", 0s); // no token free: a's idle connection is closed to make one
+    CHECK(c);
+    CHECK(f.fake.live() == 2);
+    auto s = r.stats();
+    CHECK(s.evicted_for(evict_reason::size) == 1);
+    CHECK(s.pools.closed_for(keypool::close_reason::trimmed) == 1);
+}
+
+TEST_CASE("evict::size: with nothing idle a caller waits, and a return anywhere frees a token for it") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::size>>({.pool = {.max_size = 4}, .max_connections = 2});
+    auto a = r.acquire("a");
+    auto b = r.acquire("b");
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("c", 0s, ec)); // budget spent, nothing idle, no time to wait
+    CHECK(ec == errc::timeout);
+    decltype(r)::lease got;
+    std::jthread t([&] { got = r.acquire("c", 60s); });
+    REQUIRE(eventually([&] { return r.stats().pools.waiters == 1; }));
+    a.release(); // nobody waits in a's pool: closed, its token goes to c
+    t.join();
+    REQUIRE(got);
+    CHECK(got->target == "db_c");
+    CHECK(f.fake.live() == 2);
+}
+
+TEST_CASE("evict::size serves waiting keys in arrival order (no key starves)") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::size>>({.pool = {.max_size = 4}, .max_connections = 1});
+    auto held = r.acquire("x");
+    std::vector<std::string> order;
+    std::mutex m;
+    std::vector<std::jthread> ts;
+    for (std::string k : {"k1", "k2", "k3"}) {
+        ts.emplace_back([&, k] {
+            auto l = r.acquire(k, 60s);
+            std::lock_guard lk(m);
+            order.push_back(l.key());
+        });
+        REQUIRE(eventually([&] { return r.stats().pools.waiters == ts.size(); }));
+    }
+    held.release();
+    for (auto& t : ts) t.join();
+    CHECK(order == std::vector<std::string>{"k1", "k2", "k3"});
+    CHECK(f.fake.live() <= 1);
 }
 
 } // TEST_SUITE

@@ -21,6 +21,7 @@
 #include <keypool/options.hpp>
 #include <keypool/policies/observer.hpp>
 #include <keypool/stats.hpp>
+#include <keypool/detail/budget.hpp>
 #include <keypool/detail/rng.hpp>
 
 namespace keypool::detail {
@@ -118,6 +119,25 @@ public:
 
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
 
+    /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
+    void set_budget(std::shared_ptr<connection_budget> b) noexcept { budget_ = std::move(b); }
+
+    /// Closes the least recently used idle connection, if there is one (to free a budget token).
+    bool close_one_idle() noexcept {
+        slot* victim = nullptr;
+        {
+            std::lock_guard lk(m_);
+            if (closed_) return false;
+            boost::container::small_vector<slot*, 32> idle;
+            for (slot* s = take_all_idle_locked(0); s; s = next_of(s)) idle.push_back(s);
+            if (idle.empty()) return false;
+            victim = idle.back();
+            for (std::size_t i = idle.size() - 1; i-- > 0;) deliver_locked(idle[i]);
+        }
+        (void)dispose(victim, close_reason::trimmed);
+        return true;
+    }
+
     /// One CAS: an idle connection, or nullptr if none is free or callers are queued.
     slot* pop_idle() noexcept { return pop_fast(); }
 
@@ -165,6 +185,7 @@ public:
         }
         s->last_used = now;
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
+        if (budget_ && budget_->has_tickets()) return release_to_budget(s);
         if (push_fast(s)) return false;
         return release_slow(s);
     }
@@ -264,7 +285,14 @@ public:
             if (waiters_.empty() && idle_after < opt_.min_idle && !in_backoff_locked(now)) {
                 top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
                                    opt_.max_connecting - std::min(connecting_, opt_.max_connecting)});
-                for (std::size_t i = 0; i < top_up; ++i) idle.push_back(reserve_locked());
+                for (std::size_t i = 0; i < top_up; ++i) {
+                    slot* s = try_reserve_locked();
+                    if (!s) {
+                        top_up = i;
+                        break;
+                    }
+                    idle.push_back(s);
+                }
                 if (top_up > 0 && !close_source_.stop_possible()) close_source_ = std::stop_source{};
             }
             grant_permits_locked(now);
@@ -355,13 +383,17 @@ private:
 
     struct waiter : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
         enum class outcome : std::uint8_t { pending, served, permit, failed };
-        explicit waiter(const Clock& c) : ev(c) {}
+        explicit waiter(const Clock& c) : ev(c) {
+            ticket.wake = [](void* e) { static_cast<typename Clock::event*>(e)->set(); };
+            ticket.ctx = &ev;
+        }
         outcome result = outcome::pending;
         slot* s = nullptr;
         std::error_code ec;
         // Completing a waiter = setting result/s/ec under m_, then signalling. A blocked thread
         // sleeps on this event; an asynchronous acquire would complete through a callback instead.
         typename Clock::event ev;
+        connection_budget::ticket ticket; // evict::size: this waiter's place in the budget queue
     };
     using waiter_list = boost::intrusive::list<waiter, boost::intrusive::constant_time_size<true>>;
 
@@ -490,18 +522,35 @@ private:
         if (dispose_it) (void)dispose(s, close_reason::closed);
     }
 
+    /// evict::size with callers waiting for a token: our own waiters get the connection; if there
+    /// are none, it is closed so its token goes to the oldest caller of any key.
+    bool release_to_budget(slot* s) noexcept {
+        bool closed = false;
+        {
+            std::lock_guard lk(m_);
+            closed = closed_;
+            if (!closed && !waiters_.empty()) {
+                deliver_locked(s);
+                return false;
+            }
+        }
+        return dispose(s, closed ? close_reason::closed : close_reason::trimmed);
+    }
+
     bool release_slow(slot* s) noexcept {
-        bool handed = false;
+        bool yield = false;
         {
             std::unique_lock lk(m_);
             if (closed_) {
                 lk.unlock();
                 return dispose(s, close_reason::closed);
             }
-            handed = deliver_locked(s);
+            // Read before unlocking: once the waiter has the connection it may return it into a
+            // pool whose owner is gone and free the core before this thread runs again.
+            yield = deliver_locked(s) && opt_.yield_after_handoff;
         }
         // Let the woken waiter run before this thread can queue again (see pool_options).
-        if (handed && opt_.yield_after_handoff) std::this_thread::yield();
+        if (yield) std::this_thread::yield();
         return false;
     }
 
@@ -517,11 +566,19 @@ private:
         return s;
     }
 
+    /// Reserves a slot for a new connection if the pool (and the budget, if any) has room.
+    slot* try_reserve_locked() noexcept {
+        if (!can_connect_locked()) return nullptr;
+        if (budget_ && !budget_->try_take()) return nullptr;
+        return reserve_locked();
+    }
+
     void free_locked(slot* s) noexcept {
         s->state.store(static_cast<std::uint8_t>(slot_state::empty), std::memory_order_relaxed);
         s->next.store(free_head_, std::memory_order_relaxed);
         free_head_ = index_of(s);
         --open_;
+        if (budget_) budget_->give_back();
         signal_if_drained_locked();
     }
 
@@ -538,8 +595,11 @@ private:
     /// Hands connect permits to the oldest waiters while there is room to connect.
     void grant_permits_locked(time_point now) noexcept {
         if (waiters_.empty() || !can_connect_locked() || in_backoff_locked(now)) return;
-        while (!waiters_.empty() && can_connect_locked())
-            complete_locked(waiters_.front(), waiter::outcome::permit, reserve_locked(), {});
+        while (!waiters_.empty()) {
+            slot* s = try_reserve_locked();
+            if (!s) break;
+            complete_locked(waiters_.front(), waiter::outcome::permit, s, {});
+        }
     }
     void grant_permits_locked() noexcept {
         if (waiters_.empty() || !can_connect_locked()) return;
@@ -654,20 +714,31 @@ private:
 
     slot* acquire_slow(time_point deadline, std::stop_token& st, std::error_code& ec) noexcept {
         std::unique_lock lk(m_);
-        if (closed_) return fail(ec, errc::closed);
-        if (waiters_.empty()) {
+        for (bool trimmed = false;; trimmed = true) {
+            if (closed_) return fail(ec, errc::closed);
+            if (!waiters_.empty()) break;
             if (slot* s = pop_locked()) return s;
             const time_point now = failures_ > 0 ? clock_->now() : time_point{};
-            if (can_connect_locked() && !in_backoff_locked(now)) {
-                slot* s = reserve_locked();
-                lk.unlock();
-                return open_connection(s, deadline, st, ec) ? s : nullptr;
+            if (!in_backoff_locked(now)) {
+                if (slot* s = try_reserve_locked()) {
+                    lk.unlock();
+                    return open_connection(s, deadline, st, ec) ? s : nullptr;
+                }
+                // evict::size: room here but no token. Close another key's least recently used
+                // idle connection (once), then look again; its token goes to whoever queued first.
+                if (budget_ && !trimmed && can_connect_locked()) {
+                    lk.unlock();
+                    const bool freed = budget_->trim(this);
+                    lk.lock();
+                    if (freed) continue;
+                }
             }
             // Backing off with nothing open: no connection can appear before the backoff ends.
             if (in_backoff_locked(now) && open_ == 0) {
                 ec = last_connect_error_;
                 return nullptr;
             }
+            break;
         }
         if constexpr (!thread_safe) {
             return fail(ec, errc::would_deadlock); // no other thread can return a connection
@@ -700,8 +771,13 @@ private:
             deliver_locked(s);
         }
         grant_permits_locked();
+        // A budgeted pool with room but no token: queue for one (in arrival order across all
+        // pools), and free one by closing another key's least recently used idle connection.
+        const bool wants_token = budget_ && w.result == waiter::outcome::pending && open_ < opt_.max_size;
+        if (wants_token) budget_->enqueue(w.ticket);
         const time_point start = clock_->now();
         lk.unlock(); // the stop callback may run at once, in this thread, and it takes m_
+        if (wants_token) budget_->trim(this);
         {
             std::stop_callback on_stop(st, [&]() noexcept {
                 std::lock_guard g(m_);
@@ -719,6 +795,16 @@ private:
                 w.ev.wait_until(wake);
                 lk.lock();
                 if (w.result != waiter::outcome::pending) break;
+                if (budget_) {
+                    w.ev.reset(); // a grant after this re-sets it: no lost wake-up
+                    if (budget_->granted(w.ticket) && budget_->leave(w.ticket)) { // the token is ours
+                        if (can_connect_locked()) {
+                            complete_locked(w, waiter::outcome::permit, reserve_locked(), {});
+                            break;
+                        }
+                        budget_->give_back(); // no room here after all: pass the token on
+                    }
+                }
                 const time_point now = clock_->now();
                 if (now >= deadline) {
                     ++timeouts_;
@@ -727,6 +813,7 @@ private:
                 }
                 grant_permits_locked(now);
             }
+            if (budget_ && budget_->leave(w.ticket)) budget_->give_back(); // granted but not used
             wait_time_ += clock_->now() - start;
             lk.unlock(); // the stop callback may be running and waiting for m_
         }
@@ -754,6 +841,7 @@ private:
     std::size_t connecting_ = 0;
     bool closed_ = false;
     bool owner_gone_ = false;
+    std::shared_ptr<connection_budget> budget_; // evict::size only
     std::stop_source close_source_{std::nostopstate}; // made when maintenance first connects
     std::error_code last_connect_error_;
     unsigned failures_ = 0;

@@ -21,6 +21,7 @@
 
 #include <keypool/error.hpp>
 #include <keypool/lease.hpp>
+#include <keypool/detail/budget.hpp>
 #include <keypool/options.hpp>
 #include <keypool/stats.hpp>
 
@@ -55,7 +56,15 @@ public:
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
           obs_(std::move(obs)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
-          shards_(new shard[shard_mask_ + 1]) {}
+          shards_(new shard[shard_mask_ + 1]) {
+        if constexpr (Eviction::uses_size) {
+            budget_ = std::make_shared<connection_budget>(opt_.max_connections);
+            budget_->set_trim([this](const void* except) { return trim_one(except); });
+        }
+    }
+    ~registry_table() {
+        if (budget_) budget_->set_trim(nullptr); // pools (and leases) may outlive the table
+    }
 
     registry_table(const registry_table&) = delete;
     registry_table& operator=(const registry_table&) = delete;
@@ -236,6 +245,7 @@ public:
             }
         }
         r.pools_active = seen.size();
+        r.evicted[static_cast<std::size_t>(evict_reason::size)] = r.pools.closed_for(close_reason::trimmed);
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             r.hits += shards_[i].hits;
@@ -435,7 +445,7 @@ private:
         {
             std::lock_guard rl(ring_m_);
             if (closed_) return ec = make_error_code(errc::closed), false;
-            auto p = std::make_shared<Pool>(connector_, r->target, opt_.pool, *clock_, obs_);
+            auto p = make_pool(r->target);
             ++created_;
             std::lock_guard lk(sh.m);
             if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
@@ -454,6 +464,23 @@ private:
         return true;
     }
 
+    std::shared_ptr<Pool> make_pool(const target_type& target) {
+        auto p = std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+        if (budget_) pool_access::core(*p)->set_budget(budget_);
+        return p;
+    }
+
+    /// evict::size: closes the idle connection of the least recently used pool that has one,
+    /// other than `except`. Called with no pool lock held.
+    bool trim_one(const void* except) {
+        std::lock_guard rl(ring_m_);
+        for (entry& e : ring_) {
+            if (e.core == except) continue;
+            if (e.core->close_one_idle()) return true; // counted as the pool's close_reason::trimmed
+        }
+        return false;
+    }
+
     /// A pool for `target`: the live one other keys already share, or a new one.
     std::shared_ptr<Pool> shared_pool_locked(const target_type& target) {
         if constexpr (!std::is_same_v<setup_type, no_setup>) {
@@ -467,11 +494,11 @@ private:
                     ++it;
                 }
             }
-            auto p = std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+            auto p = make_pool(target);
             by_target_.emplace_back(target, p);
             return p;
         } else {
-            return std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+            return make_pool(target);
         }
     }
 
@@ -541,6 +568,7 @@ private:
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
 
+    std::shared_ptr<connection_budget> budget_; // evict::size only
     mutable mutex_type ring_m_;
     ring_type ring_;
     std::vector<std::pair<target_type, std::weak_ptr<Pool>>> by_target_;

@@ -11,7 +11,7 @@ namespace keypool::evict {
 struct none {
     static constexpr bool uses_lru = false;  ///< cap live pools at registry_options::max_pools
     static constexpr bool uses_idle = false; ///< retire pools unused for registry_options::pool_idle_timeout
-    static constexpr bool uses_size = false; ///< global connection budget (not built yet; see docs/design.md)
+    static constexpr bool uses_size = false; ///< cap connections across pools at registry_options::max_connections
 };
 
 /// At most `max_pools` live pools; the least recently used one (approximated by the CLOCK
@@ -24,6 +24,14 @@ struct lru : none {
 /// `evict_idle()`.
 struct idle : none {
     static constexpr bool uses_idle = true;
+};
+
+/// At most `max_connections` server connections across all pools. A pool that needs another one
+/// when the budget is spent closes the least recently used idle connection of another key; if no
+/// other key has one, its caller waits, in one queue shared by all keys (no key starves), within
+/// its own deadline.
+struct size : none {
+    static constexpr bool uses_size = true;
 };
 
 /// Every rule any of `Ps` turns on.

@@ -17,8 +17,9 @@ enum class close_reason : std::uint8_t {
     reset_failed, ///< the connector's `reset` returned false
     discarded,    ///< the lease holder called `discard()`
     closed,       ///< the pool was closed
+    trimmed,      ///< closed while idle to free the registry's connection budget for another key
 };
-inline constexpr std::size_t close_reason_count = 6;
+inline constexpr std::size_t close_reason_count = 7;
 
 inline const char* to_string(close_reason r) noexcept {
     switch (r) {
@@ -28,6 +29,7 @@ inline const char* to_string(close_reason r) noexcept {
     case close_reason::reset_failed: return "reset_failed";
     case close_reason::discarded: return "discarded";
     case close_reason::closed: return "closed";
+    case close_reason::trimmed: return "trimmed";
     }
     return "unknown";
 }
