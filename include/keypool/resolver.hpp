@@ -36,6 +36,9 @@ struct route {
 /// `r.resolve(key, ec)` returns the key's route, or nullopt with `ec` set (`key_not_found` for a
 /// key that does not exist, `invalid_config` for a malformed one). Called once per key when its
 /// pool entry is created (not per acquire); it may block (a directory or secret lookup).
+/// A resolver that blocks should also offer `r.resolve(key, stop_token, ec)`: the registry then
+/// passes the creating caller's stop token, and if that caller gives up (`errc::cancelled`),
+/// another caller waiting for the same key takes over the creation.
 template <class R, class Key>
 concept resolver = requires(R& r, const Key& k, std::error_code& ec) {
     typename R::target_type;

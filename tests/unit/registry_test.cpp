@@ -280,6 +280,49 @@ TEST_CASE("the leader's cancellation does not fail the joiners") {
     CHECK(joined);
 }
 
+TEST_CASE("a leader cancelled inside a stoppable resolver hands the creation to a joiner") {
+    // Resolver with the stop-token overload: waits on the gate until it opens or the caller stops.
+    struct stoppable {
+        using target_type = std::string;
+        using setup_type = keypool::no_setup;
+        std::shared_ptr<keypool::fake::gate> gate;
+        const keypool::manual_clock* clock;
+        std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+        std::optional<keypool::route<std::string>> resolve(const std::string& k, std::error_code& ec) const {
+            return resolve(k, {}, ec);
+        }
+        std::optional<keypool::route<std::string>> resolve(const std::string& k, std::stop_token st,
+                                                           std::error_code& ec) const {
+            ++*calls;
+            if (!gate->wait(*clock, keypool::time_point::max(), st)) {
+                ec = keypool::make_error_code(errc::cancelled);
+                return std::nullopt;
+            }
+            return keypool::route<std::string>{"db_" + k, {}};
+        }
+    };
+    kp_test::fixture f;
+    auto gate = std::make_shared<keypool::fake::gate>();
+    stoppable res{gate, &f.clock};
+    keypool::basic_registry<std::string, stoppable, keypool::fake::connector, keypool::with_clock<keypool::manual_clock>>
+        r(res, f.fake, {}, f.clock);
+    std::stop_source leader_stop;
+    std::error_code leader_ec, joiner_ec;
+    decltype(r)::lease joined;
+    std::jthread leader([&] { (void)r.acquire("t", r.now() + 60s, leader_stop.get_token(), leader_ec); });
+    REQUIRE(eventually([&] { return *res.calls == 1 && gate->waiting() == 1; }));
+    std::jthread joiner([&] { joined = r.acquire("t", r.now() + 60s, {}, joiner_ec); });
+    REQUIRE(eventually([&] { return r.stats().joins == 1; }));
+    leader_stop.request_stop(); // the leader leaves at once; the joiner resolves again
+    leader.join();
+    CHECK(leader_ec == errc::cancelled);
+    REQUIRE(eventually([&] { return *res.calls == 2 && gate->waiting() == 1; }));
+    gate->open();
+    joiner.join();
+    CHECK(joined);
+    CHECK(r.stats().pools_created == 1);
+}
+
 TEST_CASE("a joiner waits with its own deadline") {
     fixture f;
     f.resolver.st->gate = std::make_shared<keypool::fake::gate>();

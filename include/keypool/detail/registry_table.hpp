@@ -389,7 +389,10 @@ private:
         std::error_code rec;
         std::optional<route<target_type, setup_type>> r;
         try {
-            r = resolver_.resolve(key, rec);
+            if constexpr (requires { resolver_.resolve(key, st, rec); })
+                r = resolver_.resolve(key, st, rec);
+            else
+                r = resolver_.resolve(key, rec);
         } catch (...) {
             r.reset();
             rec = make_error_code(errc::invalid_config);
