@@ -2,7 +2,11 @@
 // W3: acquire + release through a registry for existing keys picked at random, against a bare
 // std::mutex + std::unordered_map keyed pool with the same keys, in the same process.
 // Names: BM_registry_keyed_<keys>/<impl>/real_time/threads:<T>; the baseline is registered first.
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -13,6 +17,41 @@
 
 #include <benchmark/benchmark.h>
 #include <keypool/keypool.hpp>
+
+// Counts live heap bytes (a size header per allocation), for the bytes-per-key figure.
+namespace {
+std::atomic<std::int64_t> g_live_bytes{0};
+}
+void* operator new(std::size_t n) {
+    auto* p = static_cast<std::size_t*>(std::malloc(n + 16));
+    if (!p) throw std::bad_alloc();
+    *p = n;
+    g_live_bytes.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+    return reinterpret_cast<char*>(p) + 16;
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+    const std::size_t al = std::max<std::size_t>(static_cast<std::size_t>(a), 16);
+    auto* base = static_cast<char*>(std::malloc(n + 2 * al));
+    if (!base) throw std::bad_alloc();
+    char* user = base + 2 * al - (reinterpret_cast<std::uintptr_t>(base) % al);
+    reinterpret_cast<std::size_t*>(user)[-1] = n;
+    reinterpret_cast<char**>(user)[-2] = base;
+    g_live_bytes.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+    return user;
+}
+void operator delete(void* p) noexcept {
+    if (!p) return;
+    auto* h = reinterpret_cast<std::size_t*>(static_cast<char*>(p) - 16);
+    g_live_bytes.fetch_sub(static_cast<std::int64_t>(*h), std::memory_order_relaxed);
+    std::free(h);
+}
+void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+void operator delete(void* p, std::align_val_t) noexcept {
+    if (!p) return;
+    g_live_bytes.fetch_sub(static_cast<std::int64_t>(static_cast<std::size_t*>(p)[-1]), std::memory_order_relaxed);
+    std::free(static_cast<char**>(p)[-2]);
+}
+void operator delete(void* p, std::size_t, std::align_val_t a) noexcept { operator delete(p, a); }
 
 namespace {
 
@@ -114,7 +153,45 @@ void keypool_registry(benchmark::State& state, std::size_t keys) {
     state.SetItemsProcessed(state.iterations());
 }
 
+/// Heap bytes per key: a registry of `keys` keys, each with its pool and one idle connection,
+/// minus the connections themselves (what the fake connector allocates per connection is measured
+/// separately and subtracted). Reported as counters; the timing of this benchmark means nothing.
+void memory_per_key(benchmark::State& state) {
+    constexpr std::size_t keys = 10'000;
+    double per_key = 0, per_conn = 0, baseline_per_key = 0;
+    for (auto _ : state) {
+        const auto before_conn = g_live_bytes.load();
+        {
+            keypool::fake::connector fc;
+            std::vector<keypool::fake::connection> conns;
+            conns.reserve(keys);
+            const auto start = g_live_bytes.load();
+            std::error_code ec;
+            for (std::size_t i = 0; i < keys; ++i)
+                conns.push_back(*fc.connect("db" + std::to_string(i), keypool::time_point::max(), {}, ec));
+            per_conn = double(g_live_bytes.load() - start) / keys;
+        }
+        (void)before_conn;
+        const auto before = g_live_bytes.load();
+        {
+            registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>> r(
+                key_resolver{}, keypool::fake::connector{}, {.pool = {.max_size = 2}, .max_pools = keys});
+            for (key_t k = 0; k < keys; ++k) r.acquire(k).release();
+            per_key = double(g_live_bytes.load() - before) / keys - per_conn;
+        }
+        const auto before_base = g_live_bytes.load();
+        {
+            mutex_map_pool p(keys);
+            baseline_per_key = double(g_live_bytes.load() - before_base) / keys;
+        }
+    }
+    state.counters["registry_bytes_per_key_excl_connection"] = per_key;
+    state.counters["fake_connection_bytes"] = per_conn;
+    state.counters["mutex_map_bytes_per_key"] = baseline_per_key;
+}
+
 void register_all() {
+    benchmark::RegisterBenchmark("BM_registry_memory/keypool", memory_per_key)->Iterations(1);
     using lru_idle = keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>;
     for (std::size_t keys : {1'000UL, 10'000UL, 100'000UL}) {
         for (int threads : {1, 2}) {

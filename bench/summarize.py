@@ -129,6 +129,7 @@ def summarize(path, w1_time):
                if "library_build_type" in ctx else ""))
     table = []
     waits = []
+    memory = []
     baselines = {}
     for run_name, row in rows.items():
         scenario, impl = split_name(run_name)
@@ -139,6 +140,9 @@ def summarize(path, w1_time):
         threads = row.get("threads", 1)
         if any(k in row for k in WAIT_COUNTERS):
             waits.append((scenario, impl, threads, row))
+        if "_memory" in scenario:  # counters only (bytes), no time ratio
+            memory.append((scenario, impl, {k: v for k, v in row.items() if "bytes" in k}))
+            continue
         if impl in BASELINES:
             continue
         base = baselines.get((scenario, threads))
@@ -168,6 +172,9 @@ def summarize(path, w1_time):
     out.append("|---|---:|---|---|---:|---:|---|---|")
     for r in table:
         out.append("| " + " | ".join(str(c) for c in r) + " |")
+    for scenario, impl, counters in memory:
+        out += ["", f"Memory ({scenario}/{impl}): " +
+                ", ".join(f"{k} = {fmt_num(v)}" for k, v in sorted(counters.items()))]
     if waits:
         out += ["", "Waits of acquires that found no idle connection (absolute, this machine and run only; "
                 "diagnostics, not claims):", "",
