@@ -59,7 +59,9 @@ struct registry_stats {
     std::uint64_t hits = 0;          ///< acquires that found the key's pool ready
     std::uint64_t misses = 0;        ///< acquires that had to create it
     std::uint64_t joins = 0;         ///< acquires that waited for another caller's creation
-    std::array<std::uint64_t, evict_reason_count> evicted{}; ///< indexed by evict_reason
+    /// Pools retired, indexed by evict_reason; for `size`, idle connections closed to free the
+    /// connection budget for another key (the budget retires connections, not whole pools).
+    std::array<std::uint64_t, evict_reason_count> evicted{};
     std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
     pool_stats pools{};              ///< the live pools' stats, summed (peaks are maxima)
 

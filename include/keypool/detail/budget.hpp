@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 
@@ -80,6 +81,10 @@ public:
     }
     std::size_t capacity() const noexcept { return capacity_; }
 
+    /// Connections closed to free a token (close_reason::trimmed), over the budget's lifetime.
+    void count_trim() noexcept { trimmed_.fetch_add(1, std::memory_order_relaxed); }
+    std::uint64_t trimmed() const noexcept { return trimmed_.load(std::memory_order_relaxed); }
+
     /// Closes one idle connection of a pool other than `except` (the registry's least recently
     /// used first), freeing a token. Returns false if there was none.
     bool trim(const void* except) {
@@ -97,6 +102,7 @@ private:
     std::size_t used_ = 0;
     boost::intrusive::list<ticket> tickets_;
     std::atomic<std::size_t> waiting_{0};
+    std::atomic<std::uint64_t> trimmed_{0};
     std::mutex trim_m_;
     std::function<bool(const void*)> trim_;
 };

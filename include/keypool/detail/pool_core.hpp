@@ -699,6 +699,7 @@ private:
         }
         s->conn.reset();
         notify_close(obs_, why);
+        if (why == close_reason::trimmed && budget_) budget_->count_trim();
         std::lock_guard lk(m_);
         ++closes_[static_cast<std::size_t>(why)];
         retired_uses_ += s->uses.load(std::memory_order_relaxed);

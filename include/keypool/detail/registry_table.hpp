@@ -245,7 +245,7 @@ public:
             }
         }
         r.pools_active = seen.size();
-        r.evicted[static_cast<std::size_t>(evict_reason::size)] = r.pools.closed_for(close_reason::trimmed);
+        if (budget_) r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             r.hits += shards_[i].hits;
