@@ -367,6 +367,53 @@ TEST_CASE("close fails later acquires and closes idle connections") {
     CHECK(f.fake.live() == 0);
 }
 
+TEST_CASE("close wakes callers waiting for a creation in flight with closed") {
+    fixture f;
+    f.resolver.st->gate = std::make_shared<keypool::fake::gate>();
+    auto r = f.make();
+    std::error_code leader_ec, joiner_ec;
+    std::jthread leader([&] { (void)r.acquire("t", r.now() + 60s, {}, leader_ec); });
+    REQUIRE(eventually([&] { return f.resolver.st->calls == 1; }));
+    std::jthread joiner([&] { (void)r.acquire("t", r.now() + 60s, {}, joiner_ec); });
+    REQUIRE(eventually([&] { return r.stats().joins == 1; }));
+    r.close();
+    joiner.join();
+    CHECK(joiner_ec == errc::closed);
+    f.resolver.st->gate->open();
+    leader.join();
+    CHECK(leader_ec == errc::closed); // the leader finishes its entry, but gets no pool
+    CHECK(f.fake.live() == 0);
+}
+
+TEST_CASE("leases may outlive the registry, with or without a connection budget") {
+    fixture f;
+    {
+        auto r = std::make_unique<test_registry<keypool::with_eviction<keypool::evict::all_of<
+            keypool::evict::lru, keypool::evict::size>>>>(f.resolver, f.fake,
+                                                          keypool::registry_options{.max_connections = 4}, f.clock);
+        auto a = r->acquire("a");
+        auto pool_b = r->pool("b");
+        auto b = pool_b->acquire();
+        r.reset(); // registry gone: its pools are closed, these leases stay valid
+        CHECK(a->target == "db_a");
+        CHECK(f.fake.live() == 2);
+        a.release();
+        b.release();
+        CHECK(f.fake.live() == 0);
+    }
+}
+
+TEST_CASE("the registry's maintain keeps each pool's min_idle warm") {
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 4, .min_idle = 2}});
+    r.acquire("a").release();
+    r.acquire("b").release();
+    r.maintain();
+    auto s = r.stats();
+    CHECK(s.pools.idle == 4);
+    CHECK(f.fake.live() == 4);
+}
+
 TEST_CASE("pool(key) gives the pool itself, alive while held") {
     fixture f;
     auto r = f.make();
