@@ -29,15 +29,23 @@ void* operator new(std::size_t n) {
     g_live_bytes.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
     return reinterpret_cast<char*>(p) + 16;
 }
+// Aligned allocations keep {size, malloc'd base} in the 16 bytes before the user pointer.
+struct aligned_header {
+    std::size_t size;
+    void* base;
+};
+static aligned_header* header_of(void* user) noexcept {
+    return reinterpret_cast<aligned_header*>(reinterpret_cast<std::uintptr_t>(user) - sizeof(aligned_header));
+}
 void* operator new(std::size_t n, std::align_val_t a) {
-    const std::size_t al = std::max<std::size_t>(static_cast<std::size_t>(a), 16);
-    auto* base = static_cast<char*>(std::malloc(n + 2 * al));
+    const std::size_t al = std::max<std::size_t>(static_cast<std::size_t>(a), sizeof(aligned_header));
+    void* base = std::malloc(n + 2 * al);
     if (!base) throw std::bad_alloc();
-    char* user = base + 2 * al - (reinterpret_cast<std::uintptr_t>(base) % al);
-    reinterpret_cast<std::size_t*>(user)[-1] = n;
-    reinterpret_cast<char**>(user)[-2] = base;
+    const std::uintptr_t user = (reinterpret_cast<std::uintptr_t>(base) + 2 * al - 1) / al * al;
+    void* p = reinterpret_cast<void*>(user);
+    *header_of(p) = {n, base};
     g_live_bytes.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
-    return user;
+    return p;
 }
 void operator delete(void* p) noexcept {
     if (!p) return;
@@ -48,8 +56,9 @@ void operator delete(void* p) noexcept {
 void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
 void operator delete(void* p, std::align_val_t) noexcept {
     if (!p) return;
-    g_live_bytes.fetch_sub(static_cast<std::int64_t>(static_cast<std::size_t*>(p)[-1]), std::memory_order_relaxed);
-    std::free(static_cast<char**>(p)[-2]);
+    aligned_header h = *header_of(p);
+    g_live_bytes.fetch_sub(static_cast<std::int64_t>(h.size), std::memory_order_relaxed);
+    std::free(h.base);
 }
 void operator delete(void* p, std::size_t, std::align_val_t a) noexcept { operator delete(p, a); }
 

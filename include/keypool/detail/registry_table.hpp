@@ -263,16 +263,23 @@ private:
     };
     using joiner_list = boost::intrusive::list<joiner>;
 
-    struct entry : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+    // The hot path reads st, core, setup and writes referenced/last_used: they come first, and the
+    // entry starts a cache line, so an acquire touches one line of it. The ring hook (base class)
+    // is touched only by eviction.
+    struct alignas(64) entry_hot {
         enum class state : std::uint8_t { creating, ready, failed };
-        explicit entry(const Key& k) : key(k) {}
-        const Key key;
         state st = state::creating;
-        std::shared_ptr<Pool> pool;
-        core_type* core = nullptr; // pool's core, cached: one pointer less to chase on the hot path
-        setup_type setup{};
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
+        core_type* core = nullptr; // the pool's core, cached: one pointer less to chase
+        setup_type setup{};
+    };
+    struct entry : entry_hot,
+                   boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+        using state = typename entry_hot::state;
+        explicit entry(const Key& k) : key(k) {}
+        const Key key;
+        std::shared_ptr<Pool> pool;
         std::error_code error;
         time_point failed_until{};
         joiner_list joiners; // flight::shared: callers waiting for the leader
