@@ -8,9 +8,12 @@
 #                                                     (idempotent: exits 0 if nothing is running)
 #   scripts/pg-fixture.sh pg-stop  ENVFILE            stop PostgreSQL only (-m fast); PgBouncer stays up
 #   scripts/pg-fixture.sh pg-start ENVFILE            start PostgreSQL again (same port and socket)
-#                                                     and wait until it (and PgBouncer) accept connections
+#                                                     and wait until it and PgBouncer accept connections
 #   scripts/pg-fixture.sh run      ENVFILE -- CMD...  start, run CMD with ENVFILE's variables
 #                                                     exported, stop; exits with CMD's status
+#   scripts/pg-fixture.sh exec     ENVFILE -- CMD...  run CMD against the running fixture, with
+#                                                     the same variables (KEYPOOL_*, KEYPOOL_PG_ENV,
+#                                                     PGHOST/PGPORT/PGUSER/PGPASSWORD) exported
 #
 # ENVFILE gets plain KEY=VALUE lines (no quotes, no export):
 #   KEYPOOL_PG_DIR  KEYPOOL_PG_SOCKET  KEYPOOL_PG_HOST  KEYPOOL_PG_PORT  KEYPOOL_PGB_PORT
@@ -30,6 +33,12 @@
 # Ports are probed upward from 55432, so several fixtures can run at once. As root,
 # initdb, postgres and pgbouncer run as the `postgres` account through runuser.
 # Servers are stopped by the PIDs in their pid files, never by process name.
+#
+# PgBouncer after pg-stop/pg-start: clients that arrive while PostgreSQL is down
+# wait up to query_wait_timeout (120 s) or get "server login has been failing";
+# pg-start returns once kp_app's pools for app, acme, globex and initech work
+# again. Any other pool that failed meanwhile fails its first client after the
+# restart with "server login has been failing" (PgBouncer's fast-fail).
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -54,7 +63,7 @@ log() { echo "pg-fixture: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-  sed -n '4,13s/^# \{0,1\}//p' "$0" >&2
+  sed -n '4,16s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -74,7 +83,7 @@ pg_psql() {
   env -u PGSERVICE -u PGSERVICEFILE -u PGOPTIONS -u PGPASSFILE -u PGPASSWORD \
     -u PGHOST -u PGHOSTADDR -u PGPORT -u PGUSER -u PGDATABASE -u PGSSLMODE \
     PGCONNECT_TIMEOUT=5 ${password:+"PGPASSWORD=$password"} \
-    psql -X -q -At -v ON_ERROR_STOP=1 "$@"
+    timeout 60 psql -X -q -At -v ON_ERROR_STOP=1 "$@"
 }
 
 # first_line FILE: print the first line of FILE (nothing if it is missing).
@@ -243,24 +252,33 @@ stop_pgbouncer() {
   wait_gone "$pid" pgbouncer "$dir" 5 || { log "pgbouncer $pid survived SIGKILL"; return 1; }
 }
 
-# wait_pgb_ready DIR PGB_PORT: wait until a query goes through PgBouncer to the
-# server (after a server restart PgBouncer refuses logins for server_login_retry).
+# wait_pgb_ready DIR PGB_PORT DB...: wait until, for each DB, a query as kp_app
+# goes through PgBouncer to the server.
 wait_pgb_ready() {
-  local dir=$1 port=$2 pid i
-  for ((i = 0; i < 100; i++)); do
-    # The pid file appears once PgBouncer listens; no pid file after 2 s, a
-    # failed bind or a dead process: give up at once.
-    pid=$(first_line "$dir/pgbouncer.pid")
-    if [[ -n $pid ]]; then
-      alive "$pid" pgbouncer "$dir" || return 1
-      pg_psql "$APP_PASSWORD" -h "$HOST" -p "$port" -U "$APP_USER" -d app \
-        -c 'SELECT 1' >/dev/null 2>&1 && return 0
-    elif ((i >= 20)) || port_clash_in "$dir/pgbouncer.log"; then
-      return 1
-    fi
-    sleep 0.1
+  local dir=$1 port=$2 db pid i
+  shift 2
+  for db in "$@"; do
+    for ((i = 1; ; i++)); do
+      # The pid file appears once PgBouncer listens; no pid file after 2 s, a
+      # failed bind or a dead process: give up at once.
+      pid=$(first_line "$dir/pgbouncer.pid")
+      if [[ -n $pid ]]; then
+        alive "$pid" pgbouncer "$dir" || return 1
+        pgb_select1 "$port" "$db" 2>/dev/null && break
+      elif ((i > 20)) || port_clash_in "$dir/pgbouncer.log"; then
+        return 1
+      fi
+      if ((i >= 100)); then
+        pgb_select1 "$port" "$db" || return 1 # the last try shows the error
+        break
+      fi
+      sleep 0.1
+    done
   done
-  pg_psql "$APP_PASSWORD" -h "$HOST" -p "$port" -U "$APP_USER" -d app -c 'SELECT 1' >/dev/null
+}
+
+pgb_select1() {
+  pg_psql "$APP_PASSWORD" -h "$HOST" -p "$1" -U "$APP_USER" -d "$2" -c 'SELECT 1' >/dev/null
 }
 
 # ---------------------------------------------------------------- start
@@ -383,7 +401,7 @@ EOF
     pgb_port=$(reserve_port "$dir" pgb $((pgb_port + 1)))
     write_pgbouncer_config "$dir" "$pg_port" "$pgb_port"
     own_dir "$dir"
-    if as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" && wait_pgb_ready "$dir" "$pgb_port"; then
+    if as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" && wait_pgb_ready "$dir" "$pgb_port" app; then
       break
     fi
     stop_pgbouncer "$dir"
@@ -449,24 +467,46 @@ cmd_pg_start() {
   wait_pg_ready "$dir" "$port"
   pgb_port=$(env_get "$1" KEYPOOL_PGB_PORT) || die "$1 has no KEYPOOL_PGB_PORT"
   if alive "$(first_line "$dir/pgbouncer.pid")" pgbouncer "$dir"; then
-    # Every PgBouncer pool (one per database and user) that failed to log in
-    # while PostgreSQL was down refuses clients for server_login_retry (1 s)
-    # after its last attempt: outwait that, then check a query gets through.
-    sleep 1.1
-    wait_pgb_ready "$dir" "$pgb_port"
+    # A PgBouncer pool (one per database and user) whose server login failed
+    # while PostgreSQL was down fails its next client at once ("server login
+    # has been failing") and only then logs in again: do that for kp_app's pools.
+    wait_pgb_ready "$dir" "$pgb_port" app acme globex initech
   fi
 }
 
-cmd_run() {
-  local envfile=$1 key value status
+# export_env ENVFILE: export ENVFILE's KEYPOOL_* variables, KEYPOOL_PG_ENV (the
+# file itself) and the usual libpq variables for the app login over TCP
+# (PGHOST, PGPORT, PGUSER, PGPASSWORD), which the examples read.
+export_env() {
+  local key value
+  while IFS='=' read -r key value; do
+    if [[ $key =~ ^KEYPOOL_[A-Z_]+$ ]]; then export "$key=$value"; fi
+  done <"$1"
+  export KEYPOOL_PG_ENV=$1
+  export PGHOST=$KEYPOOL_PG_HOST PGPORT=$KEYPOOL_PG_PORT
+  export PGUSER=$KEYPOOL_PG_APP_USER PGPASSWORD=$KEYPOOL_PG_APP_PASSWORD
+}
+
+# exec ENVFILE -- CMD...: run CMD against an already running fixture.
+cmd_exec() {
+  local envfile=$1
   shift
-  [[ ${1:-} == -- ]] && shift
+  if [[ ${1:-} == -- ]]; then shift; fi
+  [[ $# -gt 0 ]] || usage
+  fixture_dir "$envfile" >/dev/null
+  export_env "$envfile"
+  trap - EXIT
+  exec "$@"
+}
+
+cmd_run() {
+  local envfile=$1 status
+  shift
+  if [[ ${1:-} == -- ]]; then shift; fi
   [[ $# -gt 0 ]] || usage
   RUN_ENVFILE=$envfile   # the EXIT trap stops the fixture from here on
   cmd_start "$envfile"
-  while IFS='=' read -r key value; do
-    [[ $key =~ ^KEYPOOL_[A-Z_]+$ ]] && export "$key=$value"
-  done <"$envfile"
+  export_env "$envfile"
   set +e
   "$@"
   status=$?
@@ -511,5 +551,6 @@ case $command in
   pg-stop) [[ $# -eq 0 ]] || usage; cmd_pg_stop "$envfile" ;;
   pg-start) [[ $# -eq 0 ]] || usage; cmd_pg_start "$envfile" ;;
   run) cmd_run "$envfile" "$@" ;;
+  exec) cmd_exec "$envfile" "$@" ;;
   *) usage ;;
 esac
