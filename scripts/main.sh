@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The "main" job: Release build with benchmarks and examples, run every
 # example, run every benchmark in quick mode, then summarise the results.
+# Examples and benchmarks that need PostgreSQL run against a throwaway server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,11 +14,18 @@ cmake --build "$dir" -j2
 
 shopt -s nullglob
 
+# A throwaway PostgreSQL + PgBouncer for the examples and benchmarks that need
+# a server (scripts/pg-fixture.sh); stopped on exit, also on failure.
+pg_env="$PWD/$dir/pg-fixture.env"
+trap 'bash scripts/pg-fixture.sh stop "$pg_env" >/dev/null 2>&1 || true' EXIT
+bash scripts/pg-fixture.sh start "$pg_env"
+with_pg() { bash scripts/pg-fixture.sh exec "$pg_env" -- "$@"; }
+
 echo "== examples"
 for exe in "$dir"/examples/*; do
   [[ -f "$exe" && -x "$exe" ]] || continue
   echo "-- $exe"
-  "$exe"
+  with_pg "$exe"
 done
 
 echo "== benchmarks"
@@ -28,7 +36,7 @@ for exe in "$dir"/bench/*_bench; do
   [[ -f "$exe" && -x "$exe" ]] || continue
   name=$(basename "$exe")
   echo "-- $name"
-  "$exe" --benchmark_min_time=0.05 --benchmark_repetitions=3 \
+  with_pg "$exe" --benchmark_min_time=0.05 --benchmark_repetitions=3 \
     --benchmark_report_aggregates_only=true \
     --benchmark_out="$results/$name.json" --benchmark_out_format=json
 done

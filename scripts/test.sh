@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run):
 #   1. build/test  RelWithDebInfo, everything: unit, stress, readme,
-#                  compile_fail, consumer and example tests
+#                  compile_fail, consumer and example tests, and the pg
+#                  integration tests (real PostgreSQL 15 + PgBouncer)
 #   2. build/tsan  ThreadSanitizer,    unit + stress
 #   3. build/asan  ASan + UBSan,       unit + stress
 # Test failures in one phase don't stop the next (you see all of them);
@@ -11,8 +12,11 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh || exit 1
 
-# Hook: scripts/pg-fixture.sh (PostgreSQL/pgbouncer fixture) is not wired in
-# yet; when it lands, start it here for the integration tests.
+# The integration tests (label pg) run on a throwaway PostgreSQL + PgBouncer
+# that CTest itself starts and stops (fixture pg_server, scripts/pg-fixture.sh),
+# also when tests fail. Should this script be interrupted mid-run, stop it here.
+pg_env=build/test/tests/pg-fixture.env
+trap 'bash scripts/pg-fixture.sh stop "$pg_env" >/dev/null 2>&1 || true' EXIT
 
 total_passed=0
 total_failed=0
