@@ -106,6 +106,30 @@ TEST_CASE("a failed transaction and a role set by hand are undone") {
     CHECK(pool.stats().connects_ok == 1);
 }
 
+TEST_CASE("through PgBouncer: an open or failed transaction is rolled back, with no reset query") {
+    const std::string app = unique_name("bouncer_tx");
+    pq_pool pool(bouncer_connector(), app_target(app, via::bouncer), one_connection());
+    {
+        auto lease = pool.acquire(10s);
+        PGconn* pg = lease.native_handle();
+        REQUIRE(scalar(pg, "BEGIN"));
+        REQUIRE(scalar(pg, "CREATE TABLE bouncer_open_tx(x int)"));
+        REQUIRE(scalar(pg, "SET LOCAL work_mem = '9MB'"));
+    }
+    {
+        auto lease = pool.acquire(10s);
+        PGconn* pg = lease.native_handle();
+        CHECK(PQtransactionStatus(pg) == PQTRANS_IDLE);
+        CHECK(scalar(pg, "SELECT to_regclass('bouncer_open_tx') IS NULL") == "t");
+        REQUIRE(scalar(pg, "BEGIN"));
+        CHECK(sqlstate_of(pg, "SELECT 1/0") == "22012");
+    }
+    auto lease = pool.acquire(10s);
+    CHECK(PQtransactionStatus(lease.native_handle()) == PQTRANS_IDLE);
+    CHECK(scalar(lease.native_handle(), "SELECT 1") == "1");
+    CHECK(pool.stats().connects_ok == 1);
+}
+
 TEST_CASE("a query still running when its lease returns is cancelled, not left to run") {
     const std::string app = unique_name("running");
     pq_pool pool(pq::connector{}, app_target(app), one_connection());
