@@ -73,3 +73,51 @@ TEST_CASE("server restarted under load: classified errors, recovery, no leaked s
     pool.close();
     CHECK(eventually([&] { return a.backends(app) == 0; }));
 }
+
+TEST_CASE("max_connections saturated by another client: classified errors, backoff, recovery when it leaves") {
+    own_fixture server;
+    const environment& e = server.env();
+    // Another client takes every connection slot a non-superuser may have (max_connections 40,
+    // 3 reserved for superusers).
+    std::vector<PGconn*> hogs;
+    for (int i = 0; i < 40; ++i) {
+        const std::string port = e["KEYPOOL_PG_PORT"];
+        const char* keys[] = {"host", "port", "dbname", "user", "password", "application_name", nullptr};
+        const char* vals[] = {e["KEYPOOL_PG_HOST"].c_str(), port.c_str(), "app", e["KEYPOOL_PG_APP_USER"].c_str(),
+                              e["KEYPOOL_PG_APP_PASSWORD"].c_str(), "kp_hog", nullptr};
+        PGconn* c = PQconnectdbParams(keys, vals, 0);
+        if (PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            break;
+        }
+        hogs.push_back(c);
+    }
+    REQUIRE(hogs.size() >= 30);
+
+    const std::string app = unique_name("saturated");
+    keypool::basic_pool<pq::connector> pool(
+        pq::connector{}, app_target(app, via::tcp, "app", "", "", e),
+        keypool::pool_options{.max_size = 2, .backoff_initial = 100ms, .backoff_max = 400ms});
+    std::error_code ec;
+    auto none = pool.acquire(1500ms, ec);
+    CHECK(!none);
+    CHECK((ec == keypool::errc::server_saturated || ec == keypool::errc::timeout));
+    const auto failed = pool.stats().connects_failed;
+    MESSAGE("connect attempts while saturated for 1.5 s: " << failed);
+    CHECK(failed >= 1);
+    CHECK(failed <= 12); // backoff 100 ms doubling to 400 ms; a busy loop would make dozens
+
+    for (PGconn* c : hogs) PQfinish(c);
+    // The other client left. While the pool backs off with nothing open, an acquire fails at once
+    // with the last connect error (it cannot be served before the backoff ends); once the backoff
+    // is over the next acquire connects.
+    keypool::basic_pool<pq::connector>::lease lease;
+    CHECK(eventually([&] {
+        lease = pool.acquire(1s, ec);
+        if (!lease) CHECK((ec == keypool::errc::server_saturated || ec == keypool::errc::timeout));
+        return static_cast<bool>(lease);
+    }));
+    REQUIRE(lease);
+    CHECK(scalar(lease.native_handle(), "SELECT 1") == "1");
+    CHECK(pool.stats().connects_failed <= failed + 3);
+}
