@@ -74,6 +74,13 @@ concept connector_has_prepare = requires(C& c, typename C::connection_type& x, c
     { c.prepare(x, s, ec) } -> std::same_as<bool>;
 };
 
+/// Optional: `c.ping(x) -> bool` makes one round trip on an idle connection; false means it is
+/// dead. With `pool_options::keepalive_after`, `maintain()` pings connections idle that long.
+template <class C>
+concept connector_has_ping = requires(C& c, typename C::connection_type& x) {
+    { c.ping(x) } -> std::same_as<bool>;
+};
+
 // ---- Clock -----------------------------------------------------------------------------------
 
 template <class C>

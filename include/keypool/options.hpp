@@ -49,6 +49,11 @@ struct pool_options {
     /// A connection idle at least this long is checked with the connector's `alive()` before it is
     /// handed out (0 = always check). Default 1 s; must be zero or positive.
     duration validate_after_idle = 1s;
+    /// `maintain()` pings (the connector's `ping`, when it has one) each idle connection that has
+    /// gone this long without use or a ping, and closes it if the ping fails: keeps firewalls and
+    /// servers with idle timeouts from dropping idle connections silently. Default nullopt
+    /// (never); when set, must be positive.
+    std::optional<duration> keepalive_after = std::nullopt;
     /// First delay after a failed connect, doubled after each further failure up to `backoff_max`,
     /// each delay drawn at random from [d/2, d]. Defaults 100 ms and 10 s; positive, initial <= max.
     duration backoff_initial = 100ms;
@@ -95,6 +100,8 @@ inline std::error_code validate(const pool_options& o, std::string& message) {
                     " >= " + ms(*o.max_lifetime) + ")");
     if (o.validate_after_idle < duration::zero())
         return fail("validate_after_idle must not be negative (got " + ms(o.validate_after_idle) + ")");
+    if (o.keepalive_after && *o.keepalive_after <= duration::zero())
+        return fail("keepalive_after must be positive or nullopt (got " + ms(*o.keepalive_after) + ")");
     if (o.backoff_initial <= duration::zero())
         return fail("backoff_initial must be positive (got " + ms(o.backoff_initial) + ")");
     if (o.backoff_max < o.backoff_initial)

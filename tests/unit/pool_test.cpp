@@ -629,3 +629,61 @@ TEST_CASE("the janitor runs maintenance on its own thread") {
 }
 
 } // TEST_SUITE
+
+TEST_CASE("keepalive: maintain pings connections idle for keepalive_after and closes the dead ones") {
+    fixture f;
+    auto p = f.make<keypool::with_reset<keypool::reset_at::release>>(
+        {.max_size = 3, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .keepalive_after = 1min});
+    std::vector<std::uint64_t> ids;
+    {
+        auto a = p.acquire(), b = p.acquire(), c = p.acquire();
+        ids = {a->id, b->id, c->id};
+    }
+    CHECK(p.maintain() == f.clock.now() + 1min); // next due: the first keepalive
+    CHECK(f.fake.stats().pings == 0);
+    f.clock.advance(30s);
+    { auto used = p.acquire(); } // one connection used again: its keepalive moves
+    f.clock.advance(31s);
+    f.fake.kill(ids[0]);
+    f.fake.kill(ids[1]);
+    f.fake.kill(ids[2]);
+    p.maintain();
+    // Two were idle 61 s: pinged, found dead, closed. The one used 31 s ago was not pinged.
+    CHECK(f.fake.stats().pings == 2);
+    CHECK(p.stats().closed_for(close_reason::broken) == 2);
+    CHECK(p.stats().size == 1);
+    const auto next = p.maintain();
+    CHECK(next == f.clock.now() + 29s);
+    f.clock.advance(29s);
+    p.maintain();
+    CHECK(f.fake.stats().pings == 3);
+    CHECK(p.stats().size == 0);
+}
+
+TEST_CASE("keepalive: a live connection's ping moves its next keepalive; a dirty one is reset instead") {
+    fixture f;
+    auto p = f.make({.max_size = 2, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt,
+                     .keepalive_after = 1min}); // reset at checkout: returned connections stay dirty
+    {
+        auto a = p.acquire();
+        a->use("SET something");
+    }
+    f.clock.advance(1min);
+    const auto resets_before = f.fake.stats().resets;
+    p.maintain();
+    CHECK(f.fake.stats().pings == 0);                  // never pinged with its reset pending
+    CHECK(f.fake.stats().resets == resets_before + 1); // reset instead, which proves it alive
+    CHECK(p.maintain() == f.clock.now() + 1min);
+    f.clock.advance(1min);
+    p.maintain();
+    CHECK(f.fake.stats().pings == 1); // clean now: pinged
+    CHECK(p.stats().size == 1);
+    CHECK(p.maintain() == f.clock.now() + 1min);
+}
+
+TEST_CASE("keepalive_after must be positive") {
+    std::string msg;
+    CHECK(keypool::validate(keypool::pool_options{.keepalive_after = keypool::duration::zero()}, msg) ==
+          keypool::errc::invalid_config);
+    CHECK(msg.find("keepalive_after") != std::string::npos);
+}

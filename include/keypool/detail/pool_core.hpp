@@ -60,6 +60,7 @@ public:
         bool dirty = false;
         time_point expires = time_point::max();
         time_point last_used{};
+        time_point last_pinged{}; // keepalive: the last successful ping
         std::optional<connection_type> conn;
     };
 
@@ -244,7 +245,7 @@ public:
     /// backoff ended. Returns when it next needs to run (time_point::max() if nothing is due).
     time_point maintain() noexcept {
         const time_point now = clock_->now();
-        boost::container::small_vector<slot*, 32> idle, to_close, to_reset;
+        boost::container::small_vector<slot*, 32> idle, to_close, to_reset, to_ping;
         boost::container::small_vector<close_reason, 32> why;
         std::size_t top_up = 0;
         std::stop_token on_close;
@@ -267,16 +268,19 @@ public:
                     to_close.push_back(s), why.push_back(close_reason::idle);
                     idle[i] = nullptr;
                     --keep_count;
-                } else if constexpr (std::is_same_v<Reset, reset_at::background>) {
-                    if (s->dirty) {
-                        to_reset.push_back(s);
-                        idle[i] = nullptr;
-                    }
+                } else if (std::is_same_v<Reset, reset_at::background> && s->dirty) {
+                    to_reset.push_back(s);
+                    idle[i] = nullptr;
+                } else if (keepalive_due(s) <= now) {
+                    // A dirty connection (reset pending until checkout) may hold an open
+                    // transaction, so it is not pinged: its reset, a round trip too, runs now.
+                    (s->dirty ? to_reset : to_ping).push_back(s);
+                    idle[i] = nullptr;
                 }
             }
             for (std::size_t i = idle.size(); i-- > 0;) { // LRU first, so the MRU ends on top
                 if (!idle[i]) continue;
-                due = std::min(due, idle[i]->expires);
+                due = std::min({due, idle[i]->expires, keepalive_due(idle[i])});
                 if (opt_.idle_timeout && keep_count > opt_.min_idle)
                     due = std::min(due, idle[i]->last_used + *opt_.idle_timeout);
                 deliver_locked(idle[i]);
@@ -303,10 +307,29 @@ public:
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
             bump(s->resets);
-            if (reset_connection(s))
+            if (reset_connection(s)) {
+                s->last_pinged = clock_->now(); // a reset is a round trip: it counts as a keepalive
+                due = std::min(due, keepalive_due(s));
                 deliver(s);
-            else
+            } else {
                 (void)dispose(s, close_reason::reset_failed);
+            }
+        }
+        if constexpr (connector_has_ping<Connector>) {
+            for (slot* s : to_ping) {
+                bool ok = false;
+                try {
+                    ok = connector_.ping(*s->conn);
+                } catch (...) {
+                }
+                if (ok) {
+                    s->last_pinged = clock_->now();
+                    due = std::min(due, keepalive_due(s));
+                    deliver(s);
+                } else {
+                    (void)dispose(s, close_reason::broken);
+                }
+            }
         }
         for (std::size_t i = 0; i < top_up; ++i) {
             slot* s = idle[idle.size() - top_up + i];
@@ -588,6 +611,13 @@ private:
 
     bool can_connect_locked() const noexcept {
         return !closed_ && open_ < opt_.max_size && connecting_ < opt_.max_connecting;
+    }
+
+    /// When an idle connection is next due for a keepalive (max() without keepalive).
+    time_point keepalive_due(const slot* s) const noexcept {
+        if constexpr (!connector_has_ping<Connector>) return time_point::max();
+        if (!opt_.keepalive_after) return time_point::max();
+        return std::max(s->last_used, s->last_pinged) + *opt_.keepalive_after;
     }
 
     bool in_backoff_locked(time_point now) const noexcept { return failures_ > 0 && now < backoff_until_; }

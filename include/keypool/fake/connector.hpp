@@ -102,7 +102,7 @@ namespace detail {
 /// connection's current owner calls reset/alive, so the counters need no read-modify-write.
 struct connection_state {
     std::atomic<bool> dead{false};
-    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0};
+    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0}, pings{0};
     static void bump(std::atomic<std::uint64_t>& a) noexcept {
         a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
@@ -131,6 +131,7 @@ struct counters {
     std::uint64_t resets = 0;
     std::uint64_t reset_failures = 0;
     std::uint64_t alive_checks = 0;
+    std::uint64_t pings = 0;
     std::uint64_t live = 0;             ///< opened and not yet closed
 };
 
@@ -240,6 +241,12 @@ public:
         return !c.state->dead.load(std::memory_order_relaxed);
     }
 
+    /// The keepalive round trip: fails for a killed connection, like `alive`.
+    bool ping(connection& c) {
+        detail::connection_state::bump(c.state->pings);
+        return !c.state->dead.load(std::memory_order_relaxed);
+    }
+
     void close(connection& c) {
         std::shared_ptr<gate> g;
         {
@@ -292,6 +299,7 @@ private:
         c.resets += cs.resets.load(std::memory_order_relaxed);
         c.reset_failures += cs.reset_failures.load(std::memory_order_relaxed);
         c.alive_checks += cs.alive_checks.load(std::memory_order_relaxed);
+        c.pings += cs.pings.load(std::memory_order_relaxed);
     }
 
     template <class Clock>
