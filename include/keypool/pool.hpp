@@ -136,7 +136,8 @@ public:
     // ---- housekeeping -----------------------------------------------------------------------
 
     /// Closes idle connections past `idle_timeout` (down to `min_idle`) or `max_lifetime`, resets
-    /// dirty idle ones under `reset_at::background`, opens connections up to `min_idle`, and grants
+    /// dirty idle ones under `reset_at::background`, pings (or resets) those idle for
+    /// `keepalive_after` and closes the dead ones, opens connections up to `min_idle`, and grants
     /// connects to waiters whose backoff ended. Returns when it next has work (or time_point::max()).
     /// Blocking: runs connects and closes on the calling thread.
     time_point maintain() noexcept { return core_->maintain(); }
