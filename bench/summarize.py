@@ -15,6 +15,11 @@ the pair saw the same machine state). Medians are taken from the `median` aggreg
 - Contended (W2, N threads): throughput ratio from items_per_second, higher is better. Google
   Benchmark divides all threads' items by the *mean* of the threads' finish times; the benchmark
   also reports cycles_per_s (all cycles / the whole run's wall time), shown as its own column.
+- Against a server (BM_pg_*, bench/pg/pg_bench.cpp): throughput ratio from items_per_second at every
+  thread count, 1 included (a cycle mostly waits on the server, which CPU time does not count);
+  the baseline is `baseline_mutex_vector`. A separate table shows their counters: server round trips
+  per cycle by design, each row against the bare pool on the same path (`floor` = 1 marks those,
+  `pgbouncer` = 1 the rows through PgBouncer), and what the pool did during the timed run.
 
 Targets (from the issue) are printed next to their rows. Only ratios are printed for times;
 absolute wait figures are printed in a separate table as this machine's diagnostics.
@@ -29,8 +34,11 @@ import sys
 
 BASELINE = "mutex_vector"
 # Every impl named here is the baseline of its scenario: the bare pool (W1, W2) or the bare keyed
-# pool, std::mutex + std::unordered_map (W3, BM_registry_keyed_<keys>).
-BASELINES = (BASELINE, "mutex_map")
+# pool, std::mutex + std::unordered_map (W3, BM_registry_keyed_<keys>), or the bare pool of PGconn*
+# (BM_pg_*).
+BASELINES = (BASELINE, "mutex_map", "baseline_mutex_vector")
+# Scenarios whose cycle waits on a server: throughput (items/s) ratios at every thread count.
+THROUGHPUT_SCENARIO_PREFIXES = ("BM_pg_",)
 # (scenario, impl, threads or None for any) -> (comparison, bound, description)
 TARGETS = {
     ("BM_pool_uncontended", "keypool", 1): ("<=", 0.6, "time <= 0.6x baseline"),
@@ -43,6 +51,8 @@ NAME_MODIFIERS = re.compile(r"^(real_time|manual_time|process_time|threads:\d+|m
                             r"min_warmup_time:.*|repeats:\d+|iterations:\d+)$")
 TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 WAIT_COUNTERS = ["waited_pct", "wait_p50_us", "wait_p99_us", "wait_max_us", "wait_mean_us"]
+# Counters of the server benchmarks (BM_pg_*), shown per row when present.
+SERVER_COUNTERS = ["round_trips", "resets_per_cycle", "connects", "waits"]
 
 
 def split_name(run_name):
@@ -130,6 +140,7 @@ def summarize(path, w1_time):
     table = []
     waits = []
     memory = []
+    server = []
     baselines = {}
     for run_name, row in rows.items():
         scenario, impl = split_name(run_name)
@@ -140,6 +151,8 @@ def summarize(path, w1_time):
         threads = row.get("threads", 1)
         if any(k in row for k in WAIT_COUNTERS):
             waits.append((scenario, impl, threads, row))
+        if "round_trips" in row:
+            server.append((scenario, impl, threads, row))
         if "_memory" in scenario:  # counters only (bytes), no time ratio
             memory.append((scenario, impl, {k: v for k, v in row.items() if "bytes" in k}))
             continue
@@ -147,7 +160,8 @@ def summarize(path, w1_time):
             continue
         base = baselines.get((scenario, threads))
         target = TARGETS.get((scenario, impl, threads))
-        contended = threads > 1 or ("contended" in scenario and "uncontended" not in scenario)
+        contended = (threads > 1 or ("contended" in scenario and "uncontended" not in scenario)
+                     or scenario.startswith(THROUGHPUT_SCENARIO_PREFIXES))
         if row.get("error_occurred") or base is None or base.get("error_occurred"):
             why = row.get("error_message") or (base or {}).get("error_message") or "no baseline"
             table.append((scenario, threads, impl, "-", f"error: {why}", "-", *verdict(target, None)))
@@ -175,6 +189,29 @@ def summarize(path, w1_time):
     for scenario, impl, counters in memory:
         out += ["", f"Memory ({scenario}/{impl}): " +
                 ", ".join(f"{k} = {fmt_num(v)}" for k, v in sorted(counters.items()))]
+    if server:
+        # The bare pool on the same path (direct or through PgBouncer) at the same thread count.
+        floors = {(scenario, threads, row.get("pgbouncer", 0)): row
+                  for scenario, impl, threads, row in server if row.get("floor")}
+        out += ["", "Server benchmarks, against the bare pool on the same path (direct, or through PgBouncer): "
+                "server round trips per cycle by design, the throughput ratio if each cost the same, the "
+                "measured items/s ratio, and what the pool did during the timed run (connector resets per "
+                "cycle, whether or not they needed a round trip; connects and waits should be 0):", "",
+                "| Scenario | Threads | Impl | Path | Round trips per cycle | Bound ÷ floor | Measured ÷ floor "
+                "| Resets per cycle | Connects | Waits |",
+                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        for scenario, impl, threads, row in server:
+            floor = floors.get((scenario, threads, row.get("pgbouncer", 0)))
+            bound = measured = "-"
+            if floor is not None and floor is not row and not row.get("error_occurred"):
+                if floor.get("round_trips") and row.get("round_trips"):
+                    bound = fmt_ratio(floor["round_trips"] / row["round_trips"])
+                if floor.get("items_per_second") and "items_per_second" in row:
+                    measured = fmt_ratio(row["items_per_second"] / floor["items_per_second"])
+            path = "PgBouncer" if row.get("pgbouncer") else "direct"
+            vals = [fmt_num(row.get(k)) for k in SERVER_COUNTERS]
+            out.append(f"| {scenario} | {threads} | {impl}{' (floor)' if row.get('floor') else ''} | {path} "
+                       f"| {vals[0]} | {bound} | {measured} | " + " | ".join(vals[1:]) + " |")
     if waits:
         out += ["", "Waits of acquires that found no idle connection (absolute, this machine and run only; "
                 "diagnostics, not claims):", "",
@@ -194,8 +231,8 @@ def main(argv):
     ap.add_argument("--w1-time", choices=["cpu", "real"], default="cpu",
                     help="time used for single-thread ratios (default: cpu)")
     args = ap.parse_args(argv)
-    parts = ["Ratios are candidate ÷ baseline (`mutex_vector`, or `mutex_map` for the keyed W3), "
-             "medians, paired within each file."]
+    parts = ["Ratios are candidate ÷ baseline (`mutex_vector`, or `mutex_map` for the keyed W3, or "
+             "`baseline_mutex_vector` for the PostgreSQL BM_pg_*), medians, paired within each file."]
     failed = False
     for path in args.files:
         try:
