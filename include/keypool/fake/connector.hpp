@@ -201,15 +201,19 @@ public:
     std::optional<connection> connect(const std::string& target, time_point deadline, std::stop_token stop,
                                       std::error_code& ec) {
         outcome o;
+        time_point start;
         {
             std::lock_guard lk(st_->m);
+            // The start of a scripted delay is fixed with the attempt's count, so a test that has
+            // seen the attempt may move a manual clock and know the delay started before.
+            start = st_->clock ? st_->clock->now() : steady_clock{}.now();
             ++st_->count.connect_attempts;
             if (!st_->script.empty()) {
                 o = std::move(st_->script.front());
                 st_->script.pop_front();
             }
         }
-        ec = st_->clock ? play(*st_->clock, o, deadline, stop) : play(steady_clock{}, o, deadline, stop);
+        ec = st_->clock ? play(*st_->clock, o, start, deadline, stop) : play(steady_clock{}, o, start, deadline, stop);
         std::lock_guard lk(st_->m);
         if (ec) {
             ++st_->count.connect_failures;
@@ -303,7 +307,8 @@ private:
     }
 
     template <class Clock>
-    static std::error_code play(const Clock& clock, const outcome& o, time_point deadline, std::stop_token stop) {
+    static std::error_code play(const Clock& clock, const outcome& o, time_point start, time_point deadline,
+                                std::stop_token stop) {
         auto ended = [&]() -> std::error_code {
             if (stop.stop_requested()) return make_error_code(errc::cancelled);
             return make_error_code(errc::timeout);
@@ -313,7 +318,7 @@ private:
         case outcome::kind::succeed: return {};
         case outcome::kind::fail: return o.ec;
         case outcome::kind::delay: {
-            const time_point until = clock.now() + o.delay;
+            const time_point until = start + o.delay;
             if (until > deadline) {
                 sleep_until(clock, deadline, stop);
                 return ended();
