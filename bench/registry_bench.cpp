@@ -2,10 +2,20 @@
 // W3: acquire + release through a registry for existing keys picked at random, against a bare
 // std::mutex + std::unordered_map keyed pool with the same keys, in the same process.
 // Names: BM_registry_keyed_<keys>/<impl>/real_time/threads:<T>; the baseline is registered first.
+//
+//   keys 1,000 / 10,000 / 100,000, threads 1 and 2: keypool (default eviction, lru + idle) and
+//     keypool_evict_none;
+//   keys 10,000, thread 1, also one row per eviction policy: keypool_evict_lru, _idle, _size and
+//     _all (lru + idle + size), with max_connections = keys so the size budget holds every key's
+//     idle connection;
+//   keys 1,000,000, thread 1: keypool and mutex_map only. Populating a million keys takes seconds
+//     and ≈ 1.4 GB, so these rows run only with KEYPOOL_BENCH_1E6=1 in the environment.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <memory>
 #include <mutex>
@@ -127,10 +137,22 @@ template <class T>
 std::shared_ptr<T>& shared_instance(std::size_t keys) { return instances<T>()[keys]; } // thread 0, before the loop
 template <class T>
 T& instance(std::size_t keys) { return *std::as_const(instances<T>()).find(keys)->second; } // any thread, in the loop
+/// Seconds thread 0 took to build and populate the shared fixture (reported as the counter `setup_s`).
+template <class T>
+double& setup_seconds(std::size_t keys) {
+    static std::unordered_map<std::size_t, double> m;
+    return m[keys];
+}
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 void baseline(benchmark::State& state, std::size_t keys) {
-    if (state.thread_index() == 0 && !shared_instance<mutex_map_pool>(keys))
+    if (state.thread_index() == 0 && !shared_instance<mutex_map_pool>(keys)) {
+        const auto t0 = std::chrono::steady_clock::now();
         shared_instance<mutex_map_pool>(keys) = std::make_shared<mutex_map_pool>(keys);
+        setup_seconds<mutex_map_pool>(keys) = since(t0);
+    }
     const auto& ks = random_keys(keys);
     std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
     for (auto _ : state) {
@@ -141,16 +163,20 @@ void baseline(benchmark::State& state, std::size_t keys) {
         if (c) p.release(k, c);
     }
     state.SetItemsProcessed(state.iterations());
+    if (state.thread_index() == 0) state.counters["setup_s"] = setup_seconds<mutex_map_pool>(keys);
 }
 
 template <class Eviction>
 void keypool_registry(benchmark::State& state, std::size_t keys) {
     using reg = registry_t<Eviction>;
     if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
-        auto r = std::make_shared<reg>(key_resolver{}, keypool::fake::connector{},
-                                       keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys});
+        const auto t0 = std::chrono::steady_clock::now();
+        auto r = std::make_shared<reg>(
+            key_resolver{}, keypool::fake::connector{},
+            keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys, .max_connections = keys});
         for (key_t k = 0; k < keys; ++k) r->acquire(k).release(); // every key has a pool and an idle connection
         shared_instance<reg>(keys) = std::move(r);
+        setup_seconds<reg>(keys) = since(t0);
     }
     const auto& ks = random_keys(keys);
     std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
@@ -160,6 +186,7 @@ void keypool_registry(benchmark::State& state, std::size_t keys) {
         benchmark::DoNotOptimize(l);
     }
     state.SetItemsProcessed(state.iterations());
+    if (state.thread_index() == 0) state.counters["setup_s"] = setup_seconds<reg>(keys);
 }
 
 /// Heap bytes per key: a registry of `keys` keys, each with its pool and one idle connection,
@@ -200,19 +227,32 @@ void memory_per_key(benchmark::State& state) {
 }
 
 void register_all() {
+    using namespace keypool;
     benchmark::RegisterBenchmark("BM_registry_memory/keypool", memory_per_key)->Iterations(1);
-    using lru_idle = keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>;
+    using lru_idle = evict::all_of<evict::lru, evict::idle>; // the registry's default
+    auto add = [](const std::string& scenario, const char* impl, auto fn, std::size_t keys, int threads) {
+        benchmark::RegisterBenchmark((scenario + "/" + impl).c_str(), fn, keys)->Threads(threads)->UseRealTime();
+    };
     for (std::size_t keys : {1'000UL, 10'000UL, 100'000UL}) {
         for (int threads : {1, 2}) {
             const std::string scenario = "BM_registry_keyed_" + std::to_string(keys);
-            benchmark::RegisterBenchmark((scenario + "/mutex_map").c_str(), baseline, keys)
-                ->Threads(threads)->UseRealTime();
-            benchmark::RegisterBenchmark((scenario + "/keypool").c_str(), keypool_registry<lru_idle>, keys)
-                ->Threads(threads)->UseRealTime();
-            benchmark::RegisterBenchmark((scenario + "/keypool_evict_none").c_str(),
-                                         keypool_registry<keypool::evict::none>, keys)
-                ->Threads(threads)->UseRealTime();
+            add(scenario, "mutex_map", baseline, keys, threads);
+            add(scenario, "keypool", keypool_registry<lru_idle>, keys, threads);
+            add(scenario, "keypool_evict_none", keypool_registry<evict::none>, keys, threads);
+            if (keys == 10'000 && threads == 1) { // each eviction rule on its own, and all three
+                add(scenario, "keypool_evict_lru", keypool_registry<evict::lru>, keys, threads);
+                add(scenario, "keypool_evict_idle", keypool_registry<evict::idle>, keys, threads);
+                add(scenario, "keypool_evict_size", keypool_registry<evict::size>, keys, threads);
+                add(scenario, "keypool_evict_all",
+                    keypool_registry<evict::all_of<evict::lru, evict::idle, evict::size>>, keys, threads);
+            }
         }
+    }
+    if (const char* e = std::getenv("KEYPOOL_BENCH_1E6"); e && std::strcmp(e, "1") == 0) {
+        constexpr std::size_t keys = 1'000'000;
+        const std::string scenario = "BM_registry_keyed_" + std::to_string(keys);
+        add(scenario, "mutex_map", baseline, keys, 1);
+        add(scenario, "keypool", keypool_registry<lru_idle>, keys, 1);
     }
 }
 
