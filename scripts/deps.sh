@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake g++ clang libclang-rt-14-dev
   libboost-dev doctest-dev libpq-dev libbenchmark-dev
-  postgresql pgbouncer python3 git ca-certificates
+  postgresql pgbouncer python3 git ca-certificates gnuplot-nox
 )
 
 missing=()

@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --full: longer runs (more repetitions) and the plots written into docs/img/
+# for docs/benchmarks.md; the default quick mode plots into build/main/plots.
+mode=quick
+if [[ ${1:-} == --full ]]; then mode=full; fi
+
 bash scripts/deps.sh
 
 dir=build/main
@@ -36,7 +41,12 @@ for exe in "$dir"/bench/*_bench; do
   [[ -f "$exe" && -x "$exe" ]] || continue
   name=$(basename "$exe")
   echo "-- $name"
-  with_pg "$exe" --benchmark_min_time=0.05 --benchmark_repetitions=3 \
+  if [[ $mode == full ]]; then
+    timing=(--benchmark_min_time=0.5 --benchmark_repetitions=5)
+  else
+    timing=(--benchmark_min_time=0.05 --benchmark_repetitions=3)
+  fi
+  with_pg "$exe" "${timing[@]}" \
     --benchmark_report_aggregates_only=true \
     --benchmark_out="$results/$name.json" --benchmark_out_format=json
 done
@@ -44,4 +54,10 @@ done
 jsons=("$results"/*.json)
 if [[ -f bench/summarize.py && ${#jsons[@]} -gt 0 ]]; then
   python3 bench/summarize.py "${jsons[@]}"
+fi
+
+if ((${#jsons[@]} > 0)); then
+  plots="$dir/plots"
+  if [[ $mode == full ]]; then plots=docs/img; fi
+  python3 bench/plot.py "$plots" "${jsons[@]}"
 fi
