@@ -23,6 +23,8 @@
 #include <keypool/lease.hpp>
 #include <keypool/detail/budget.hpp>
 #include <keypool/options.hpp>
+#include <keypool/pool.hpp>
+#include <keypool/resolver.hpp>
 #include <keypool/stats.hpp>
 
 namespace keypool::detail {

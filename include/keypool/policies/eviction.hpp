@@ -3,6 +3,7 @@
 // rule that is off costs nothing on the hot path; the numbers live in registry_options.
 #pragma once
 
+#include <concepts>
 #include <type_traits>
 
 namespace keypool::evict {
