@@ -19,7 +19,9 @@ the pair saw the same machine state). Medians are taken from the `median` aggreg
   thread count, 1 included (a cycle mostly waits on the server, which CPU time does not count);
   the baseline is `baseline_mutex_vector`. A separate table shows their counters: server round trips
   per cycle by design, each row against the bare pool on the same path (`floor` = 1 marks those,
-  `pgbouncer` = 1 the rows through PgBouncer), and what the pool did during the timed run.
+  `pgbouncer` = 1 the rows through PgBouncer), and what the pool did during the timed run. A third
+  table puts the pools against the two references without a pool, `dedicated` (a connection per
+  thread) and `connect_per_query`, at each thread count (items/s ratios).
 
 Targets (from the issue) are printed next to their rows. Only ratios are printed for times;
 absolute wait figures are printed in a separate table as this machine's diagnostics.
@@ -53,6 +55,9 @@ TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 WAIT_COUNTERS = ["waited_pct", "wait_p50_us", "wait_p99_us", "wait_max_us", "wait_mean_us"]
 # Counters of the server benchmarks (BM_pg_*), shown per row when present.
 SERVER_COUNTERS = ["round_trips", "resets_per_cycle", "connects", "waits"]
+# Server benchmarks: the references without a pool, and the pools compared against them.
+NO_POOL_REFERENCES = ("dedicated", "connect_per_query")
+POOLS_VS_REFERENCES = ("baseline_mutex_vector", "keypool_no_reset", "keypool_discard_all_checkout")
 
 
 def split_name(run_name):
@@ -142,8 +147,10 @@ def summarize(path, w1_time):
     memory = []
     server = []
     baselines = {}
+    by_impl = {}  # (scenario, impl, threads) -> row, for the pools-vs-references table
     for run_name, row in rows.items():
         scenario, impl = split_name(run_name)
+        by_impl[(scenario, impl, row.get("threads", 1))] = row
         if impl in BASELINES:
             baselines[(scenario, row.get("threads", 1))] = row
     for run_name, row in rows.items():
@@ -196,7 +203,8 @@ def summarize(path, w1_time):
         out += ["", "Server benchmarks, against the bare pool on the same path (direct, or through PgBouncer): "
                 "server round trips per cycle by design, the throughput ratio if each cost the same, the "
                 "measured items/s ratio, and what the pool did during the timed run (connector resets per "
-                "cycle, whether or not they needed a round trip; connects and waits should be 0):", "",
+                "cycle, whether or not they needed a round trip; connects should be 0, waits too while "
+                "threads <= the pool's max_size):", "",
                 "| Scenario | Threads | Impl | Path | Round trips per cycle | Bound ÷ floor | Measured ÷ floor "
                 "| Resets per cycle | Connects | Waits |",
                 "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -212,6 +220,25 @@ def summarize(path, w1_time):
             vals = [fmt_num(row.get(k)) for k in SERVER_COUNTERS]
             out.append(f"| {scenario} | {threads} | {impl}{' (floor)' if row.get('floor') else ''} | {path} "
                        f"| {vals[0]} | {bound} | {measured} | " + " | ".join(vals[1:]) + " |")
+    refs = sorted({(scenario, threads) for scenario, impl, threads in by_impl if impl in NO_POOL_REFERENCES})
+    if refs:
+        out += ["", "Pools against no pool (items/s ratios, higher is better): `dedicated` is a connection per "
+                "thread (no sharing, the limit), `connect_per_query` connects and closes per cycle "
+                "(- where a side was not run or failed):", "",
+                "| Scenario | Threads | Impl | ÷ dedicated | ÷ connect_per_query |",
+                "|---|---:|---|---:|---:|"]
+        for scenario, threads in refs:
+            for impl in POOLS_VS_REFERENCES:
+                row = by_impl.get((scenario, impl, threads))
+                if row is None:
+                    continue
+                cells = []
+                for ref_impl in NO_POOL_REFERENCES:
+                    ref = by_impl.get((scenario, ref_impl, threads))
+                    ok = (ref is not None and not ref.get("error_occurred") and not row.get("error_occurred")
+                          and ref.get("items_per_second") and "items_per_second" in row)
+                    cells.append(fmt_ratio(row["items_per_second"] / ref["items_per_second"]) if ok else "-")
+                out.append(f"| {scenario} | {threads} | {impl} | " + " | ".join(cells) + " |")
     if waits:
         out += ["", "Waits of acquires that found no idle connection (absolute, this machine and run only; "
                 "diagnostics, not claims):", "",

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: BSL-1.0
 // Throughput against a real PostgreSQL: each cycle acquires a connection, runs `SELECT 1` on it
 // with PQexec and returns it. keypool against a bare std::mutex + std::vector<PGconn*> pool with
-// no reset at all (the floor), in the same process, registered first.
+// no reset at all (the floor), in the same process, registered first; and the two references
+// without a pool: a connection per thread, and a connection per query.
 //
-//   BM_pg_select1/<impl>/real_time/threads:N     N = 1 and 4; pools of max_size = 4 (no waits)
+//   BM_pg_select1/<impl>/real_time/threads:N     N = 1, 2, 4, 8; pools of max_size = 4, so up to
+//                                                4 threads never wait and at 8 acquirers queue
 //
 //   baseline_mutex_vector          the floor: 1 round trip per cycle (the query)
+//   dedicated                      no pool, no sharing: benchmark thread i owns connection i (8
+//                                  opened and warmed once), 1 round trip per cycle; the limit
 //   keypool_no_reset               reset_query = "": rollback only, no round trip on a clean session
 //   keypool_discard_all_checkout   default connector (DISCARD ALL), reset at checkout: 2 round trips
 //   keypool_discard_all_release    the same, reset on release
@@ -13,24 +17,33 @@
 //                                  set_config('role') + query + DISCARD ALL = 3 round trips
 //   mutex_vector_pgbouncer         reference: the floor through PgBouncer (transaction mode)
 //   keypool_pgbouncer              keypool through PgBouncer, reset_query = "", role_mode transaction
+//   connect_per_query              no pool at all: PQconnectdbParams (SCRAM) + the query + PQfinish
+//                                  per cycle; ≈ 500 round trips' worth, so 1 and 2 threads only and a
+//                                  fixed, small iteration count (connect_per_query_iterations);
+//                                  registered last: its connect storm disturbs no pool row
 //
 // Counters (thread 0): `round_trips` per cycle by design (on the connection used: to PgBouncer for
-// the pgbouncer rows, whose round trips each cost about two direct ones), `floor` = 1 for the bare
+// the pgbouncer rows, whose round trips each cost about two direct ones; not set for
+// connect_per_query, which sets `connects_per_cycle` = 1 instead), `floor` = 1 for the bare
 // pools, `pgbouncer` = 1 for the rows through PgBouncer; for keypool, what the pool did during the
 // timed run: `resets_per_cycle` (connector reset calls, with or without a round trip), `connects`
-// and `waits` (both should be 0). bench/summarize.py prints the items/s ratios to
-// baseline_mutex_vector, and each row against the floor on its own path with these counters.
+// (should be 0) and `waits` (0 up to max_size threads; at 8 threads the queueing, by design).
+// bench/summarize.py prints the items/s ratios to baseline_mutex_vector, each row against the
+// floor on its own path with these counters, and the pools against dedicated and
+// connect_per_query at each thread count.
 //
 // Connection settings come from the env file scripts/pg-fixture.sh writes, named by KEYPOOL_PG_ENV.
 // Without KEYPOOL_PG_ENV the program says so and exits 0 without running anything. Every pool is
 // opened (and its connections warmed with one query each) once per benchmark family, on first
-// use, and closed when the next family starts; all connections use TCP to 127.0.0.1.
+// use, and closed when the next family starts (dedicated's 8 connections likewise; only
+// connect_per_query connects inside the timed loop); all connections use TCP to 127.0.0.1.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +66,12 @@ namespace {
 namespace pq = keypool::pq;
 
 constexpr std::size_t max_size = 4;
+/// The thread counts of every row but connect_per_query; dedicated opens one connection per thread.
+constexpr int thread_counts[] = {1, 2, 4, 8};
+constexpr std::size_t max_threads = 8;
+static_assert(static_cast<std::size_t>(thread_counts[std::size(thread_counts) - 1]) == max_threads);
+/// connect_per_query: iterations per thread and repetition (each ≈ 20 ms: a SCRAM connect).
+constexpr benchmark::IterationCount connect_per_query_iterations = 10;
 
 // ---- connection settings -------------------------------------------------------------------
 
@@ -142,7 +161,7 @@ public:
         for (handle* h : held) pool_.release(h);
     }
 
-    bool cycle(std::uint64_t, std::string& err) {
+    bool cycle(std::uint64_t, std::size_t, std::string& err) {
         handle* h = pool_.acquire();
         const bool ok = select1(h->pg, err);
         pool_.release(h);
@@ -163,6 +182,48 @@ private:
     keypool_bench::mutex_vector_pool<handle> pool_;
 };
 
+/// No pool, no sharing: max_threads connections opened and warmed once; thread i uses connection i.
+class dedicated_fixture {
+public:
+    dedicated_fixture(const server_info& s, const std::string& port, const char* app_name) {
+        for (std::size_t i = 0; i < max_threads; ++i) {
+            conns_.emplace_back(connect_raw(s, port, app_name));
+            warm(conns_.back().get());
+        }
+    }
+
+    bool cycle(std::uint64_t, std::size_t thread, std::string& err) {
+        return select1(conns_.at(thread).get(), err);
+    }
+    std::optional<keypool::pool_stats> stats() const { return std::nullopt; }
+
+private:
+    struct finish {
+        void operator()(PGconn* pg) const { PQfinish(pg); }
+    };
+    std::vector<std::unique_ptr<PGconn, finish>> conns_;
+};
+
+/// No pool at all: every cycle connects (SCRAM, TCP), runs the query and closes.
+class connect_fixture {
+public:
+    connect_fixture(const server_info& s, std::string port, const char* app_name)
+        : s_(s), port_(std::move(port)), app_name_(app_name) {}
+
+    bool cycle(std::uint64_t, std::size_t, std::string& err) {
+        PGconn* pg = connect_raw(s_, port_, app_name_); // throws on failure: the loop reports it
+        const bool ok = select1(pg, err);
+        PQfinish(pg);
+        return ok;
+    }
+    std::optional<keypool::pool_stats> stats() const { return std::nullopt; }
+
+private:
+    server_info s_;
+    std::string port_;
+    const char* app_name_;
+};
+
 keypool::pool_options bench_pool_options() {
     keypool::pool_options o;
     o.max_size = max_size;
@@ -179,7 +240,7 @@ public:
         for (auto& l : held) warm(l.native_handle());
     }
 
-    bool cycle(std::uint64_t, std::string& err) {
+    bool cycle(std::uint64_t, std::size_t, std::string& err) {
         auto lease = pool_.acquire();
         return select1(lease.native_handle(), err);
     }
@@ -201,7 +262,7 @@ public:
         for (auto& l : held) warm(l.native_handle());
     }
 
-    bool cycle(std::uint64_t i, std::string& err) {
+    bool cycle(std::uint64_t i, std::size_t, std::string& err) {
         auto lease = reg_.acquire(keys_[i & 1]);
         return select1(lease.native_handle(), err);
     }
@@ -258,7 +319,7 @@ fixture_slot slot;
 
 /// What a row is, for the counters.
 struct row_info {
-    double round_trips; ///< server round trips per cycle, by design
+    double round_trips; ///< server round trips per cycle, by design (0: not reported, a connect per cycle)
     bool floor;         ///< a bare pool (the reference of its path)
     bool pgbouncer;     ///< through PgBouncer
 };
@@ -275,7 +336,8 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
     const std::optional<keypool::pool_stats> before = reporter ? f->stats() : std::nullopt;
 
     // Per thread: the cycle index (the role switch alternates keys on it; threads start apart).
-    std::uint64_t i = static_cast<std::uint64_t>(state.thread_index());
+    const auto thread = static_cast<std::size_t>(state.thread_index());
+    std::uint64_t i = thread;
     bool failed = false;
     std::string err;
     for (auto _ : state) {
@@ -284,7 +346,7 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
         if (failed) [[unlikely]]
             continue;
         try {
-            if (!f->cycle(i++, err)) failed = true;
+            if (!f->cycle(i++, thread, err)) failed = true;
         } catch (const std::exception& e) {
             err = e.what();
             failed = true;
@@ -293,7 +355,10 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
     }
     state.SetItemsProcessed(state.iterations());
     if (!reporter) return;
-    state.counters["round_trips"] = info.round_trips;
+    if (info.round_trips > 0)
+        state.counters["round_trips"] = info.round_trips;
+    else
+        state.counters["connects_per_cycle"] = 1;
     state.counters["floor"] = info.floor ? 1 : 0;
     state.counters["pgbouncer"] = info.pgbouncer ? 1 : 0;
     if (const auto after = f->stats(); after && before) {
@@ -306,15 +371,14 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
 }
 
 template <class Fixture, class Make>
-void add(const char* impl, row_info info, Make make) {
+benchmark::internal::Benchmark* add(const char* impl, row_info info, Make make, bool all_thread_counts = true) {
     const std::string name = std::string("BM_pg_select1/") + impl;
-    benchmark::RegisterBenchmark(name.c_str(),
-                                 [name, info, make](benchmark::State& state) {
-                                     bm_select1<Fixture>(state, name, info, make);
-                                 })
-        ->Threads(1)
-        ->Threads(4)
-        ->UseRealTime();
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), [name, info, make](benchmark::State& state) {
+        bm_select1<Fixture>(state, name, info, make);
+    });
+    if (all_thread_counts)
+        for (int n : thread_counts) b->Threads(n);
+    return b->UseRealTime();
 }
 
 void register_benchmarks() {
@@ -326,6 +390,9 @@ void register_benchmarks() {
     // The baseline first: everything else is a ratio to it.
     add<raw_fixture>("baseline_mutex_vector", {1, true, false},
                      [&s] { return std::make_shared<raw_fixture>(s, s.port, "kp_bench_baseline"); });
+    // The reference without a pool that is the limit: a connection per thread.
+    add<dedicated_fixture>("dedicated", {1, false, false},
+                           [&s] { return std::make_shared<dedicated_fixture>(s, s.port, "kp_bench_dedicated"); });
     add<pool_fixture<checkout_pool>>("keypool_no_reset", {1, false, false}, [&s] {
         return std::make_shared<pool_fixture<checkout_pool>>(pq::connector(pq::connector_options{.reset_query = ""}),
                                                              make_target(s, s.port, "kp_bench_no_reset"));
@@ -348,6 +415,15 @@ void register_benchmarks() {
             pq::connector(pq::connector_options{.reset_query = "", .role_mode = pq::role_switch_mode::transaction}),
             make_target(s, s.pgb_port, "kp_bench_pgbouncer"));
     });
+    // Last, so that its connect storm (backends still exiting) runs after every pool row: no pool at
+    // all, a connection per query.
+    add<connect_fixture>(
+        "connect_per_query", {0, false, false},
+        [&s] { return std::make_shared<connect_fixture>(s, s.port, "kp_bench_connect_per_query"); },
+        /*all_thread_counts=*/false)
+        ->Threads(1)
+        ->Threads(2)
+        ->Iterations(connect_per_query_iterations);
 }
 
 } // namespace
