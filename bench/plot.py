@@ -52,18 +52,24 @@ def gnuplot(script, out_png):
                    text=True, check=True)
 
 
+def line_plot(title, xlabel, log_base, pts, out_png):
+    """keypool's ratio against x (log scale), beside the baseline's line at 1."""
+    data = "\n".join(f"{x} {r:.4f}" for x, r in pts)
+    gnuplot(f"""set title '{title}'
+set xlabel '{xlabel}'; set ylabel 'ratio'; set logscale x {log_base}; set yrange [0:*]; set grid
+plot '-' using 1:2 with linespoints lw 2 title 'keypool', 1 with lines dt 2 title 'baseline'
+{data}
+e
+""", out_png)
+
+
 def w2(rows, out_dir):
     kp, base = pick(rows, "BM_pool_contended", "keypool"), pick(rows, "BM_pool_contended", "mutex_vector")
     pts = [(t, kp[t]["items_per_second"] / base[t]["items_per_second"]) for t in sorted(kp) if t in base]
     if not pts:
         return None
-    data = "\n".join(f"{t} {r:.4f}" for t, r in pts)
-    gnuplot(f"""set title 'W2: throughput of keypool / bare mutex+vector pool (higher is better)'
-set xlabel 'threads'; set ylabel 'ratio'; set logscale x 2; set yrange [0:*]; set grid
-plot '-' using 1:2 with linespoints lw 2 title 'keypool', 1 with lines dt 2 title 'baseline'
-{data}
-e
-""", os.path.join(out_dir, "w2_throughput.png"))
+    line_plot("W2: throughput of keypool / bare mutex+vector pool (higher is better)", "threads", 2, pts,
+              os.path.join(out_dir, "w2_throughput.png"))
     return "w2_throughput.png"
 
 
@@ -81,13 +87,8 @@ def w3(rows, out_dir):
     pts = sorted(set(pts))
     if not pts:
         return None
-    data = "\n".join(f"{k} {r:.4f}" for k, r in pts)
-    gnuplot(f"""set title 'W3: time per cycle of the registry / bare mutex+unordered_map (1 thread, lower is better)'
-set xlabel 'live keys'; set ylabel 'ratio'; set logscale x 10; set yrange [0:*]; set grid
-plot '-' using 1:2 with linespoints lw 2 title 'keypool', 1 with lines dt 2 title 'baseline'
-{data}
-e
-""", os.path.join(out_dir, "w3_keyed.png"))
+    line_plot("W3: time per cycle of the registry / bare mutex+unordered_map (1 thread, lower is better)",
+              "live keys", 10, pts, os.path.join(out_dir, "w3_keyed.png"))
     return "w3_keyed.png"
 
 

@@ -153,9 +153,8 @@ public:
         std::optional<std::string> password;
         if (!build_params(t, password, ec)) return std::nullopt;
         std::vector<const char*> keys, values;
-        for (const param& p : t.params) push(keys, values, p.keyword, p.value);
+        for (const param& p : t.params) push(keys, values, p.keyword.c_str(), p.value);
         const auto& o = s_->opt;
-        const std::string app = o.application_name;
         const std::string ct = std::to_string(std::max<long long>(1, o.connect_timeout.count()));
         const std::string ki = std::to_string(o.keepalives_idle.count());
         const std::string kv = std::to_string(o.keepalives_interval.count());
@@ -164,7 +163,7 @@ public:
         auto dflt = [&](const char* k, const std::string& v) {
             if (!t.find(k) && !v.empty()) push(keys, values, k, v);
         };
-        dflt("application_name", app);
+        dflt("application_name", o.application_name);
         dflt("connect_timeout", ct);
         dflt("keepalives", std::string("1"));
         dflt("keepalives_idle", ki);
@@ -283,7 +282,6 @@ public:
         if (!ok) {
             const char* state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
             ec = make_error_code(state ? classify_sqlstate(state) : errc::broken_connection);
-            if (ec == errc::connect_failed) ec = make_error_code(errc::key_not_found);
             report("prepare", ec, PQerrorMessage(pg), nullptr);
         }
         PQclear(res);
@@ -293,11 +291,6 @@ public:
 private:
     std::shared_ptr<const detail::settings> s_;
 
-    static void push(std::vector<const char*>& k, std::vector<const char*>& v, const std::string& key,
-                     const std::string& value) {
-        k.push_back(key.c_str());
-        v.push_back(value.c_str());
-    }
     static void push(std::vector<const char*>& k, std::vector<const char*>& v, const char* key,
                      const std::string& value) {
         k.push_back(key);
