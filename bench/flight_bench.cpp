@@ -36,6 +36,7 @@
 #include <benchmark/benchmark.h>
 
 #include <keypool/keypool.hpp>
+#include "baselines/process.hpp"
 
 namespace {
 
@@ -247,6 +248,7 @@ int main(int argc, char** argv) {
     register_all();
     benchmark::AddCustomContext("stampede.callers", std::to_string(callers));
     benchmark::AddCustomContext("stampede.connect_ms", std::to_string(connect_delay.count()));
+    keypool_bench::make_process_multithreaded();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();

@@ -24,6 +24,7 @@
 #include <keypool/keypool.hpp>
 
 #include "baselines/mutex_vector_pool.hpp"
+#include "baselines/process.hpp"
 
 namespace {
 
@@ -305,6 +306,7 @@ void register_benchmarks() {
 int main(int argc, char** argv) {
     register_benchmarks();
     benchmark::AddCustomContext("keypool.max_size", std::to_string(max_size));
+    keypool_bench::make_process_multithreaded();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();

@@ -36,6 +36,7 @@
 
 #include <benchmark/benchmark.h>
 #include <keypool/keypool.hpp>
+#include "baselines/process.hpp"
 
 // Counts live heap bytes (a size header per allocation), for the bytes-per-key figure.
 namespace {
@@ -388,6 +389,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
     register_all();
+    keypool_bench::make_process_multithreaded();
     benchmark::Initialize(&argc, argv);
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

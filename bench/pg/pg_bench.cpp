@@ -60,6 +60,7 @@
 #include <keypool/pq.hpp>
 
 #include "baselines/mutex_vector_pool.hpp"
+#include "baselines/process.hpp"
 
 namespace {
 
@@ -447,6 +448,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     register_benchmarks();
+    keypool_bench::make_process_multithreaded();
     benchmark::AddCustomContext("keypool.max_size", std::to_string(max_size));
     benchmark::AddCustomContext("postgres.server_version", server_version);
     benchmark::AddCustomContext("postgres.transport", "tcp " + server().host);

@@ -62,6 +62,13 @@ struct pool_options {
     /// so the waiter runs before the releaser can queue again: this keeps strict FIFO from
     /// collapsing into a lock convoy when threads outnumber cores. Default true.
     bool yield_after_handoff = true;
+    /// Per-CPU caches of one idle connection each, in front of the shared idle stack: a thread
+    /// returns its connection to its CPU's cache and takes it back from there, so threads on
+    /// different CPUs do not pass one cache line back and forth. Reuse order stays
+    /// most-recently-used per CPU. Default nullopt = automatic: the number of hardware threads, at
+    /// most max_size / 4 and 64, rounded down to a power of two (so none below max_size 8 or on one
+    /// CPU, and none for sync::none). 0 disables; otherwise 1..64, rounded down to a power of two.
+    std::optional<std::size_t> cpu_caches = std::nullopt;
     /// Seed of the jitter generator, for reproducible runs. Default: drawn per pool.
     std::optional<std::uint64_t> seed = std::nullopt;
 };
@@ -85,6 +92,8 @@ inline std::error_code validate(const pool_options& o, std::string& message) {
         return fail("max_connecting must be at least 1 (got " + std::to_string(o.max_connecting) + ")");
     if (o.max_waiters < 1 || o.max_waiters > 1'000'000)
         return fail("max_waiters must be in 1..1000000 (got " + std::to_string(o.max_waiters) + ")");
+    if (o.cpu_caches && *o.cpu_caches > 64)
+        return fail("cpu_caches must be in 0..64 or nullopt (got " + std::to_string(*o.cpu_caches) + ")");
     if (o.acquire_timeout <= duration::zero())
         return fail("acquire_timeout must be positive (got " + ms(o.acquire_timeout) + ")");
     if (o.connect_timeout <= duration::zero())

@@ -287,7 +287,7 @@ TEST_CASE("connections idle past the threshold are validated and dead ones never
     CHECK_FALSE(f.fake.is_live(id));
 }
 
-TEST_CASE("max lifetime closes old connections at checkout and at return") {
+TEST_CASE("max lifetime: checked at checkout, and at return once maintain has marked the lease") {
     fixture f;
     auto p = f.make({.max_lifetime = 10min, .lifetime_jitter = 0s});
     auto l = p.acquire();
@@ -297,10 +297,40 @@ TEST_CASE("max lifetime closes old connections at checkout and at return") {
     auto second = p.acquire();
     CHECK(second->id != first);
     CHECK(p.stats().closed_for(close_reason::lifetime) == 1);
+    CHECK(p.maintain() <= f.clock.now() + 10min); // due no later than the leased one's expiry
     f.clock.advance(10min);
+    p.maintain(); // marks the leased, expired connection
     second.release(); // too old to go back
     CHECK(p.stats().closed_for(close_reason::lifetime) == 2);
     CHECK(p.stats().size == 0);
+
+    // Unmarked (no maintain ran): the return reads no clock, so it goes back idle, and the next
+    // checkout closes it instead of handing it out.
+    auto third = p.acquire();
+    const auto third_id = third->id;
+    f.clock.advance(10min);
+    third.release();
+    CHECK(p.stats().idle == 1);
+    auto fourth = p.acquire();
+    CHECK(fourth->id != third_id);
+    CHECK(p.stats().closed_for(close_reason::lifetime) == 3);
+}
+
+TEST_CASE("idle time counts from the return of a long lease that maintain saw out, not from its checkout") {
+    fixture f;
+    auto p = f.make({.max_size = 3, .idle_timeout = 1min, .max_lifetime = std::nullopt});
+    auto keep = p.acquire(); // min_idle is 0: every idle connection may time out
+    {
+        auto held = p.acquire();
+        f.clock.advance(5min);
+        p.maintain(); // sees `held` still out
+    } // returned now, 5 min after its checkout
+    p.maintain();
+    CHECK(p.stats().closed_for(close_reason::idle) == 0);
+    CHECK(p.stats().idle == 1);
+    f.clock.advance(1min);
+    p.maintain();
+    CHECK(p.stats().closed_for(close_reason::idle) == 1);
 }
 
 TEST_CASE("lifetime jitter shortens each lifetime by at most lifetime_jitter") {

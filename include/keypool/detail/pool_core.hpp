@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -22,6 +23,7 @@
 #include <keypool/policies/observer.hpp>
 #include <keypool/stats.hpp>
 #include <keypool/detail/budget.hpp>
+#include <keypool/detail/cpu.hpp>
 #include <keypool/detail/rng.hpp>
 
 namespace keypool::detail {
@@ -57,16 +59,27 @@ public:
         // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
         atomic<std::uint64_t> uses{0};
         atomic<std::uint64_t> resets{0};
+        // Set (to a close_reason + 1) by maintain() for a leased connection that must not come
+        // back, e.g. past its lifetime: the release closes it. Read by the owner at release.
+        atomic<std::uint8_t> retire{0};
         bool dirty = false;
         time_point expires = time_point::max();
+        // When the connection was last checked out (the fast path reads the clock once per cycle,
+        // at checkout); maintain() moves it later for leases it saw still out (seen_*).
         time_point last_used{};
+        // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
+        // connection leased. Same count when it is idle again = that lease ended after that pass.
+        std::uint64_t seen_uses = 0;
+        time_point seen_in_use_at{};
         time_point last_pinged{}; // keepalive: the last successful ping
         std::optional<connection_type> conn;
     };
 
     pool_core(Connector c, target_type t, const pool_options& o, const Clock& clock, Observer obs)
         : connector_(std::move(c)), target_(std::move(t)), opt_(clamped(o)), clock_(&clock), obs_(std::move(obs)),
-          slots_(new slot[o.max_size]), rng_(o.seed ? *o.seed : seed_from_address()) {
+          slots_(new slot[o.max_size]), n_caches_(cache_count(o)),
+          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
+          rng_(o.seed ? *o.seed : seed_from_address()) {
         for (std::uint32_t i = 0; i < o.max_size; ++i)
             slots_[i].next.store(i + 1 < o.max_size ? i + 1 : none, std::memory_order_relaxed);
         free_head_ = 0;
@@ -165,6 +178,7 @@ public:
                 if (!reset_connection(s)) return failed(close_reason::reset_failed);
             }
         }
+        s->last_used = now;
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
         bump(s->uses);
         return checkout_result::ok;
@@ -176,19 +190,20 @@ public:
     /// gone and this was its last connection).
     [[nodiscard]] bool release(slot* s, bool discard) noexcept {
         if (discard) return dispose(s, close_reason::discarded);
-        const time_point now = clock_->coarse_now();
-        if (now >= s->expires) return dispose(s, close_reason::lifetime);
+        // No clock read here: lifetime is checked at checkout, and for leases still out when it
+        // ends, maintain() sets `retire` (as HikariCP marks a connection evicted).
+        if (const std::uint8_t r = s->retire.load(std::memory_order_relaxed)) [[unlikely]]
+            return dispose(s, static_cast<close_reason>(r - 1));
         if constexpr (std::is_same_v<Reset, reset_at::release>) {
             bump(s->resets);
             if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
         } else {
             s->dirty = true;
         }
-        s->last_used = now;
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
         if (budget_ && budget_->has_tickets()) return release_to_budget(s);
-        if (push_fast(s)) return false;
-        return release_slow(s);
+        if (slot* rest = push_fast(s)) return release_slow(rest);
+        return false;
     }
 
     // ---- close -----------------------------------------------------------------------------
@@ -254,6 +269,22 @@ public:
             std::lock_guard lk(m_);
             if (closed_) return time_point::max();
             for (slot* s = take_all_idle_locked(0); s; s = next_of(s)) idle.push_back(s); // MRU first
+            // Leased connections: note that they were out now (see last_used), and mark the ones
+            // past their lifetime to be closed when they come back.
+            for (std::size_t i = 0; i < opt_.max_size; ++i) {
+                slot& s = slots_[i];
+                if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
+                s.seen_uses = s.uses.load(std::memory_order_relaxed);
+                s.seen_in_use_at = now;
+                if (now >= s.expires)
+                    s.retire.store(static_cast<std::uint8_t>(close_reason::lifetime) + 1, std::memory_order_relaxed);
+                else
+                    due = std::min(due, s.expires);
+            }
+            // An idle connection whose lease a pass saw still out was returned after that pass.
+            for (slot* s : idle)
+                if (s->seen_in_use_at != time_point{} && s->uses.load(std::memory_order_relaxed) == s->seen_uses)
+                    s->last_used = std::max(s->last_used, s->seen_in_use_at);
             // Lifetime first, then idle timeout from the least recently used end, never below min_idle.
             std::size_t keep_count = idle.size();
             for (slot* s : idle)
@@ -403,6 +434,18 @@ private:
     static constexpr std::uint64_t waiters_bit = 1ULL << 16;
     static constexpr std::uint64_t closed_bit = 1ULL << 17;
     static constexpr std::uint64_t tag_one = 1ULL << 18;
+    static constexpr std::uint32_t cache_blocked = 1U << 16;
+
+    static std::size_t cache_count(const pool_options& o) noexcept {
+        if constexpr (!thread_safe) {
+            return 0;
+        } else {
+            static const std::size_t hw = std::max(1U, std::thread::hardware_concurrency());
+            std::size_t n = o.cpu_caches ? *o.cpu_caches : std::min({hw, o.max_size / 4, std::size_t{64}});
+            n = std::min<std::size_t>(n, 64);
+            return n == 0 ? 0 : std::bit_floor(n);
+        }
+    }
 
     struct waiter : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
         enum class outcome : std::uint8_t { pending, served, permit, failed };
@@ -445,29 +488,100 @@ private:
         return n == none ? nullptr : &slots_[n];
     }
 
+    // ---- per-CPU caches (pool_options::cpu_caches) ---------------------------------------------
+    // Each cache word holds `none` (empty), a slot index (one idle connection), or
+    // `cache_blocked | none`. Blocked means "go to the idle stack": set while callers wait (so a
+    // new caller cannot take a cached connection past them, and a release cannot park one where
+    // a waiter would not see it) and forever after close. Only code holding m_ blocks or unblocks
+    // a word, and nobody else writes a blocked word, so the fast paths need one CAS each.
+
+    std::atomic<std::uint32_t>& my_cache() noexcept {
+        unsigned cpu;
+        if constexpr (requires { Sync::cpu(); })
+            cpu = Sync::cpu();
+        else
+            cpu = current_cpu();
+        return caches_[cpu & (n_caches_ - 1)].word;
+    }
+
+    slot* take_cached(std::atomic<std::uint32_t>& c) noexcept {
+        std::uint32_t w = c.load(std::memory_order_relaxed);
+        while (w < none)
+            if (c.compare_exchange_weak(w, none, std::memory_order_acquire, std::memory_order_relaxed))
+                return &slots_[w];
+        return nullptr;
+    }
+
+    /// Another CPU's cached connection, when this CPU's cache and the idle stack are empty.
+    slot* steal_cached() noexcept {
+        for (std::size_t j = 0; j < n_caches_; ++j)
+            if (slot* s = take_cached(caches_[j].word)) return s;
+        return nullptr;
+    }
+
+    /// Under m_, when the first waiter queues or the pool closes: blocks every cache and returns
+    /// the connections they held, chained through `next`, in front of `chain`.
+    slot* block_caches_locked(slot* chain) noexcept {
+        for (std::size_t j = n_caches_; j-- > 0;) {
+            const std::uint32_t w = caches_[j].word.exchange(cache_blocked | none, std::memory_order_acquire);
+            if (w < none) {
+                slots_[w].next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
+                chain = &slots_[w];
+            }
+        }
+        return chain;
+    }
+
+    /// Under m_, when the last waiter leaves an open pool.
+    void unblock_caches_locked() noexcept {
+        for (std::size_t j = 0; j < n_caches_; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
+    }
+
     // ---- the idle stack (Treiber stack of slot indices in head_) -------------------------------
 
+    /// One CAS: this CPU's cached connection, else the top of the idle stack, else another CPU's
+    /// cached one; nullptr if none is free or callers are queued.
     slot* pop_fast() noexcept {
+        if constexpr (thread_safe) {
+            if (n_caches_ != 0)
+                if (slot* s = take_cached(my_cache())) return s;
+        }
         std::uint64_t h = head_.load(std::memory_order_acquire);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return nullptr;
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-            if (i == none) return nullptr;
+            if (i == none) return n_caches_ != 0 ? steal_cached() : nullptr;
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
             if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
                 return &slots_[i];
         }
     }
 
-    bool push_fast(slot* s) noexcept {
+    /// Publishes an idle connection: into this CPU's cache (the connection it held moves to the
+    /// idle stack), else onto the stack. Returns nullptr when done, or the slot the caller must
+    /// deliver under the lock (callers are queued, or the pool is closed).
+    slot* push_fast(slot* s) noexcept {
+        if constexpr (thread_safe) {
+            if (n_caches_ != 0) {
+                std::atomic<std::uint32_t>& c = my_cache();
+                std::uint32_t w = c.load(std::memory_order_relaxed);
+                while (!(w & cache_blocked)) {
+                    if (c.compare_exchange_weak(w, index_of(s), std::memory_order_acq_rel, std::memory_order_relaxed)) {
+                        if (w == none) return nullptr;
+                        s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
+                        break;
+                    }
+                }
+            }
+        }
         const std::uint32_t i = index_of(s);
         std::uint64_t h = head_.load(std::memory_order_relaxed);
         for (;;) {
-            if (h & (waiters_bit | closed_bit)) return false;
+            if (h & (waiters_bit | closed_bit)) return s;
             s->next.store(static_cast<std::uint32_t>(h & index_mask), std::memory_order_relaxed);
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | i;
             if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
-                return true;
+                return nullptr;
         }
     }
 
@@ -483,7 +597,8 @@ private:
         }
     }
 
-    /// Empties the idle stack (setting `extra` flag bits) and returns its chain, MRU first.
+    /// Empties the idle stack (setting `extra` flag bits) and the per-CPU caches (blocking them
+    /// for good if `extra` has CLOSED) and returns their chain, MRU first: cached ones, then the stack.
     slot* take_all_idle_locked(std::uint64_t extra) noexcept {
         std::uint64_t h = head_.load(std::memory_order_acquire);
         for (;;) {
@@ -492,7 +607,15 @@ private:
                 break;
         }
         std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-        return i == none ? nullptr : &slots_[i];
+        slot* chain = i == none ? nullptr : &slots_[i];
+        if (extra & closed_bit) return block_caches_locked(chain);
+        for (std::size_t j = n_caches_; j-- > 0;) {
+            if (slot* c = take_cached(caches_[j].word)) {
+                c->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
+                chain = c;
+            }
+        }
+        return chain;
     }
 
     slot* pop_locked() noexcept {
@@ -510,7 +633,10 @@ private:
 
     void complete_locked(waiter& w, typename waiter::outcome o, slot* s, std::error_code ec) noexcept {
         waiters_.erase(waiters_.iterator_to(w));
-        if (waiters_.empty()) head_.fetch_and(~waiters_bit);
+        if (waiters_.empty()) {
+            head_.fetch_and(~waiters_bit);
+            if (!closed_) unblock_caches_locked();
+        }
         w.result = o;
         w.s = s;
         w.ec = ec;
@@ -674,6 +800,9 @@ private:
             failures_ = 0;
             s->conn.emplace(std::move(*c));
             s->last_used = end;
+            s->retire.store(0, std::memory_order_relaxed);
+            s->seen_uses = 0;
+            s->seen_in_use_at = {};
             s->expires = expiry_for(end);
             s->dirty = false;
             s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
@@ -749,6 +878,7 @@ private:
             if (closed_) return fail(ec, errc::closed);
             if (!waiters_.empty()) break;
             if (slot* s = pop_locked()) return s;
+            if (slot* s = steal_cached()) return s;
             const time_point now = failures_ > 0 ? clock_->now() : time_point{};
             if (!in_backoff_locked(now)) {
                 if (slot* s = try_reserve_locked()) {
@@ -795,7 +925,13 @@ private:
         head_.fetch_or(waiters_bit);
         ++waits_;
         peak_waiters_ = std::max<std::uint64_t>(peak_waiters_, waiters_.size());
-        // Connections pushed before WAITERS was set are still on the stack: hand them out in order.
+        // Connections pushed before WAITERS was set are still on the stack (and in the per-CPU
+        // caches, which the first waiter blocks): hand them out in order.
+        for (slot* c = waiters_.size() == 1 ? block_caches_locked(nullptr) : nullptr; c;) {
+            slot* next = next_of(c);
+            deliver_locked(c);
+            c = next;
+        }
         while (!waiters_.empty()) {
             slot* s = pop_locked();
             if (!s) break;
@@ -865,6 +1001,11 @@ private:
     // The fast path touches only this cache line (and the slot it takes).
     alignas(64) atomic<std::uint64_t> head_{none};
     std::unique_ptr<slot[]> slots_;
+    struct alignas(64) cpu_cache {
+        std::atomic<std::uint32_t> word{none};
+    };
+    const std::size_t n_caches_; // a power of two, or 0
+    std::unique_ptr<cpu_cache[]> caches_;
     alignas(64) mutable typename Sync::mutex_type m_;
     std::uint32_t free_head_ = none;
     waiter_list waiters_;

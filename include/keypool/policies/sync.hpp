@@ -7,6 +7,8 @@
 #include <mutex>
 #include <utility>
 
+#include <keypool/detail/cpu.hpp>
+
 namespace keypool {
 namespace detail {
 
@@ -58,6 +60,9 @@ struct mutex {
     template <class T>
     using atomic = std::atomic<T>;
     using mutex_type = std::mutex;
+    /// Optional member: the CPU the caller runs on, a hint that picks the pool's per-CPU idle
+    /// cache (`pool_options::cpu_caches`). A policy without it gets `detail::current_cpu()`.
+    static unsigned cpu() noexcept { return detail::current_cpu(); }
 };
 
 /// Single-threaded: every "atomic" is a plain variable and the lock does nothing. A caller that
