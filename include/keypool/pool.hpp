@@ -111,11 +111,11 @@ public:
     /// classified connect failure.
     [[nodiscard]] lease acquire() { return acquire(core_->options().acquire_timeout); }
     [[nodiscard]] lease acquire(duration timeout) {
-        std::error_code ec;
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(core_->acquire(timeout, {}, ec), ec);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {}) {
-        std::error_code ec;
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(core_->acquire(deadline, std::move(stop), ec), ec);
     }
 

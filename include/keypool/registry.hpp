@@ -111,11 +111,11 @@ public:
     /// `closed`, or the connector's `prepare` error.
     [[nodiscard]] lease acquire(const Key& key) { return acquire(key, table_.options().pool.acquire_timeout); }
     [[nodiscard]] lease acquire(const Key& key, duration timeout) {
-        std::error_code ec;
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(table_.acquire(key, timeout, {}, ec), ec, key);
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {}) {
-        std::error_code ec;
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(table_.acquire(key, deadline, std::move(stop), ec), ec, key);
     }
     [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec) noexcept {
@@ -140,7 +140,7 @@ public:
     /// The key's pool itself (created if needed), for callers that manage leases themselves. The
     /// pointer keeps the pool alive even if the registry retires it.
     [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key) {
-        std::error_code ec;
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         auto p = table_.pool(key, now() + table_.options().pool.acquire_timeout, {}, ec);
         if (!p) throw error(ec, "keypool: registry pool lookup failed");
         return p;

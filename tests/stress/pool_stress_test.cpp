@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stop_token>
 #include <thread>
@@ -43,19 +44,29 @@ private:
     std::jthread t_;
 };
 
-template <class Reset>
-void run_stress(std::uint64_t seed) {
+/// sync::mutex whose cpu() hint changes on every call: every release and acquire lands on a
+/// different per-CPU cache, so displacement, stealing and blocking run all the time.
+struct scattered_cpu_sync : keypool::sync::mutex {
+    static unsigned cpu() noexcept {
+        thread_local unsigned n = 0;
+        return n++;
+    }
+};
+
+template <class Reset, class Sync = keypool::sync::mutex>
+void run_stress(std::uint64_t seed, std::optional<std::size_t> cpu_caches = std::nullopt) {
     INFO("seed=" << seed);
     std::printf("stress seed=%llu\n", static_cast<unsigned long long>(seed));
     watchdog dog(120s, seed);
     keypool::fake::connector fake;
     constexpr std::size_t max_size = 6;
-    auto pool = std::make_unique<keypool::basic_pool<keypool::fake::connector, keypool::with_reset<Reset>>>(
+    auto pool = std::make_unique<
+        keypool::basic_pool<keypool::fake::connector, keypool::with_reset<Reset>, keypool::with_sync<Sync>>>(
         fake, "db",
         keypool::pool_options{.max_size = max_size, .min_idle = 2, .max_connecting = 2, .max_waiters = 64,
                               .idle_timeout = 5ms, .max_lifetime = 20ms, .lifetime_jitter = 5ms,
                               .validate_after_idle = 0ms, .backoff_initial = 1ms, .backoff_max = 2ms,
-                              .seed = seed});
+                              .cpu_caches = cpu_caches, .seed = seed});
     // One flag per connection id: set while a lease holds it, so two holders are caught at once.
     std::vector<std::atomic<int>> held(1 << 16);
     std::atomic<int> double_lease{0}, wrong_target{0}, dirty_handout{0};
@@ -138,6 +149,10 @@ TEST_CASE("random operations with faults lose and leak nothing (reset at release
 
 TEST_CASE("random operations with faults lose and leak nothing (background reset)") {
     run_stress<keypool::reset_at::background>(seed_from_env());
+}
+
+TEST_CASE("random operations with faults lose and leak nothing (4 per-CPU caches, scattered CPUs)") {
+    run_stress<keypool::reset_at::checkout, scattered_cpu_sync>(seed_from_env(), 4);
 }
 
 TEST_CASE("32 threads on a pool of 8: strict FIFO hand-off keeps making progress") {

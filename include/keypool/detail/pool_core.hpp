@@ -99,7 +99,7 @@ public:
     /// on the slow path, so the fast path never reads the precise clock.
     template <class When>
     slot* acquire(When when, std::stop_token st, std::error_code& ec) noexcept {
-        ec.clear();
+        if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
         std::optional<time_point> deadline;
         auto resolve = [&] {
             if (!deadline) {

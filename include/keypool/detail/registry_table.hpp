@@ -84,7 +84,7 @@ public:
 
     template <class When>
     Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
-        ec.clear();
+        if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
         shard& sh = shard_for(key);
         std::optional<time_point> deadline;
         auto resolve_deadline = [&] {
