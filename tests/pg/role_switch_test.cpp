@@ -54,6 +54,7 @@ TEST_CASE("a role that does not exist, or that the login is not a member of, fai
     CHECK(!l);
     CHECK(ec == keypool::errc::authentication_failed);
     reg.run_as("tenant_initech", [](pq::connection& c) { CHECK(current_user(c) == "tenant_initech"); });
+    CHECK(reg.stats().pools.connects_ok == 1); // the refusals did not cost the connection
 }
 
 TEST_CASE("the reset undoes the role, whatever the reset query") {

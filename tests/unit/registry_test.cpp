@@ -130,7 +130,7 @@ TEST_CASE("role switch: keys share one pool and each lease runs as its key's rol
     CHECK(ec == errc::invalid_config);
 }
 
-TEST_CASE("a failed session setup fails the acquire and destroys the connection") {
+TEST_CASE("a refused session setup fails the acquire and returns the connection, which the reset cleans") {
     kp_test::fixture f;
     using reg = keypool::basic_registry<std::string, keypool::resolve::role_switch<std::string>,
                                         keypool::fake::connector, keypool::with_clock<keypool::manual_clock>>;
@@ -139,8 +139,13 @@ TEST_CASE("a failed session setup fails the acquire and destroys the connection"
     std::error_code ec;
     CHECK_FALSE(r.acquire("mallory", 1s, ec));
     CHECK(ec == errc::authentication_failed);
-    CHECK(f.fake.live() == 0);
     CHECK(r.stats().errors_for(errc::authentication_failed) == 1);
+    // The refusal says nothing about the connection: it went back, and the next lease reuses it.
+    CHECK(f.fake.live() == 1);
+    CHECK(r.stats().pools.idle == 1);
+    auto l = r.acquire("alice", 1s);
+    CHECK(l->session == "role=alice");
+    CHECK(f.fake.stats().connects == 1);
 }
 
 TEST_CASE("run_as returns fn's result, propagates its exception, and always returns the lease") {

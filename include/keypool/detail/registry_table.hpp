@@ -327,8 +327,14 @@ private:
                 ok = false;
             }
             if (!ok) {
-                l.discard();
                 ec = pec ? pec : make_error_code(errc::broken_connection);
+                // The server refused the setup (no such role, not a member): the connection is
+                // fine and goes back; the reset before its next use undoes whatever the setup
+                // began. Anything else may have broken the connection: close it.
+                if (ec == errc::key_not_found || ec == errc::authentication_failed || ec == errc::invalid_config)
+                    l.release();
+                else
+                    l.discard();
                 count_error(ec);
                 return Lease{};
             }
