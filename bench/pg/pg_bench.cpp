@@ -13,6 +13,9 @@
 //   keypool_no_reset               reset_query = "": rollback only, no round trip on a clean session
 //   keypool_discard_all_checkout   default connector (DISCARD ALL), reset at checkout: 2 round trips
 //   keypool_discard_all_release    the same, reset on release
+//   keypool_discard_all_background the same, reset by a janitor thread that the return wakes
+//                                  (reset_at::background): the reset's round trip leaves the
+//                                  acquirer's path; `acquire_us` shows it
 //   keypool_role_switch            role-switch registry, keys tenant_acme / tenant_globex alternating:
 //                                  set_config('role') + query + DISCARD ALL = 3 round trips
 //   mutex_vector_pgbouncer         reference: the floor through PgBouncer (transaction mode)
@@ -27,7 +30,8 @@
 // connect_per_query, which sets `connects_per_cycle` = 1 instead), `floor` = 1 for the bare
 // pools, `pgbouncer` = 1 for the rows through PgBouncer; for keypool, what the pool did during the
 // timed run: `resets_per_cycle` (connector reset calls, with or without a round trip), `connects`
-// (should be 0) and `waits` (0 up to max_size threads; at 8 threads the queueing, by design).
+// (should be 0) and `waits` (0 up to max_size threads; at 8 threads the queueing, by design), and
+// `acquire_us`, the mean time acquire() took (a steady_clock read around it; ≈ 26 ns each).
 // bench/summarize.py prints the items/s ratios to baseline_mutex_vector, each row against the
 // floor on its own path with these counters, and the pools against dedicated and
 // connect_per_query at each thread count.
@@ -37,6 +41,8 @@
 // opened (and its connections warmed with one query each) once per benchmark family, on first
 // use, and closed when the next family starts (dedicated's 8 connections likewise; only
 // connect_per_query connects inside the timed loop); all connections use TCP to 127.0.0.1.
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -242,13 +248,33 @@ public:
     }
 
     bool cycle(std::uint64_t, std::size_t, std::string& err) {
+        const auto start = std::chrono::steady_clock::now();
         auto lease = pool_.acquire();
+        acquire_ns_.fetch_add(static_cast<std::uint64_t>((std::chrono::steady_clock::now() - start).count()),
+                              std::memory_order_relaxed);
+        acquires_.fetch_add(1, std::memory_order_relaxed);
         return select1(lease.native_handle(), err);
     }
     std::optional<keypool::pool_stats> stats() const { return pool_.stats(); }
+    /// Mean acquire() time since the last call, in µs.
+    double take_acquire_mean_us() {
+        const auto ns = acquire_ns_.exchange(0), n = acquires_.exchange(0);
+        return n ? static_cast<double>(ns) / static_cast<double>(n) / 1000.0 : 0.0;
+    }
+
+protected:
+    Pool pool_;
+    std::atomic<std::uint64_t> acquire_ns_{0}, acquires_{0};
+};
+
+/// reset_at::background with its janitor: returns wake the janitor, which resets off the acquirer's path.
+template <class Pool>
+class janitor_fixture : public pool_fixture<Pool> {
+public:
+    using pool_fixture<Pool>::pool_fixture;
 
 private:
-    Pool pool_;
+    keypool::janitor janitor_{this->pool_};
 };
 
 using role_registry =
@@ -335,6 +361,8 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
     }
     const bool reporter = f && state.thread_index() == 0;
     const std::optional<keypool::pool_stats> before = reporter ? f->stats() : std::nullopt;
+    if constexpr (requires { f->take_acquire_mean_us(); })
+        if (reporter) (void)f->take_acquire_mean_us(); // forget the warm-up and earlier runs
 
     // Per thread: the cycle index (the role switch alternates keys on it; threads start apart).
     const auto thread = static_cast<std::size_t>(state.thread_index());
@@ -369,6 +397,7 @@ void bm_select1(benchmark::State& state, const std::string& name, row_info info,
         state.counters["connects"] = static_cast<double>(after->connects_ok - before->connects_ok);
         state.counters["waits"] = static_cast<double>(after->waits - before->waits);
     }
+    if constexpr (requires { f->take_acquire_mean_us(); }) state.counters["acquire_us"] = f->take_acquire_mean_us();
 }
 
 template <class Fixture, class Make>
@@ -386,6 +415,7 @@ void register_benchmarks() {
     using keypool::basic_pool;
     using checkout_pool = basic_pool<pq::connector>;
     using release_pool = basic_pool<pq::connector, keypool::with_reset<keypool::reset_at::release>>;
+    using background_pool = basic_pool<pq::connector, keypool::with_reset<keypool::reset_at::background>>;
     const server_info& s = server();
 
     // The baseline first: everything else is a ratio to it.
@@ -405,6 +435,10 @@ void register_benchmarks() {
     add<pool_fixture<release_pool>>("keypool_discard_all_release", {2, false, false}, [&s] {
         return std::make_shared<pool_fixture<release_pool>>(pq::connector{},
                                                             make_target(s, s.port, "kp_bench_discard_release"));
+    });
+    add<janitor_fixture<background_pool>>("keypool_discard_all_background", {2, false, false}, [&s] {
+        return std::make_shared<janitor_fixture<background_pool>>(pq::connector{},
+                                                                  make_target(s, s.port, "kp_bench_discard_background"));
     });
     add<role_fixture>("keypool_role_switch", {3, false, false},
                       [&s] { return std::make_shared<role_fixture>(make_target(s, s.port, "kp_bench_role_switch")); });

@@ -24,15 +24,26 @@ public:
         requires requires(Maintainable& m) { { m.maintain() } -> std::same_as<time_point>; }
     explicit janitor(Maintainable& target, duration max_interval = std::chrono::seconds(1))
         : task_([&target] { return target.maintain(); }), max_interval_(max_interval),
-          thread_([this](std::stop_token st) { run(st); }) {}
+          thread_([this](std::stop_token st) { run(st); }) {
+        // reset_at::background: run as soon as a returned connection waits for its reset, so the
+        // reset happens here and not on a borrower's path.
+        if constexpr (requires { target.set_reset_signal(std::function<void()>{}); }) {
+            target.set_reset_signal([this] { poke(); });
+            unregister_ = [&target] { target.set_reset_signal({}); };
+        }
+    }
 
     janitor(const janitor&) = delete;
     janitor& operator=(const janitor&) = delete;
-    ~janitor() { thread_.request_stop(); } // jthread joins
+    ~janitor() {
+        if (unregister_) unregister_(); // under the pool's lock: no signal is running after this
+        thread_.request_stop();         // jthread joins
+    }
 
     /// Runs maintenance now instead of at the due time.
     void poke() {
         std::lock_guard lk(m_);
+        if (poked_) return;
         poked_ = true;
         cv_.notify_all();
     }
@@ -49,6 +60,7 @@ private:
     }
 
     std::function<time_point()> task_;
+    std::function<void()> unregister_;
     duration max_interval_;
     std::mutex m_;
     std::condition_variable_any cv_;

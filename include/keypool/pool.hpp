@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <stop_token>
 #include <string>
 #include <system_error>
@@ -141,6 +142,15 @@ public:
     /// connects to waiters whose backoff ended. Returns when it next has work (or time_point::max()).
     /// Blocking: runs connects and closes on the calling thread.
     time_point maintain() noexcept { return core_->maintain(); }
+
+    /// `reset_at::background` only: `f` is called when a returned connection waits for its reset
+    /// (so maintain() should run soon). A `janitor` on this pool registers its `poke()` here. `f`
+    /// runs under the pool's lock: it must be short and must not call into the pool. Empty = none.
+    void set_reset_signal(std::function<void()> f) noexcept
+        requires std::same_as<reset_type, reset_at::background>
+    {
+        core_->set_reset_signal(std::move(f));
+    }
 
     /// Wakes every waiter with `closed`, closes idle connections, and makes every later acquire fail
     /// with `closed`. Leases out stay valid; their connections close when they return.

@@ -255,7 +255,7 @@ TEST_CASE_TEMPLATE("no session state reaches the next borrower", R, keypool::res
 }
 
 TEST_CASE_TEMPLATE("a failed reset destroys the connection", R, keypool::reset_at::release,
-                   keypool::reset_at::checkout) {
+                   keypool::reset_at::checkout, keypool::reset_at::background) {
     fixture f;
     auto p = f.make<keypool::with_reset<R>>({.max_size = 1});
     auto first = p.acquire();
@@ -649,6 +649,53 @@ TEST_CASE("invalid options are rejected when the pool is built") {
     } catch (const keypool::error& e) {
         CHECK(e.code() == errc::invalid_config);
     }
+}
+
+TEST_CASE("background reset: a returned connection waits for maintenance, which signals and resets it") {
+    fixture f;
+    using background = keypool::with_reset<keypool::reset_at::background>;
+    auto p = f.make<background>({.max_size = 2});
+    int signals = 0;
+    p.set_reset_signal([&] { ++signals; });
+    auto a = p.acquire(), b = p.acquire();
+    const auto ia = a->id;
+    a->use("SET search_path = tenant_a");
+    a.release();
+    CHECK(signals == 1);
+    CHECK(p.stats().idle == 1);
+    CHECK_FALSE(p.try_acquire()); // not handed out dirty without a reset, and try_acquire does no I/O
+    p.maintain();
+    CHECK(f.fake.stats().resets == 1);
+    auto again = p.acquire(); // clean already: no reset on the borrower's path
+    CHECK(again->id == ia);
+    CHECK_FALSE(again->dirty());
+    CHECK(f.fake.stats().resets == 1);
+
+    // Maintenance that lags: a borrower that finds only a dirty connection resets it itself
+    // rather than opening another one.
+    again.release();
+    auto c = p.acquire();
+    CHECK(c->id == ia);
+    CHECK(f.fake.stats().resets == 2);
+    CHECK(f.fake.stats().connects == 2);
+    p.set_reset_signal({});
+    c.release();
+    CHECK(signals == 2);
+}
+
+TEST_CASE("background reset with a janitor: the return wakes it and the reset runs on its thread") {
+    keypool::fake::connector fake;
+    keypool::basic_pool<keypool::fake::connector, keypool::with_reset<keypool::reset_at::background>> p(
+        fake, "db", {.max_size = 2});
+    keypool::janitor j(p, std::chrono::hours(1)); // only the return's signal wakes it in time
+    {
+        auto l = p.acquire();
+        l->use();
+    }
+    CHECK(eventually([&] { return fake.stats().resets == 1; })); // nobody here reset or maintained
+    auto l = p.acquire();
+    CHECK_FALSE(l->dirty());
+    CHECK(fake.stats().resets == 1);
 }
 
 TEST_CASE("the janitor runs maintenance on its own thread") {

@@ -7,6 +7,7 @@
 #include <array>
 #include <bit>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -155,6 +156,13 @@ public:
     /// One CAS: an idle connection, or nullptr if none is free or callers are queued.
     slot* pop_idle() noexcept { return pop_fast(); }
 
+    /// reset_at::background: called (under the pool's lock, so it must not call back into the
+    /// pool) when a returned connection waits for its reset, e.g. a janitor's poke(). Empty = none.
+    void set_reset_signal(std::function<void()> f) noexcept {
+        std::lock_guard lk(m_);
+        reset_signal_ = std::move(f);
+    }
+
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
@@ -202,6 +210,7 @@ public:
         }
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
         if (budget_ && budget_->has_tickets()) return release_to_budget(s);
+        if constexpr (std::is_same_v<Reset, reset_at::background>) return release_dirty(s);
         if (slot* rest = push_fast(s)) return release_slow(rest);
         return false;
     }
@@ -608,6 +617,14 @@ private:
         }
         std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
         slot* chain = i == none ? nullptr : &slots_[i];
+        // reset_at::background's dirty list: returned most recently, so in front.
+        if (dirty_head_ != none) {
+            slot* last = &slots_[dirty_head_];
+            while (next_of(last)) last = next_of(last);
+            last->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
+            chain = &slots_[dirty_head_];
+            dirty_head_ = none;
+        }
         if (extra & closed_bit) return block_caches_locked(chain);
         for (std::size_t j = n_caches_; j-- > 0;) {
             if (slot* c = take_cached(caches_[j].word)) {
@@ -684,6 +701,33 @@ private:
             }
         }
         return dispose(s, closed ? close_reason::closed : close_reason::trimmed);
+    }
+
+    /// reset_at::background: a returned connection waits on the dirty list for maintain() (woken
+    /// through reset_signal_), so borrowers get reset connections; a waiter takes it at once.
+    bool release_dirty(slot* s) noexcept {
+        {
+            std::unique_lock lk(m_);
+            if (closed_) {
+                lk.unlock();
+                return dispose(s, close_reason::closed);
+            }
+            if (!waiters_.empty()) {
+                deliver_locked(s); // it resets at checkout: sooner than the resetter
+                return false;
+            }
+            s->next.store(dirty_head_, std::memory_order_relaxed);
+            dirty_head_ = index_of(s);
+            if (reset_signal_) reset_signal_();
+        }
+        return false;
+    }
+
+    slot* pop_dirty_locked() noexcept {
+        if (dirty_head_ == none) return nullptr;
+        slot* s = &slots_[dirty_head_];
+        dirty_head_ = s->next.load(std::memory_order_relaxed);
+        return s;
     }
 
     bool release_slow(slot* s) noexcept {
@@ -879,6 +923,7 @@ private:
             if (!waiters_.empty()) break;
             if (slot* s = pop_locked()) return s;
             if (slot* s = steal_cached()) return s;
+            if (slot* s = pop_dirty_locked()) return s; // background reset lags: reset it at checkout
             const time_point now = failures_ > 0 ? clock_->now() : time_point{};
             if (!in_backoff_locked(now)) {
                 if (slot* s = try_reserve_locked()) {
@@ -1008,6 +1053,8 @@ private:
     std::unique_ptr<cpu_cache[]> caches_;
     alignas(64) mutable typename Sync::mutex_type m_;
     std::uint32_t free_head_ = none;
+    std::uint32_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
+    std::function<void()> reset_signal_;
     waiter_list waiters_;
     std::size_t open_ = 0;
     std::size_t connecting_ = 0;

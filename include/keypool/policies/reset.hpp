@@ -14,9 +14,10 @@ struct release {};
 /// release is as cheap as possible, and a connection that is closed while idle is never reset.
 struct checkout {};
 
-/// Like `checkout`, but `maintain()` (or the janitor thread) also resets dirty idle connections
-/// off every caller's path; a borrower resets only what maintenance has not reached yet. The
-/// resetter takes the connection out of the idle stack first, so it never races a borrower.
+/// A returned connection waits on a dirty list; the pool signals (`set_reset_signal`, which a
+/// `janitor` uses) and `maintain()` resets it off every caller's path, then makes it idle.
+/// Borrowers pop only reset connections; one that finds none idle resets a dirty one itself
+/// rather than connect or wait. Without maintain() running it behaves like `checkout`, slower.
 struct background {};
 
 } // namespace keypool::reset_at
