@@ -69,6 +69,16 @@ struct pool_options {
     /// most max_size / 4 and 64, rounded down to a power of two (so none below max_size 8 or on one
     /// CPU, and none for sync::none). 0 disables; otherwise 1..64, rounded down to a power of two.
     std::optional<std::size_t> cpu_caches = std::nullopt;
+    /// Leak detection: `maintain()` reports each lease held at least this long, once, to the
+    /// observer's `on_leak` with its age and acquire site, and counts it in `stats().leaks`. When
+    /// set, every `basic_pool::acquire` records its caller's `std::source_location` (one store).
+    /// Default nullopt (off); when set, must be positive.
+    std::optional<duration> leak_threshold = std::nullopt;
+    /// A caller that would wait on a full pool while its own thread already holds a lease of it
+    /// gets `would_deadlock` at once instead of waiting (N threads each holding one of N
+    /// connections and asking for a second never make progress). Costs one store per checkout.
+    /// Default false.
+    bool detect_self_deadlock = false;
     /// Seed of the jitter generator, for reproducible runs. Default: drawn per pool.
     std::optional<std::uint64_t> seed = std::nullopt;
 };
@@ -92,6 +102,8 @@ inline std::error_code validate(const pool_options& o, std::string& message) {
         return fail("max_connecting must be at least 1 (got " + std::to_string(o.max_connecting) + ")");
     if (o.max_waiters < 1 || o.max_waiters > 1'000'000)
         return fail("max_waiters must be in 1..1000000 (got " + std::to_string(o.max_waiters) + ")");
+    if (o.leak_threshold && *o.leak_threshold <= duration::zero())
+        return fail("leak_threshold must be positive or nullopt (got " + ms(*o.leak_threshold) + ")");
     if (o.cpu_caches && *o.cpu_caches > 64)
         return fail("cpu_caches must be in 0..64 or nullopt (got " + std::to_string(*o.cpu_caches) + ")");
     if (o.acquire_timeout <= duration::zero())

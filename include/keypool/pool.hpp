@@ -4,9 +4,11 @@
 
 #include <chrono>
 #include <functional>
+#include <source_location>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <keypool/concepts.hpp>
 #include <keypool/error.hpp>
@@ -110,28 +112,34 @@ public:
     /// Waits up to `options().acquire_timeout`.
     /// Errors: throws `keypool::error` with timeout, pool_exhausted, closed, would_deadlock, or the
     /// classified connect failure.
-    [[nodiscard]] lease acquire() { return acquire(core_->options().acquire_timeout); }
-    [[nodiscard]] lease acquire(duration timeout) {
-        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(core_->acquire(timeout, {}, ec), ec);
+    /// `site` is the caller's location, recorded for leak reports when `leak_threshold` is set.
+    [[nodiscard]] lease acquire(std::source_location site = std::source_location::current()) {
+        return acquire(core_->options().acquire_timeout, site);
     }
-    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {}) {
+    [[nodiscard]] lease acquire(duration timeout, std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(core_->acquire(deadline, std::move(stop), ec), ec);
+        return checked(core_->acquire(timeout, {}, ec), ec, site);
+    }
+    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {},
+                                std::source_location site = std::source_location::current()) {
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
+        return checked(core_->acquire(deadline, std::move(stop), ec), ec, site);
     }
 
     /// Non-throwing forms: on failure `ec` is set and the lease is empty.
-    [[nodiscard]] lease acquire(duration timeout, std::error_code& ec) noexcept {
-        return make_lease(core_->acquire(timeout, {}, ec));
+    [[nodiscard]] lease acquire(duration timeout, std::error_code& ec,
+                                std::source_location site = std::source_location::current()) noexcept {
+        return make_lease(core_->acquire(timeout, {}, ec), site);
     }
-    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec) noexcept {
-        return make_lease(core_->acquire(deadline, std::move(stop), ec));
+    [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec,
+                                std::source_location site = std::source_location::current()) noexcept {
+        return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }
 
     /// Never blocks: an idle connection if one is free and no caller is queued, else an empty lease.
     /// (It may still run the connector's `alive` or a pending `reset` on the connection it takes.)
-    [[nodiscard]] lease try_acquire() noexcept {
-        return make_lease(core_->try_acquire());
+    [[nodiscard]] lease try_acquire(std::source_location site = std::source_location::current()) noexcept {
+        return make_lease(core_->try_acquire(), site);
     }
 
     // ---- housekeeping -----------------------------------------------------------------------
@@ -163,6 +171,17 @@ public:
         return core_->wait_drained(deadline);
     }
 
+    /// The same, and on return `still_out` lists the leases that had not come back: their age and,
+    /// with `leak_threshold` set, where they were acquired.
+    bool close(time_point deadline, std::vector<lease_report>& still_out) {
+        const bool drained = close(deadline);
+        still_out = core_->leases_out();
+        return drained;
+    }
+
+    /// The leases out now: age and (with `leak_threshold` set) acquire site.
+    [[nodiscard]] std::vector<lease_report> leases_out() const { return core_->leases_out(); }
+
     [[nodiscard]] pool_stats stats() const noexcept { return core_->stats(); }
     /// The error of the most recent failed connect (empty if none failed yet).
     [[nodiscard]] std::error_code last_connect_error() const noexcept { return core_->last_connect_error(); }
@@ -187,13 +206,15 @@ private:
         return new core_type(std::move(c), std::move(t), o, clock, std::move(obs));
     }
 
-    lease make_lease(typename core_type::slot* s) noexcept {
-        return s ? detail::lease_access::make(core_, s) : lease{};
+    lease make_lease(typename core_type::slot* s, const std::source_location& site) noexcept {
+        if (!s) return lease{};
+        if (core_->options().leak_threshold) core_->record_site(s, site);
+        return detail::lease_access::make(core_, s);
     }
 
-    lease checked(typename core_type::slot* s, std::error_code ec) {
+    lease checked(typename core_type::slot* s, std::error_code ec, const std::source_location& site) {
         if (!s) throw_acquire_error(ec);
-        return make_lease(s);
+        return make_lease(s, site);
     }
 
     [[noreturn]] void throw_acquire_error(std::error_code ec) const {
@@ -213,8 +234,6 @@ namespace detail {
 struct pool_access {
     template <class Pool>
     static auto* core(Pool& p) noexcept { return p.core_; }
-    template <class Pool, class Slot>
-    static typename Pool::lease make_lease(Pool& p, Slot* s) noexcept { return p.make_lease(s); }
 };
 } // namespace detail
 

@@ -32,6 +32,7 @@ struct pool_stats {
     std::uint64_t connects_ok = 0;    ///< successful connects
     std::uint64_t connects_failed = 0;///< failed connects (any cause)
     std::uint64_t resets = 0;         ///< resets run
+    std::uint64_t leaks = 0;          ///< leases reported held past `leak_threshold`
     std::array<std::uint64_t, close_reason_count> closes{}; ///< closes, indexed by close_reason
 
     std::uint64_t closed_for(close_reason r) const noexcept { return closes[static_cast<std::size_t>(r)]; }

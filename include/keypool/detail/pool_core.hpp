@@ -11,9 +11,11 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <source_location>
 #include <stop_token>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include <boost/container/small_vector.hpp>
 #include <boost/intrusive/list.hpp>
@@ -72,6 +74,13 @@ public:
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint64_t seen_uses = 0;
         time_point seen_in_use_at{};
+        // The current lease: when it was checked out, by which thread (detect_self_deadlock) and
+        // from where (leak_threshold). Written by the owner at checkout, read by maintain() and
+        // the slow path under m_.
+        atomic<duration::rep> leased_at{0};
+        atomic<std::thread::id> owner{};
+        atomic<std::source_location> site{};
+        std::uint64_t leak_reported = ~std::uint64_t{0}; // maintain()'s: the uses count it reported
         time_point last_pinged{}; // keepalive: the last successful ping
         std::optional<connection_type> conn;
     };
@@ -187,9 +196,30 @@ public:
             }
         }
         s->last_used = now;
-        s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
+        s->leased_at.store(now.time_since_epoch().count(), std::memory_order_relaxed);
+        if (opt_.detect_self_deadlock) s->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         bump(s->uses);
         return checkout_result::ok;
+    }
+
+    /// Where the lease on `s` was acquired (leak_threshold only; called by its owner).
+    void record_site(slot* s, const std::source_location& site) noexcept {
+        s->site.store(site, std::memory_order_relaxed);
+    }
+
+    /// The leases out now: age and acquire site.
+    std::vector<lease_report> leases_out() const {
+        std::vector<lease_report> r;
+        const time_point now = clock_->coarse_now();
+        std::lock_guard lk(m_);
+        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+            const slot& s = slots_[i];
+            if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
+            r.push_back({now - time_point(duration(s.leased_at.load(std::memory_order_relaxed))),
+                         opt_.leak_threshold ? s.site.load(std::memory_order_relaxed) : std::source_location{}});
+        }
+        return r;
     }
 
     // ---- release ---------------------------------------------------------------------------
@@ -271,6 +301,7 @@ public:
         const time_point now = clock_->now();
         boost::container::small_vector<slot*, 32> idle, to_close, to_reset, to_ping;
         boost::container::small_vector<close_reason, 32> why;
+        boost::container::small_vector<lease_report, 4> leaks;
         std::size_t top_up = 0;
         std::stop_token on_close;
         time_point due = time_point::max();
@@ -285,6 +316,16 @@ public:
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
                 s.seen_uses = s.uses.load(std::memory_order_relaxed);
                 s.seen_in_use_at = now;
+                if (opt_.leak_threshold && s.leak_reported != s.seen_uses) {
+                    const time_point at{duration(s.leased_at.load(std::memory_order_relaxed))};
+                    if (now - at >= *opt_.leak_threshold) {
+                        s.leak_reported = s.seen_uses;
+                        ++leaks_;
+                        leaks.push_back({now - at, s.site.load(std::memory_order_relaxed)});
+                    } else {
+                        due = std::min(due, at + *opt_.leak_threshold);
+                    }
+                }
                 if (now >= s.expires)
                     s.retire.store(static_cast<std::uint8_t>(close_reason::lifetime) + 1, std::memory_order_relaxed);
                 else
@@ -344,6 +385,7 @@ public:
             if (failures_ > 0 && (!waiters_.empty() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
                 due = std::min(due, backoff_until_);
         }
+        for (const lease_report& l : leaks) notify_leak(obs_, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
             bump(s->resets);
@@ -415,6 +457,7 @@ public:
         r.timeouts = timeouts_;
         r.cancels = cancels_;
         r.rejected = rejected_;
+        r.leaks = leaks_;
         r.connects_ok = connects_ok_;
         r.connects_failed = connects_failed_;
         r.closes = closes_;
@@ -847,6 +890,7 @@ private:
             s->retire.store(0, std::memory_order_relaxed);
             s->seen_uses = 0;
             s->seen_in_use_at = {};
+            s->leak_reported = ~std::uint64_t{0};
             s->expires = expiry_for(end);
             s->dirty = false;
             s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
@@ -952,8 +996,22 @@ private:
             if (st.stop_requested()) return ++cancels_, fail(ec, errc::cancelled);
             if (clock_->now() >= deadline) return ++timeouts_, fail(ec, errc::timeout);
             if (waiters_.size() >= opt_.max_waiters) return ++rejected_, fail(ec, errc::pool_exhausted);
+            if (opt_.detect_self_deadlock && open_ >= opt_.max_size && holds_lease_locked())
+                return fail(ec, errc::would_deadlock);
             return wait(lk, deadline, st, ec);
         }
+    }
+
+    /// detect_self_deadlock: whether the calling thread holds a lease of this pool.
+    bool holds_lease_locked() const noexcept {
+        const auto me = std::this_thread::get_id();
+        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+            const slot& s = slots_[i];
+            if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) == slot_state::in_use &&
+                s.owner.load(std::memory_order_relaxed) == me)
+                return true;
+        }
+        return false;
     }
 
     slot* fail(std::error_code& ec, errc e) noexcept {
@@ -1069,6 +1127,7 @@ private:
     std::unique_ptr<typename Clock::event> drained_; // made by the first close(deadline)
     // Counters (under m_).
     std::uint64_t peak_size_ = 0, peak_waiters_ = 0, waits_ = 0, timeouts_ = 0, cancels_ = 0, rejected_ = 0;
+    std::uint64_t leaks_ = 0;
     std::uint64_t connects_ok_ = 0, connects_failed_ = 0, retired_uses_ = 0, retired_resets_ = 0;
     std::chrono::nanoseconds wait_time_{0};
     std::array<std::uint64_t, close_reason_count> closes_{};

@@ -579,7 +579,7 @@ private:
         a.waiters += b.waiters, a.peak_size = std::max(a.peak_size, b.peak_size);
         a.peak_waiters = std::max(a.peak_waiters, b.peak_waiters);
         a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
-        a.cancels += b.cancels, a.rejected += b.rejected, a.connects_ok += b.connects_ok;
+        a.cancels += b.cancels, a.rejected += b.rejected, a.leaks += b.leaks, a.connects_ok += b.connects_ok;
         a.connects_failed += b.connects_failed, a.resets += b.resets;
         for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
     }

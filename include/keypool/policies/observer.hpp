@@ -3,6 +3,8 @@
 // observer has none, and a hook that does not exist costs nothing (it is detected at compile time).
 #pragma once
 
+#include <source_location>
+
 #include <chrono>
 #include <cstdint>
 #include <system_error>
@@ -41,8 +43,18 @@ inline const char* to_string(close_reason r) noexcept {
 /// - `on_connect(std::chrono::nanoseconds took, std::error_code ec)` after each connect attempt;
 /// - `on_close(close_reason)` after a connection is closed;
 /// - `on_wait(std::chrono::nanoseconds waited, std::error_code ec)` when an acquire that had to
-///   wait ends (ec empty when it got a connection).
+///   wait ends (ec empty when it got a connection);
+/// - `on_leak(const lease_report&)` when `maintain()` finds a lease held longer than
+///   `pool_options::leak_threshold` (once per lease).
 struct null_observer {};
+
+/// A lease that is still out: how long it has been held and, when the pool records call sites
+/// (`pool_options::leak_threshold` set), where it was acquired (`site.line() == 0` if unknown,
+/// e.g. a registry lease).
+struct lease_report {
+    std::chrono::nanoseconds age{0};
+    std::source_location site{};
+};
 
 namespace detail {
 template <class O>
@@ -56,6 +68,10 @@ void notify_close(O& o, close_reason r) {
 template <class O>
 void notify_wait(O& o, std::chrono::nanoseconds waited, std::error_code ec) {
     if constexpr (requires { o.on_wait(waited, ec); }) o.on_wait(waited, ec);
+}
+template <class O>
+void notify_leak(O& o, const lease_report& r) {
+    if constexpr (requires { o.on_leak(r); }) o.on_leak(r);
 }
 } // namespace detail
 } // namespace keypool
