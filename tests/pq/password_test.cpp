@@ -57,6 +57,19 @@ struct result {
     std::error_code ec;
 };
 
+/// 16 threads ask `cache` for "acme" while the fetch is held at `gate`: one fetches and fifteen
+/// wait for it; then the gate opens. Returns what each thread got.
+template <class Cache>
+std::vector<result> stampede(Cache& cache, std::promise<void>& gate) {
+    std::vector<result> results(16);
+    std::vector<std::jthread> threads;
+    for (auto& r : results) threads.emplace_back([&] { r.value = cache.password("acme", r.ec); });
+    REQUIRE(kp_test::eventually([&] { return cache.fetches() == 1 && cache.waiters() == 15; }));
+    gate.set_value();
+    threads.clear();
+    return results;
+}
+
 } // namespace
 
 TEST_SUITE("pq.password") {
@@ -232,13 +245,7 @@ TEST_CASE("caching_password: 16 threads on a cold tenant share one fetch") {
     };
     caching_password cache(fetch, 1h, clock);
 
-    std::vector<result> results(16);
-    std::vector<std::jthread> threads;
-    for (auto& r : results) threads.emplace_back([&] { r.value = cache.password("acme", r.ec); });
-    // One thread runs the fetch (blocked on the gate); the other fifteen wait for it.
-    REQUIRE(kp_test::eventually([&] { return cache.fetches() == 1 && cache.waiters() == 15; }));
-    gate.set_value();
-    threads.clear();
+    const std::vector<result> results = stampede(cache, gate);
 
     CHECK(calls == 1);
     CHECK(cache.fetches() == 1);
@@ -258,12 +265,7 @@ TEST_CASE("caching_password: a failing or throwing shared fetch reaches every wa
         std::promise<void> gate;
         caching_password cache(gated_fetch{gate.get_future().share(), how}, 1h, clock);
 
-        std::vector<result> results(16);
-        std::vector<std::jthread> threads;
-        for (auto& r : results) threads.emplace_back([&] { r.value = cache.password("acme", r.ec); });
-        REQUIRE(kp_test::eventually([&] { return cache.fetches() == 1 && cache.waiters() == 15; }));
-        gate.set_value();
-        threads.clear();
+        const std::vector<result> results = stampede(cache, gate);
 
         const auto expected = how == gated_fetch::outcome::error ? errc::upstream_unreachable : errc::connect_failed;
         for (const auto& r : results) {

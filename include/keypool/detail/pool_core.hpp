@@ -68,16 +68,16 @@ public:
         bool dirty = false;
         time_point expires = time_point::max();
         // When the connection was last checked out (the fast path reads the clock once per cycle,
-        // at checkout); maintain() moves it later for leases it saw still out (seen_*).
-        time_point last_used{};
+        // at checkout), as time_since_epoch().count(): while leased it is the lease's start (read
+        // by maintain() and leases_out() under m_); while idle, maintain() may move it later for a
+        // lease it saw still out (seen_*). Read and written through used_at / set_used_at.
+        atomic<duration::rep> last_used{0};
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint64_t seen_uses = 0;
         time_point seen_in_use_at{};
-        // The current lease: when it was checked out, by which thread (detect_self_deadlock) and
-        // from where (leak_threshold). Written by the owner at checkout, read by maintain() and
-        // the slow path under m_.
-        atomic<duration::rep> leased_at{0};
+        // The current lease: by which thread (detect_self_deadlock) and from where
+        // (leak_threshold). Written by the owner at checkout, read under m_.
         atomic<std::thread::id> owner{};
         atomic<std::source_location> site{};
         std::uint64_t leak_reported = ~std::uint64_t{0}; // maintain()'s: the uses count it reported
@@ -181,7 +181,7 @@ public:
         };
         const time_point now = clock_->coarse_now();
         if (now >= s->expires) return failed(close_reason::lifetime);
-        if (now - s->last_used >= opt_.validate_after_idle) {
+        if (now - used_at(*s) >= opt_.validate_after_idle) {
             bool ok = false;
             try {
                 ok = connector_.alive(*s->conn);
@@ -195,8 +195,7 @@ public:
                 if (!reset_connection(s)) return failed(close_reason::reset_failed);
             }
         }
-        s->last_used = now;
-        s->leased_at.store(now.time_since_epoch().count(), std::memory_order_relaxed);
+        set_used_at(*s, now);
         if (opt_.detect_self_deadlock) s->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         bump(s->uses);
@@ -216,7 +215,7 @@ public:
         for (std::size_t i = 0; i < opt_.max_size; ++i) {
             const slot& s = slots_[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
-            r.push_back({now - time_point(duration(s.leased_at.load(std::memory_order_relaxed))),
+            r.push_back({now - used_at(s),
                          opt_.leak_threshold ? s.site.load(std::memory_order_relaxed) : std::source_location{}});
         }
         return r;
@@ -317,7 +316,7 @@ public:
                 s.seen_uses = s.uses.load(std::memory_order_relaxed);
                 s.seen_in_use_at = now;
                 if (opt_.leak_threshold && s.leak_reported != s.seen_uses) {
-                    const time_point at{duration(s.leased_at.load(std::memory_order_relaxed))};
+                    const time_point at = used_at(s);
                     if (now - at >= *opt_.leak_threshold) {
                         s.leak_reported = s.seen_uses;
                         ++leaks_;
@@ -334,7 +333,7 @@ public:
             // An idle connection whose lease a pass saw still out was returned after that pass.
             for (slot* s : idle)
                 if (s->seen_in_use_at != time_point{} && s->uses.load(std::memory_order_relaxed) == s->seen_uses)
-                    s->last_used = std::max(s->last_used, s->seen_in_use_at);
+                    set_used_at(*s, std::max(used_at(*s), s->seen_in_use_at));
             // Lifetime first, then idle timeout from the least recently used end, never below min_idle.
             std::size_t keep_count = idle.size();
             for (slot* s : idle)
@@ -345,7 +344,7 @@ public:
                     to_close.push_back(s), why.push_back(close_reason::lifetime);
                     idle[i] = nullptr;
                 } else if (opt_.idle_timeout && keep_count > opt_.min_idle &&
-                           now - s->last_used >= *opt_.idle_timeout) {
+                           now - used_at(*s) >= *opt_.idle_timeout) {
                     to_close.push_back(s), why.push_back(close_reason::idle);
                     idle[i] = nullptr;
                     --keep_count;
@@ -363,7 +362,7 @@ public:
                 if (!idle[i]) continue;
                 due = std::min({due, idle[i]->expires, keepalive_due(idle[i])});
                 if (opt_.idle_timeout && keep_count > opt_.min_idle)
-                    due = std::min(due, idle[i]->last_used + *opt_.idle_timeout);
+                    due = std::min(due, used_at(*idle[i]) + *opt_.idle_timeout);
                 deliver_locked(idle[i]);
             }
             const std::size_t idle_after = keep_count;
@@ -530,9 +529,22 @@ private:
                static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     }
 
+    static time_point used_at(const slot& s) noexcept {
+        return time_point(duration(s.last_used.load(std::memory_order_relaxed)));
+    }
+    static void set_used_at(slot& s, time_point t) noexcept {
+        s.last_used.store(t.time_since_epoch().count(), std::memory_order_relaxed);
+    }
+
     template <class A>
     static void bump(A& a) noexcept {
         a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+
+    /// Links an owned slot in front of a chain (through `next`); returns the new head.
+    slot* prepend(slot* s, slot* chain) noexcept {
+        s->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
+        return s;
     }
 
     slot* next_of(slot* s) noexcept {
@@ -576,10 +588,7 @@ private:
     slot* block_caches_locked(slot* chain) noexcept {
         for (std::size_t j = n_caches_; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.exchange(cache_blocked | none, std::memory_order_acquire);
-            if (w < none) {
-                slots_[w].next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
-                chain = &slots_[w];
-            }
+            if (w < none) chain = prepend(&slots_[w], chain);
         }
         return chain;
     }
@@ -670,10 +679,7 @@ private:
         }
         if (extra & closed_bit) return block_caches_locked(chain);
         for (std::size_t j = n_caches_; j-- > 0;) {
-            if (slot* c = take_cached(caches_[j].word)) {
-                c->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
-                chain = c;
-            }
+            if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
         }
         return chain;
     }
@@ -830,7 +836,7 @@ private:
     time_point keepalive_due(const slot* s) const noexcept {
         if constexpr (!connector_has_ping<Connector>) return time_point::max();
         if (!opt_.keepalive_after) return time_point::max();
-        return std::max(s->last_used, s->last_pinged) + *opt_.keepalive_after;
+        return std::max(used_at(*s), s->last_pinged) + *opt_.keepalive_after;
     }
 
     bool in_backoff_locked(time_point now) const noexcept { return failures_ > 0 && now < backoff_until_; }
@@ -886,7 +892,7 @@ private:
             ++connects_ok_;
             failures_ = 0;
             s->conn.emplace(std::move(*c));
-            s->last_used = end;
+            set_used_at(*s, end);
             s->retire.store(0, std::memory_order_relaxed);
             s->seen_uses = 0;
             s->seen_in_use_at = {};
