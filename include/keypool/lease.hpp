@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <keypool/concepts.hpp>
+#include <keypool/detail/config.hpp>
 
 namespace keypool {
 namespace detail {
@@ -38,7 +39,7 @@ public:
     }
     basic_lease(const basic_lease&) = delete;
     basic_lease& operator=(const basic_lease&) = delete;
-    ~basic_lease() { release(); }
+    KEYPOOL_ALWAYS_INLINE ~basic_lease() { give_back(false); }
 
     explicit operator bool() const noexcept { return slot_ != nullptr; }
 
@@ -64,7 +65,7 @@ private:
     friend struct detail::lease_access;
     basic_lease(Core* core, typename Core::slot* s) noexcept : core_(core), slot_(s) {}
 
-    void give_back(bool discard) noexcept {
+    KEYPOOL_ALWAYS_INLINE void give_back(bool discard) noexcept {
         if (!slot_) return;
         Core* core = std::exchange(core_, nullptr);
         auto* s = std::exchange(slot_, nullptr);

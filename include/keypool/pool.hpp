@@ -117,11 +117,15 @@ public:
         return acquire(core_->options().acquire_timeout, site);
     }
     [[nodiscard]] lease acquire(duration timeout, std::source_location site = std::source_location::current()) {
+        if (auto* s = core_->acquire_fast()) [[likely]]
+            return make_lease(s, site);
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(core_->acquire(timeout, {}, ec), ec, site);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
+        if (auto* s = core_->acquire_fast()) [[likely]]
+            return make_lease(s, site);
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(core_->acquire(deadline, std::move(stop), ec), ec, site);
     }
@@ -129,10 +133,18 @@ public:
     /// Non-throwing forms: on failure `ec` is set and the lease is empty.
     [[nodiscard]] lease acquire(duration timeout, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
+        if (auto* s = core_->acquire_fast()) [[likely]] {
+            if (ec) ec.clear();
+            return make_lease(s, site);
+        }
         return make_lease(core_->acquire(timeout, {}, ec), site);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
+        if (auto* s = core_->acquire_fast()) [[likely]] {
+            if (ec) ec.clear();
+            return make_lease(s, site);
+        }
         return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }
 

@@ -16,6 +16,22 @@ TEST_CASE("the coarse steady reading is on the same epoch as the precise one") {
     CHECK(coarse >= precise - 50ms); // resolution is a few milliseconds
 }
 
+#if defined(KEYPOOL_VDSO_CLOCK)
+TEST_CASE("the coarse reading calls the vDSO directly and agrees with clock_gettime") {
+    REQUIRE(bool(keypool::steady_clock::vdso_clock_gettime)); // found during static init
+    keypool::steady_clock c;
+    timespec before, after;
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &before);
+    const auto direct = c.coarse_now();
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &after);
+    auto as_tp = [](const timespec& t) {
+        return keypool::time_point(std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec));
+    };
+    CHECK(as_tp(before) <= direct); // the same clock: ordered between two wrapper reads
+    CHECK(direct <= as_tp(after));
+}
+#endif
+
 TEST_CASE("a manual clock moves only when told") {
     keypool::manual_clock c;
     auto t0 = c.now();

@@ -26,6 +26,7 @@
 #include <keypool/policies/observer.hpp>
 #include <keypool/stats.hpp>
 #include <keypool/detail/budget.hpp>
+#include <keypool/detail/config.hpp>
 #include <keypool/detail/cpu.hpp>
 #include <keypool/detail/rng.hpp>
 
@@ -59,6 +60,7 @@ public:
     struct alignas(64) slot {
         atomic<std::uint32_t> next{none};
         atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
+        std::uint32_t self = 0; // its index in slots_ (index_of without a division)
         // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
         atomic<std::uint64_t> uses{0};
         atomic<std::uint64_t> resets{0};
@@ -90,6 +92,7 @@ public:
           slots_(new slot[o.max_size]), n_caches_(cache_count(o)),
           caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           rng_(o.seed ? *o.seed : seed_from_address()) {
+        for (std::uint32_t i = 0; i < o.max_size; ++i) slots_[i].self = i;
         for (std::uint32_t i = 0; i < o.max_size; ++i)
             slots_[i].next.store(i + 1 < o.max_size ? i + 1 : none, std::memory_order_relaxed);
         free_head_ = 0;
@@ -101,7 +104,7 @@ public:
     const pool_options& options() const noexcept { return opt_; }
     Connector& connector() noexcept { return connector_; }
     const target_type& target() const noexcept { return target_; }
-    std::uint32_t index_of(const slot* s) const noexcept { return static_cast<std::uint32_t>(s - slots_.get()); }
+    std::uint32_t index_of(const slot* s) const noexcept { return s->self; }
 
     // ---- acquire ---------------------------------------------------------------------------
 
@@ -132,6 +135,14 @@ public:
                 return nullptr;
             }
         }
+    }
+
+    /// acquire()'s first step, inlined into the caller: one idle connection that passes checkout,
+    /// or nullptr (then acquire() takes over, with the deadline and the error code). One attempt
+    /// only, so a run of failing checkouts stays bounded by acquire()'s deadline.
+    slot* acquire_fast() noexcept {
+        slot* s = pop_fast();
+        return s && checkout(s) ? s : nullptr;
     }
 
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
@@ -175,24 +186,16 @@ public:
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
-    checkout_result checkout_detached(slot* s) noexcept {
-        auto failed = [&](close_reason why) {
-            return dispose(s, why) ? checkout_result::delete_core : checkout_result::retry;
-        };
+    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s) noexcept {
         const time_point now = clock_->coarse_now();
-        if (now >= s->expires) return failed(close_reason::lifetime);
-        if (now - used_at(*s) >= opt_.validate_after_idle) {
-            bool ok = false;
-            try {
-                ok = connector_.alive(*s->conn);
-            } catch (...) {
-            }
-            if (!ok) return failed(close_reason::broken);
+        if (now >= s->expires || now - used_at(*s) >= opt_.validate_after_idle) [[unlikely]] {
+            if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
                 bump(s->resets);
-                if (!reset_connection(s)) return failed(close_reason::reset_failed);
+                if (!reset_connection(s)) [[unlikely]]
+                    return checkout_failed(s, close_reason::reset_failed);
             }
         }
         set_used_at(*s, now);
@@ -225,7 +228,7 @@ public:
 
     /// Returns a leased connection. Returns true if the caller must delete the core (the pool is
     /// gone and this was its last connection).
-    [[nodiscard]] bool release(slot* s, bool discard) noexcept {
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE bool release(slot* s, bool discard) noexcept {
         if (discard) return dispose(s, close_reason::discarded);
         // No clock read here: lifetime is checked at checkout, and for leases still out when it
         // ends, maintain() sets `retire` (as HikariCP marks a connection evicted).
@@ -559,7 +562,7 @@ private:
     // a waiter would not see it) and forever after close. Only code holding m_ blocks or unblocks
     // a word, and nobody else writes a blocked word, so the fast paths need one CAS each.
 
-    std::atomic<std::uint32_t>& my_cache() noexcept {
+    KEYPOOL_ALWAYS_INLINE std::atomic<std::uint32_t>& my_cache() noexcept {
         unsigned cpu;
         if constexpr (requires { Sync::cpu(); })
             cpu = Sync::cpu();
@@ -568,7 +571,7 @@ private:
         return caches_[cpu & (n_caches_ - 1)].word;
     }
 
-    slot* take_cached(std::atomic<std::uint32_t>& c) noexcept {
+    KEYPOOL_ALWAYS_INLINE slot* take_cached(std::atomic<std::uint32_t>& c) noexcept {
         std::uint32_t w = c.load(std::memory_order_relaxed);
         while (w < none)
             if (c.compare_exchange_weak(w, none, std::memory_order_acquire, std::memory_order_relaxed))
@@ -602,7 +605,7 @@ private:
 
     /// One CAS: this CPU's cached connection, else the top of the idle stack, else another CPU's
     /// cached one; nullptr if none is free or callers are queued.
-    slot* pop_fast() noexcept {
+    KEYPOOL_ALWAYS_INLINE slot* pop_fast() noexcept {
         if constexpr (thread_safe) {
             if (n_caches_ != 0)
                 if (slot* s = take_cached(my_cache())) return s;
@@ -621,7 +624,7 @@ private:
     /// Publishes an idle connection: into this CPU's cache (the connection it held moves to the
     /// idle stack), else onto the stack. Returns nullptr when done, or the slot the caller must
     /// deliver under the lock (callers are queued, or the pool is closed).
-    slot* push_fast(slot* s) noexcept {
+    KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept {
         if constexpr (thread_safe) {
             if (n_caches_ != 0) {
                 std::atomic<std::uint32_t>& c = my_cache();
@@ -928,6 +931,21 @@ private:
         return false;
     }
 
+    /// checkout's rare part, out of line: lifetime over, or idle long enough to validate.
+    KEYPOOL_NOINLINE checkout_result checkout_checks(slot* s, time_point now) noexcept {
+        if (now >= s->expires) return checkout_failed(s, close_reason::lifetime);
+        bool ok = false;
+        try {
+            ok = connector_.alive(*s->conn);
+        } catch (...) {
+        }
+        return ok ? checkout_result::ok : checkout_failed(s, close_reason::broken);
+    }
+
+    KEYPOOL_NOINLINE checkout_result checkout_failed(slot* s, close_reason why) noexcept {
+        return dispose(s, why) ? checkout_result::delete_core : checkout_result::retry;
+    }
+
     bool reset_connection(slot* s) noexcept {
         try {
             if (!connector_.reset(*s->conn)) return false;
@@ -941,7 +959,7 @@ private:
     /// Makes an owned slot's connection fit to lease: lifetime, liveness, pending reset.
     /// On failure the connection is closed and false returned. Only for callers that keep the
     /// pool object alive (so closing cannot be the core's last act).
-    bool checkout(slot* s) noexcept { return checkout_detached(s) == checkout_result::ok; }
+    KEYPOOL_ALWAYS_INLINE bool checkout(slot* s) noexcept { return checkout_detached(s) == checkout_result::ok; }
 
     /// Closes an owned slot's connection and frees the slot. True if the caller must delete the
     /// core (owner gone, last connection).

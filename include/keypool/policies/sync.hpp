@@ -62,7 +62,7 @@ struct mutex {
     using mutex_type = std::mutex;
     /// Optional member: the CPU the caller runs on, a hint that picks the pool's per-CPU idle
     /// cache (`pool_options::cpu_caches`). A policy without it gets `detail::current_cpu()`.
-    static unsigned cpu() noexcept { return detail::current_cpu(); }
+    KEYPOOL_ALWAYS_INLINE static unsigned cpu() noexcept { return detail::current_cpu(); }
 };
 
 /// Single-threaded: every "atomic" is a plain variable and the lock does nothing. A caller that
