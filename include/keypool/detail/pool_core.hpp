@@ -74,6 +74,7 @@ public:
         // by maintain() and leases_out() under m_); while idle, maintain() may move it later for a
         // lease it saw still out (seen_*). Read and written through used_at / set_used_at.
         atomic<duration::rep> last_used{0};
+        std::optional<connection_type> conn; // near the fields the fast path uses
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint64_t seen_uses = 0;
@@ -84,7 +85,6 @@ public:
         atomic<std::source_location> site{};
         std::uint64_t leak_reported = ~std::uint64_t{0}; // maintain()'s: the uses count it reported
         time_point last_pinged{}; // keepalive: the last successful ping
-        std::optional<connection_type> conn;
     };
 
     pool_core(Connector c, target_type t, const pool_options& o, const Clock& clock, Observer obs)
