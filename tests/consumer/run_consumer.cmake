@@ -38,3 +38,15 @@ endif()
 
 run("${CMAKE_COMMAND}" ${configure_args})
 run("${CMAKE_COMMAND}" --build "${build_dir}" --config "${CONSUMER_BUILD_TYPE}")
+
+# Run what was built: the headers must not only compile but work.
+foreach(exe consumer consumer_pq)
+  if(EXISTS "${build_dir}/${exe}")
+    run("${build_dir}/${exe}")
+  elseif(exe STREQUAL "consumer")
+    message(FATAL_ERROR "consumer executable not built")
+  endif()
+endforeach()
+if(KEYPOOL_WITH_PQ AND NOT EXISTS "${build_dir}/consumer_pq")
+  message(FATAL_ERROR "keypool was built with pq, but the consumer's pq program was not")
+endif()

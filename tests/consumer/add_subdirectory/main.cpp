@@ -1,3 +1,0 @@
-#include <keypool/keypool.hpp>
-
-int main() { return 0; }
