@@ -78,6 +78,29 @@ TEST_CASE("each key gets its own pool, created once; a lease tells its key") {
     CHECK(s.pools.size == f.fake.live());
 }
 
+TEST_CASE("a single-threaded registry (sync::none) works: acquire, reuse, close") {
+    // It did not compile before: the registry read its closed flag through std::atomic's implicit
+    // conversion, which sync::none's plain_atomic does not have (found by tests/instantiate).
+    fixture f;
+    auto r = f.make<keypool::with_sync<keypool::sync::none>>();
+    std::uint64_t first_id = 0;
+    {
+        auto a = r.acquire("acme", 1s);
+        first_id = a->id;
+        CHECK(a->target == "db_acme");
+    }
+    {
+        auto again = r.acquire("acme", 1s);
+        CHECK(again->id == first_id); // the idle connection, reused
+        CHECK(r.stats().hits == 1);
+    }
+    r.close();
+    std::error_code ec;
+    auto after = r.acquire("acme", 1s, ec);
+    CHECK(!after);
+    CHECK(ec == errc::closed);
+}
+
 TEST_CASE("a bad key gets the resolver's error and never a pool") {
     fixture f;
     auto r = f.make();

@@ -219,7 +219,7 @@ public:
         std::vector<std::unique_ptr<entry>> dead;
         {
             std::lock_guard rl(ring_m_);
-            closed_ = true;
+            closed_.store(true);
             for (std::size_t i = 0; i <= shard_mask_; ++i) {
                 std::lock_guard lk(shards_[i].m);
                 for (auto it = shards_[i].map.begin(); it != shards_[i].map.end();) {
@@ -361,7 +361,7 @@ private:
     template <class It>
     bool create_or_join(shard& sh, std::unique_lock<mutex_type>& lk, It it, const Key& key, time_point deadline,
                         std::stop_token& st, std::error_code& ec) {
-        if (closed_) return ec = make_error_code(errc::closed), false;
+        if (closed_.load()) return ec = make_error_code(errc::closed), false;
         if (it != sh.map.end()) {
             entry& e = *it->second;
             if (e.st == entry::state::failed) {
@@ -399,7 +399,7 @@ private:
         lk.lock();
         if (j.is_linked()) e.joiners.erase(e.joiners.iterator_to(j)); // not woken by the leader
         lk.unlock();
-        if (closed_) return ec = make_error_code(errc::closed), false;
+        if (closed_.load()) return ec = make_error_code(errc::closed), false;
         if (st.stop_requested()) return ec = make_error_code(errc::cancelled), false;
         if (clock_->now() >= deadline) return ec = make_error_code(errc::timeout), false;
         return true;
@@ -424,7 +424,7 @@ private:
         std::vector<evict_reason> why;
         {
             std::lock_guard rl(ring_m_);
-            if (r && !closed_) {
+            if (r && !closed_.load()) {
                 try {
                     p = shared_pool_locked(r->target);
                 } catch (const error& x) {
@@ -450,7 +450,7 @@ private:
                 return ec = rec, false;
             } else {
                 e.st = entry::state::failed;
-                e.error = closed_ ? make_error_code(errc::closed) : rec;
+                e.error = closed_.load() ? make_error_code(errc::closed) : rec;
                 e.failed_until = clock_->now() + opt_.failure_backoff;
             }
             wake_joiners_locked(e);
@@ -468,7 +468,7 @@ private:
         entry* mine = nullptr;
         {
             std::lock_guard rl(ring_m_);
-            if (closed_) return ec = make_error_code(errc::closed), false;
+            if (closed_.load()) return ec = make_error_code(errc::closed), false;
             auto p = make_pool(r->target);
             ++created_;
             std::lock_guard lk(sh.m);
