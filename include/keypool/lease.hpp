@@ -2,6 +2,7 @@
 // basic_lease: the move-only RAII handle to a pooled connection.
 #pragma once
 
+#include <source_location>
 #include <utility>
 
 #include <keypool/concepts.hpp>
@@ -81,6 +82,12 @@ struct lease_access {
     template <class Core>
     static basic_lease<Core> make(Core* core, typename Core::slot* s) noexcept {
         return basic_lease<Core>(core, s);
+    }
+    /// Records where `l` was acquired, for leak reports (only when the pool has `leak_threshold`).
+    template <class Core>
+    static basic_lease<Core>& record_site(basic_lease<Core>& l, const std::source_location& site) noexcept {
+        if (l.slot_ && l.core_->options().leak_threshold) l.core_->record_site(l.slot_, site);
+        return l;
     }
 };
 } // namespace detail

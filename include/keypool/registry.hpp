@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <source_location>
 #include <stop_token>
 #include <string>
 #include <system_error>
@@ -109,31 +110,40 @@ public:
     /// Errors: throws `keypool::error` with the resolver's error (`key_not_found`, `invalid_config`),
     /// the pool's (`timeout`, `pool_exhausted`, a classified connect failure...), `cancelled`,
     /// `closed`, or the connector's `prepare` error.
-    [[nodiscard]] lease acquire(const Key& key) { return acquire(key, table_.options().pool.acquire_timeout); }
-    [[nodiscard]] lease acquire(const Key& key, duration timeout) {
+    /// `site` is the caller's location, recorded for leak reports when `leak_threshold` is set.
+    [[nodiscard]] lease acquire(const Key& key, std::source_location site = std::source_location::current()) {
+        return acquire(key, table_.options().pool.acquire_timeout, site);
+    }
+    [[nodiscard]] lease acquire(const Key& key, duration timeout,
+                                std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(table_.acquire(key, timeout, {}, ec), ec, key);
+        return checked(table_.acquire(key, timeout, {}, ec), ec, site);
     }
-    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {}) {
+    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {},
+                                std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(table_.acquire(key, deadline, std::move(stop), ec), ec, key);
+        return checked(table_.acquire(key, deadline, std::move(stop), ec), ec, site);
     }
-    [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec) noexcept {
-        return table_.acquire(key, timeout, {}, ec);
+    [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec,
+                                std::source_location site = std::source_location::current()) noexcept {
+        return sited(table_.acquire(key, timeout, {}, ec), site);
     }
-    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop,
-                                std::error_code& ec) noexcept {
-        return table_.acquire(key, deadline, std::move(stop), ec);
+    [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop, std::error_code& ec,
+                                std::source_location site = std::source_location::current()) noexcept {
+        return sited(table_.acquire(key, deadline, std::move(stop), ec), site);
     }
 
     /// Never blocks: a lease if the key's pool exists and has an idle connection, else empty.
-    [[nodiscard]] lease try_acquire(const Key& key) noexcept { return table_.try_acquire(key); }
+    [[nodiscard]] lease try_acquire(const Key& key,
+                                    std::source_location site = std::source_location::current()) noexcept {
+        return sited(table_.try_acquire(key), site);
+    }
 
     /// Acquires a connection for `key`, calls `fn(connection&)` and returns what it returns. The
     /// lease is returned however `fn` exits; exceptions propagate.
     template <class Fn>
-    decltype(auto) run_as(const Key& key, Fn&& fn) {
-        lease l = acquire(key);
+    decltype(auto) run_as(const Key& key, Fn&& fn, std::source_location site = std::source_location::current()) {
+        lease l = acquire(key, site);
         return std::invoke(std::forward<Fn>(fn), *l);
     }
 
@@ -179,8 +189,12 @@ private:
         if (auto ec = validate(o, msg)) throw error(ec, msg);
         return o;
     }
-    static lease checked(lease l, std::error_code ec, const Key&) {
+    static lease checked(lease l, std::error_code ec, const std::source_location& site) {
         if (!l) throw error(ec, "keypool: registry acquire failed");
+        return sited(std::move(l), site);
+    }
+    static lease sited(lease l, const std::source_location& site) noexcept {
+        detail::lease_access::record_site(l, site);
         return l;
     }
 

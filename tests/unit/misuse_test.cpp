@@ -2,6 +2,7 @@
 // Misuse the pool catches: leases held too long (leak reports with age and acquire site),
 // close(deadline) naming the leases still out, and a thread that would wait on a full pool for a
 // second lease while holding one (self-deadlock detection). Manual clock, fake connector.
+#include <algorithm>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,6 +53,35 @@ TEST_CASE("a lease held past leak_threshold is reported once, with its age and a
     p.maintain();
     CHECK(leaks.size() == 2);
     CHECK(p.stats().leaks == 2);
+}
+
+TEST_CASE("through a registry: leaks reported with the site of the registry call") {
+    fixture f;
+    std::vector<lease_report> leaks;
+    using registry = keypool::basic_registry<std::string, keypool::resolve::identity<std::string>, keypool::fake::connector,
+                                             keypool::with_clock<keypool::manual_clock>, keypool::with_observer<leak_log>>;
+    keypool::registry_options o;
+    o.pool = {.max_size = 2, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .leak_threshold = 1min};
+    o.pool_idle_timeout = std::nullopt;
+    registry r({}, f.fake, o, f.clock, leak_log{&leaks});
+    const int acquire_line = __LINE__ + 1;
+    auto held = r.acquire("acme", 1s);
+    std::error_code ec;
+    const int ec_line = __LINE__ + 1;
+    auto held2 = r.acquire("globex", 1s, ec);
+    REQUIRE(held2);
+    r.run_as("acme", [](keypool::fake::connection&) {}); // returned at once: never reported
+    f.clock.advance(2min);
+    r.maintain();
+    REQUIRE(leaks.size() == 2);
+    std::vector<unsigned> lines{leaks[0].site.line(), leaks[1].site.line()};
+    std::sort(lines.begin(), lines.end());
+    CHECK(lines == std::vector<unsigned>{static_cast<unsigned>(acquire_line), static_cast<unsigned>(ec_line)});
+    for (const auto& l : leaks) {
+        CHECK(l.age == 2min);
+        CHECK(std::string(l.site.file_name()).find("misuse_test.cpp") != std::string::npos);
+    }
+    CHECK(r.stats().pools.leaks == 2);
 }
 
 TEST_CASE("leak detection off: no report, and no site recorded") {
