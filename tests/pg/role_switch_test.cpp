@@ -57,6 +57,36 @@ TEST_CASE("a role that does not exist, or that the login is not a member of, fai
     CHECK(reg.stats().pools.connects_ok == 1); // the refusals did not cost the connection
 }
 
+TEST_CASE("what the leased code does to its session stays in its lease: SET ROLE, search_path, temp table") {
+    const std::string app = unique_name("hostile");
+    role_registry reg({.target = app_target(app)}, pq::connector{}, one_connection());
+    std::string pid;
+    reg.run_as("tenant_acme", [&](pq::connection& c) {
+        PGconn* pg = c.native_handle();
+        pid = scalar(pg, "SELECT pg_backend_pid()").value_or("?");
+        CHECK(current_user(c) == "tenant_acme");
+        REQUIRE(scalar(pg, "SET search_path TO acme_private, pg_catalog"));
+        REQUIRE(scalar(pg, "CREATE TEMP TABLE acme_secret(card text)"));
+        REQUIRE(scalar(pg, "INSERT INTO acme_secret VALUES ('4111-1111')"));
+        // Not a superuser: the session's identity cannot be changed from inside a lease.
+        CHECK(!scalar(pg, "SET SESSION AUTHORIZATION tenant_globex"));
+        // But SET ROLE to any role the pooled login is a member of does work: the role switch
+        // separates well-behaved code, it is no sandbox for hostile SQL (docs/guarantees.md).
+        REQUIRE(scalar(pg, "SET ROLE tenant_initech"));
+        CHECK(current_user(c) == "tenant_initech");
+    });
+    reg.run_as("tenant_globex", [&](pq::connection& c) {
+        PGconn* pg = c.native_handle();
+        CHECK(scalar(pg, "SELECT pg_backend_pid()") == pid); // the same physical connection
+        CHECK(current_user(c) == "tenant_globex");
+        CHECK(scalar(pg, "SELECT session_user") == env()["KEYPOOL_PG_APP_USER"]);
+        CHECK(scalar(pg, "SHOW search_path") == "\"$user\", public");
+        CHECK(scalar(pg, "SELECT to_regclass('pg_temp.acme_secret') IS NULL") == "t");
+        CHECK(scalar(pg, "SELECT count(*) FROM pg_class WHERE relname = 'acme_secret'") == "0");
+    });
+    CHECK(reg.stats().pools.connects_ok == 1);
+}
+
 TEST_CASE("the reset undoes the role, whatever the reset query") {
     for (const char* reset_query : {"DISCARD ALL", "RESET ALL", ""}) {
         CAPTURE(reset_query);
