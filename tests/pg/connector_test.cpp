@@ -314,7 +314,7 @@ TEST_CASE("server notices go to the notice hook, not to stderr") {
     CHECK(notices[0] == "NOTICE:hello from the server");
 }
 
-TEST_CASE("alive() sees a terminated idle backend without a round trip; ping() makes one") {
+TEST_CASE("alive() sees a terminated idle backend without a round trip, and ping() makes one") {
     pq::connector c;
     const std::string app = unique_name("alive");
     std::error_code ec;

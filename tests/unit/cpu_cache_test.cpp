@@ -35,7 +35,7 @@ keypool::pool_options two_caches(std::size_t max_size = 4) {
 
 TEST_SUITE("cpu_cache") {
 
-TEST_CASE("each CPU gets back the connection it returned last; the one it displaced is next") {
+TEST_CASE("each CPU gets back the connection it returned last, and the one it displaced is next") {
     fixture f;
     auto p = f.make<pinned>(two_caches());
     auto a = p.acquire(), b = p.acquire(), c = p.acquire();

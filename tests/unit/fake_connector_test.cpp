@@ -96,7 +96,7 @@ TEST_CASE("a connect blocked on a gate waits for the test to open it, or for its
     CHECK(x);
 }
 
-TEST_CASE("session state is set by use and cleared by reset; failures are injectable") {
+TEST_CASE("session state is set by use and cleared by reset, and failures are injectable") {
     keypool::fake::connector c;
     std::error_code ec;
     auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);

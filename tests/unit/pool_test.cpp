@@ -384,7 +384,7 @@ TEST_CASE("maintain keeps min_idle warm and says when it is next due") {
     CHECK(p.maintain() == f.clock.now() + 1min);
 }
 
-TEST_CASE("max_connecting caps concurrent connects; the capped caller waits for a permit") {
+TEST_CASE("max_connecting caps concurrent connects, and the capped caller waits for a permit") {
     fixture f;
     auto gate = std::make_shared<keypool::fake::gate>();
     f.fake.script({keypool::fake::outcome::wait_for(gate)});
@@ -737,7 +737,7 @@ TEST_CASE("keepalive: maintain pings connections idle for keepalive_after and cl
     CHECK(p.stats().size == 0);
 }
 
-TEST_CASE("keepalive: a live connection's ping moves its next keepalive; a dirty one is reset instead") {
+TEST_CASE("keepalive: a live connection's ping moves its next keepalive, and a dirty one is reset instead") {
     fixture f;
     auto p = f.make({.max_size = 2, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt,
                      .keepalive_after = 1min}); // reset at checkout: returned connections stay dirty

@@ -56,7 +56,7 @@ struct fixture : kp_test::fixture {
 
 TEST_SUITE("registry") {
 
-TEST_CASE("each key gets its own pool, created once; a lease tells its key") {
+TEST_CASE("each key gets its own pool, created once, and a lease tells its key") {
     fixture f;
     auto r = f.make();
     {
