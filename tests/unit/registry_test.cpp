@@ -116,6 +116,34 @@ TEST_CASE("a bad key gets the resolver's error and never a pool") {
     CHECK(f.fake.stats().connect_attempts == 0);
 }
 
+TEST_CASE("a key whose target does not exist (connect says key_not_found) keeps no pool") {
+    // Before: the pool stayed, one per made-up tenant id (and under evict::lru they pushed out
+    // real tenants' pools); keys_active and pools_active counted them.
+    fixture f;
+    auto r = f.make(keypool::registry_options{.failure_backoff = 10s});
+    auto good = r.acquire("acme", 1s);
+    f.fake.fail_next_connects(1, keypool::make_error_code(errc::key_not_found));
+    std::error_code ec;
+    auto missing = r.acquire("ghost", 1s, ec);
+    CHECK(!missing);
+    CHECK(ec == errc::key_not_found);
+    auto s = r.stats();
+    CHECK(s.keys_active == 1);
+    CHECK(s.pools_active == 1);
+    CHECK(s.evicted_for(evict_reason::invalidated) == 1);
+    // Remembered for failure_backoff: no new pool, no connect, the same answer at once.
+    const auto connects = f.fake.stats().connect_attempts;
+    missing = r.acquire("ghost", 1s, ec);
+    CHECK(ec == errc::key_not_found);
+    CHECK(f.fake.stats().connect_attempts == connects);
+    CHECK(r.stats().pools_created == 2);
+    // After the window the key is tried again (the database may have been created meanwhile).
+    f.clock.advance(11s);
+    auto now_there = r.acquire("ghost", 1s, ec);
+    CHECK(now_there);
+    CHECK(r.stats().pools_active == 2);
+}
+
 TEST_CASE("a failed resolution is remembered for failure_backoff and no longer") {
     fixture f;
     auto r = f.make({.failure_backoff = 1s});

@@ -116,7 +116,10 @@ public:
                 std::shared_ptr<Pool> pin = e.pool;
                 lk.unlock();
                 auto l = pin->acquire(resolve_deadline(), st, ec);
-                if (!l) return count_error(ec), Lease{};
+                if (!l) {
+                    if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
+                    return count_error(ec), Lease{};
+                }
                 return prepared(Lease(std::move(l), key), setup, ec);
             }
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
@@ -180,6 +183,33 @@ public:
         }
         for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::invalidated);
         return true; // `dead` goes out of scope here, outside the locks: the pool closes
+    }
+
+    /// A connect said the key's target does not exist (`key_not_found`, e.g. no such database): no
+    /// pool is kept for it. Unless the pool is in use (someone holds or awaits a connection, so the
+    /// target may well exist), its entry becomes a remembered failure for `failure_backoff`, as a
+    /// failed resolution does, and the pool retires (counted and reported as `invalidated`). Without
+    /// this, every made-up tenant id would keep a pool, and under `evict::lru` push out real ones.
+    void forget_missing(const Key& key, const Pool* pool, std::error_code why) {
+        std::unique_ptr<entry> dead;
+        {
+            std::lock_guard rl(ring_m_);
+            shard& sh = shard_for(key);
+            std::lock_guard lk(sh.m);
+            auto it = sh.map.find(key);
+            if (it == sh.map.end() || it->second->st != entry::state::ready || it->second->pool.get() != pool)
+                return;
+            if (pool_access::core(*it->second->pool)->busy()) return;
+            ring_.erase(ring_.iterator_to(*it->second));
+            ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
+            dead = std::move(it->second);
+            auto failed = std::make_unique<entry>(key);
+            failed->st = entry::state::failed;
+            failed->error = why;
+            failed->failed_until = clock_->now() + opt_.failure_backoff;
+            it->second = std::move(failed);
+        }
+        notify_pool_evicted(obs_, key, evict_reason::invalidated);
     }
 
     std::size_t evict_idle() {
