@@ -7,6 +7,7 @@
 #include <keypool/fake/connector.hpp>
 #include <keypool/janitor.hpp>
 #include <keypool/lease.hpp>
+#include <keypool/metrics.hpp>
 #include <keypool/options.hpp>
 #include <keypool/policies/clock.hpp>
 #include <keypool/policies/observer.hpp>

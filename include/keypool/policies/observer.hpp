@@ -6,8 +6,12 @@
 #include <source_location>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace keypool {
 
@@ -74,4 +78,57 @@ void notify_leak(O& o, const lease_report& r) {
     if constexpr (requires { o.on_leak(r); }) o.on_leak(r);
 }
 } // namespace detail
+
+/// Several observers as one: each hook is forwarded to every part that has it, in order. E.g.
+/// `with_observer<observers<metrics::observer, my_logger>>`, built as
+/// `observers{metrics::observer{h}, my_logger{}}`. The registry's hooks (`on_pool_created`,
+/// `on_pool_evicted`) are forwarded too. Copies copy every part (a registry copies its observer
+/// into each pool it builds).
+template <class... Os>
+class observers {
+    static_assert(sizeof...(Os) > 0, "keypool::observers needs at least one observer");
+
+public:
+    observers() requires(std::is_default_constructible_v<Os> && ...) = default;
+    explicit observers(Os... parts) : parts_(std::move(parts)...) {}
+
+    /// The I-th part, e.g. to read what it collected.
+    template <std::size_t I>
+    auto& get() noexcept { return std::get<I>(parts_); }
+    template <std::size_t I>
+    const auto& get() const noexcept { return std::get<I>(parts_); }
+
+    void on_connect(std::chrono::nanoseconds took, std::error_code ec) {
+        std::apply([&](auto&... o) { (detail::notify_connect(o, took, ec), ...); }, parts_);
+    }
+    void on_close(close_reason r) {
+        std::apply([&](auto&... o) { (detail::notify_close(o, r), ...); }, parts_);
+    }
+    void on_wait(std::chrono::nanoseconds waited, std::error_code ec) {
+        std::apply([&](auto&... o) { (detail::notify_wait(o, waited, ec), ...); }, parts_);
+    }
+    void on_leak(const lease_report& r) {
+        std::apply([&](auto&... o) { (detail::notify_leak(o, r), ...); }, parts_);
+    }
+    template <class Key>
+    void on_pool_created(const Key& k) {
+        std::apply([&](auto&... o) { (created(o, k), ...); }, parts_);
+    }
+    template <class Key, class Reason>
+    void on_pool_evicted(const Key& k, Reason r) {
+        std::apply([&](auto&... o) { (evicted(o, k, r), ...); }, parts_);
+    }
+
+private:
+    template <class O, class Key>
+    static void created(O& o, const Key& k) {
+        if constexpr (requires { o.on_pool_created(k); }) o.on_pool_created(k);
+    }
+    template <class O, class Key, class Reason>
+    static void evicted(O& o, const Key& k, Reason r) {
+        if constexpr (requires { o.on_pool_evicted(k, r); }) o.on_pool_evicted(k, r);
+    }
+
+    std::tuple<Os...> parts_;
+};
 } // namespace keypool
