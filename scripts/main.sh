@@ -33,6 +33,13 @@ for exe in "$dir"/examples/*; do
   with_pg "$exe"
 done
 
+# The HTTP service example under load: wrk against its loopback port for a few seconds, then its
+# /metrics (the plain run above was its self-test).
+if [[ -x "$dir/examples/tenant_service" ]]; then
+  echo "-- tenant_service under wrk"
+  with_pg "$dir/examples/tenant_service" --wrk 3
+fi
+
 echo "== benchmarks"
 results="$dir/bench-results"
 rm -rf "$results"
