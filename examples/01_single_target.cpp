@@ -11,13 +11,16 @@
 
 int main() {
     using namespace std::chrono_literals;
+    // [snippet:build]
     keypool::fake::connector fake; // a copy keeps sharing the fake's state, for inspection
     keypool::pool<keypool::fake::connector> pool(fake, "orders-db",
                                                  {.max_size = 2, .min_idle = 1, .acquire_timeout = 2s});
 
     pool.maintain(); // opens min_idle connections
     EXPECT(pool.stats().idle == 1);
+    // [/snippet:build]
 
+    // [snippet:lease]
     {
         auto conn = pool.acquire(); // RAII lease: returned to the pool at the end of the scope
         conn->use("SET search_path = orders");
@@ -25,7 +28,9 @@ int main() {
     }
     auto conn = pool.acquire();
     EXPECT(!conn->dirty()); // reset before reuse: no session state reaches the next borrower
+    // [/snippet:lease]
 
+    // [snippet:full]
     // A full pool: a second thread waits, and gets the connection handed over when we return it.
     auto other = pool.acquire();
     std::jthread waiter([&] {
@@ -35,13 +40,16 @@ int main() {
     while (pool.stats().waiters == 0) std::this_thread::yield();
     conn.release();
     waiter.join();
+    // [/snippet:full]
 
+    // [snippet:error_code]
     // The error_code form never throws: a pool that cannot serve in time says so.
     std::error_code ec;
     auto a = pool.acquire(), b = pool.try_acquire();
     EXPECT(!b);
     auto c = pool.acquire(10ms, ec);
     EXPECT(!c && ec == keypool::errc::timeout);
+    // [/snippet:error_code]
 
     auto s = pool.stats();
     std::printf("size=%llu idle=%llu in_use=%llu acquires=%llu waits=%llu timeouts=%llu connects=%llu\n",

@@ -12,6 +12,7 @@
 #include "expect.hpp"
 
 // Tenant "acme" lives in database "tenant_acme"; unknown tenants are rejected before any connect.
+// [snippet:resolver]
 struct tenant_directory {
     using target_type = std::string;
     using setup_type = keypool::no_setup;
@@ -23,13 +24,17 @@ struct tenant_directory {
         return keypool::route<std::string>{"tenant_" + tenant, {}};
     }
 };
+// [/snippet:resolver]
 
 int main() {
     using namespace std::chrono_literals;
+    // [snippet:registry]
     keypool::fake::connector fake;
     keypool::registry<std::string, tenant_directory, keypool::fake::connector> tenants(
         tenant_directory{}, fake, {.pool = {.max_size = 4}, .max_pools = 100, .pool_idle_timeout = 15min});
+    // [/snippet:registry]
 
+    // [snippet:acquire]
     {
         auto conn = tenants.acquire("acme");
         EXPECT(conn.key() == "acme");
@@ -40,12 +45,15 @@ int main() {
         return 3;
     });
     EXPECT(rows == 3);
+    // [/snippet:acquire]
 
+    // [snippet:errors]
     std::error_code ec;
     auto none = tenants.acquire("initech", 1s, ec);
     EXPECT(!none && ec == keypool::errc::key_not_found);
 
     EXPECT(tenants.invalidate("acme")); // logout: acme's connections close, its next acquire rebuilds
+    // [/snippet:errors]
 
     auto s = tenants.stats();
     std::printf("keys=%llu pools=%llu created=%llu hits=%llu misses=%llu invalidated=%llu connections=%llu\n",
@@ -55,6 +63,7 @@ int main() {
                 (unsigned long long)s.pools.size);
     EXPECT(s.keys_active == 1 && s.pools.size == fake.live());
 
+    // [snippet:role_switch]
     // Role switch: many users, one physical pool; each lease runs as its user, and the reset on
     // return undoes it before anyone else borrows the connection.
     keypool::registry<std::string, keypool::resolve::role_switch<std::string>, keypool::fake::connector> users(
@@ -68,5 +77,6 @@ int main() {
         EXPECT(c.id == first && c.session == "role=bob");
     });
     EXPECT(users.stats().pools_active == 1 && users.stats().keys_active == 2);
+    // [/snippet:role_switch]
     return 0;
 }

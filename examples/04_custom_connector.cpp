@@ -44,6 +44,7 @@ struct echo_connection {
 };
 
 /// Thread-safe (it has no mutable state), noexcept in practice: the pool may call it from any thread.
+// [snippet:connector]
 class echo_connector {
 public:
     using connection_type = echo_connection;
@@ -127,8 +128,11 @@ private:
         return ::poll(&p, 1, 0) > 0;
     }
 };
+// [/snippet:connector]
 
+// [snippet:concept_check]
 static_assert(keypool::connector<echo_connector>); // the concept, checked where it is written
+// [/snippet:concept_check]
 
 // ---- The service: echoes each line; "bye" makes it hang up ------------------------------------
 
@@ -189,8 +193,10 @@ private:
 int main() {
     using namespace std::chrono_literals;
     echo_service service;
+    // [snippet:use]
     keypool::pool<echo_connector> pool(echo_connector{}, echo_target{service.port()},
                                        {.max_size = 2, .validate_after_idle = keypool::duration::zero()});
+    // [/snippet:use]
 
     int first_fd = -1;
     {

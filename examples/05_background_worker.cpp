@@ -71,15 +71,18 @@ struct tenant_directory {
 int main() {
     using namespace std::chrono_literals;
     keypool::fake::connector fake;
+    // [snippet:janitor]
     keypool::registry<std::string, tenant_directory, keypool::fake::connector> tenants(
         tenant_directory{}, fake, {.pool = {.max_size = 2}, .max_pools = 8});
     keypool::janitor housekeeping(tenants, 200ms);
+    // [/snippet:janitor]
 
     job_queue queue;
     std::mutex results_m;
     std::map<std::string, int> done_per_tenant; // tenant -> jobs done on that tenant's database
     int failed_jobs = 0;
 
+    // [snippet:worker]
     auto worker = [&] {
         while (auto j = queue.pop()) {
             std::error_code ec;
@@ -96,6 +99,7 @@ int main() {
             ++done_per_tenant[j->tenant];
         }
     };
+    // [/snippet:worker]
     std::vector<std::jthread> workers;
     for (int i = 0; i < 3; ++i) workers.emplace_back(worker);
 

@@ -35,12 +35,15 @@ static std::string query1(PGconn* pg, const char* sql) {
 
 int main() {
     using namespace std::chrono_literals;
+    // [snippet:target]
     pq::target server;
     server.set("host", need("PGHOST")).set("port", need("PGPORT")).set("user", need("PGUSER"));
     server.set("application_name", "keypool_example");
     const std::string password = need("PGPASSWORD");
     server.password = [password](std::error_code&) -> std::optional<std::string> { return password; };
+    // [/snippet:target]
 
+    // [snippet:role_switch]
     // 1. Role switch: many users, one physical pool of the privileged (non-superuser) login.
     pq::target app_db = server;
     app_db.set("dbname", "app");
@@ -57,7 +60,9 @@ int main() {
     auto nobody = users.acquire("tenant_nobody", 5s, ec);
     EXPECT(!nobody && ec == keypool::errc::key_not_found);
     std::printf("unknown role: %s\n", ec.message().c_str());
+    // [/snippet:role_switch]
 
+    // [snippet:direct]
     // 2. One pool per tenant database; tenant ids are checked before they reach a connection string.
     keypool::registry<std::string, pq::routes::direct, pq::connector> tenants(
         {.base = server}, pq::connector{}, {.pool = {.max_size = 2}, .max_pools = 100});
@@ -70,6 +75,7 @@ int main() {
     auto missing = tenants.acquire("no_such_tenant", 5s, ec);
     EXPECT(!missing && ec == keypool::errc::key_not_found);
     std::printf("tenant without a database: %s\n", ec.message().c_str());
+    // [/snippet:direct]
     std::printf("pools: %llu role-switched, %llu per tenant\n",
                 static_cast<unsigned long long>(users.stats().pools_active),
                 static_cast<unsigned long long>(tenants.stats().pools_active));

@@ -66,8 +66,9 @@ struct pool_options {
     /// returns its connection to its CPU's cache and takes it back from there, so threads on
     /// different CPUs do not pass one cache line back and forth. Reuse order stays
     /// most-recently-used per CPU. Default nullopt = automatic: the number of hardware threads, at
-    /// most max_size / 4 and 64, rounded down to a power of two (so none below max_size 8 or on one
-    /// CPU, and none for sync::none). 0 disables; otherwise 1..64, rounded down to a power of two.
+    /// most max_size / 4 and 64, rounded down to a power of two (so none below max_size 4, one for
+    /// max_size 4..7 or on one CPU, and none for sync::none). 0 disables; otherwise 1..64, rounded
+    /// down to a power of two.
     std::optional<std::size_t> cpu_caches = std::nullopt;
     /// Leak detection: `maintain()` reports each lease held at least this long, once, to the
     /// observer's `on_leak` with its age and acquire site, and counts it in `stats().leaks`. When
