@@ -527,6 +527,14 @@ TEST_CASE("routes::templated rejects bad templates with invalid_config") {
         "   ",
         std::string("host=h\0 dbname={tenant}", 23),
         "host=h dbname=KEYPOOLTENANTMARKERQZ",
+        // The stand-ins written escaped: libpq unescapes them, so they used to count as placeholders
+        // the author never wrote (found by tests/fuzz/fuzz_conninfo): the tenant landed in dbname,
+        // and a literal password was accepted and silently replaced.
+        "host=h dbname=KEYPOOLTENANT\\MARKERQZ",
+        "host=h dbname='KEYPOOLTENANT\\MARKERQZ'",
+        "host=h dbname=d password=KEYPOOLPASSWORD\\MARKERQZ",
+        "host=h dbname={tenant} user=KEYPOOL\\TENANTMARKERQZ",
+        "postgresql://u@h/%4BEYPOOLTENANTMARKERQZ",
     };
     for (const auto& tmpl : bad) {
         CAPTURE(tmpl);

@@ -343,6 +343,22 @@ inline const char* compile(std::string_view text, bool have_password_fn, compile
     std::vector<param> parsed;
     if (!parse_conninfo(marked, parsed)) return "libpq cannot parse the template";
     if (parsed.empty()) return "the template sets no connection parameter";
+    // Each stand-in must come from a placeholder: one written escaped (a backslash inside it in a
+    // keyword/value template, percent-encoded in a URI) escapes the raw-text check above but is
+    // unescaped by libpq, and would then count as a placeholder the author never wrote.
+    auto occurrences = [](std::string_view hay, std::string_view needle) {
+        std::size_t n = 0;
+        for (std::size_t at = hay.find(needle); at != std::string_view::npos; at = hay.find(needle, at + needle.size()))
+            ++n;
+        return n;
+    };
+    std::size_t tenant_seen = 0, password_seen = 0;
+    for (const param& p : parsed) {
+        tenant_seen += occurrences(p.keyword, tenant_marker) + occurrences(p.value, tenant_marker);
+        password_seen += occurrences(p.keyword, password_marker) + occurrences(p.value, password_marker);
+    }
+    if (tenant_seen != occurrences(text, tenant_placeholder) || password_seen != (out.has_password ? 1U : 0U))
+        return "the template contains a reserved word, or a placeholder libpq does not read as a value";
 
     for (const param& p : parsed) {
         compiled_template::value v{p.keyword, {}, false};
