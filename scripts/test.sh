@@ -5,6 +5,7 @@
 #                  integration tests (real PostgreSQL 15 + PgBouncer)
 #   2. build/tsan  ThreadSanitizer,    unit + stress
 #   3. build/asan  ASan + UBSan,       unit + stress
+#   4. build/fuzz  libFuzzer targets (scripts/fuzz.sh), bounded: one test
 # Test failures in one phase don't stop the next (you see all of them);
 # a configure/build failure stops at once. Exits non-zero on any failure.
 set -uo pipefail
@@ -82,6 +83,17 @@ build build/asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" -DKEY
   -DKEYPOOL_BUILD_TESTS=ON -DKEYPOOL_BUILD_BENCH=OFF -DKEYPOOL_BUILD_EXAMPLES=OFF
 run_ctest build/asan -L 'stress|unit'
 unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# 4. The connection-string builders under libFuzzer (ASan + UBSan, a bounded run per target on a
+# copy of tests/fuzz/corpus). Counts as one test.
+echo "== fuzz (scripts/fuzz.sh)"
+if bash scripts/fuzz.sh; then
+  total_passed=$((total_passed + 1))
+else
+  echo "== fuzz FAILED" >&2
+  total_failed=$((total_failed + 1))
+  status=1
+fi
 
 summary
 exit $status
