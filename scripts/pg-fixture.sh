@@ -9,6 +9,9 @@
 #   scripts/pg-fixture.sh pg-stop  ENVFILE            stop PostgreSQL only (-m fast); PgBouncer stays up
 #   scripts/pg-fixture.sh pg-start ENVFILE            start PostgreSQL again (same port and socket)
 #                                                     and wait until it and PgBouncer accept connections
+#   scripts/pg-fixture.sh pg-restart ENVFILE          restart PostgreSQL (pg_ctl restart -m fast -w) and
+#                                                     return once it accepts connections; PgBouncer is
+#                                                     not waited for (run pg-start next for that)
 #   scripts/pg-fixture.sh run      ENVFILE -- CMD...  start, run CMD with ENVFILE's variables
 #                                                     exported, stop; exits with CMD's status
 #   scripts/pg-fixture.sh exec     ENVFILE -- CMD...  run CMD against the running fixture, with
@@ -63,7 +66,7 @@ log() { echo "pg-fixture: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-  sed -n '4,16s/^# \{0,1\}//p' "$0" >&2
+  sed -n '4,19s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -209,11 +212,29 @@ wait_pg_ready() {
   pg_psql "" -h "$1/sock" -p "$2" -U "$ADMIN" -d postgres -c 'SELECT 1' >/dev/null
 }
 
+# resume_stopped DIR: SIGCONT every process of this cluster that is stopped (a
+# test freezes servers with SIGSTOP to make them silent; if it died before
+# resuming them, a stopped process would ignore the shutdown signals below).
+resume_stopped() {
+  local dir=$1 proc pid stat
+  for proc in /proc/[0-9]*; do
+    pid=${proc#/proc/}
+    { IFS= read -r stat <"$proc/stat"; } 2>/dev/null || continue
+    stat=${stat##*) }
+    [[ ${stat%% *} == [Tt] ]] || continue
+    if alive "$pid" postgres "$dir"; then
+      log "resuming stopped postgres process $pid"
+      kill -CONT "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
 # stop_postgres DIR: pg_ctl -m fast stop, then immediate shutdown (SIGQUIT; SIGTERM
 # would be a smart shutdown, which never ends while PgBouncer holds connections),
 # then SIGKILL; finally kill leftover backends of this cluster (cwd is DIR/data).
 stop_postgres() {
   local dir=$1 pid proc status=0
+  resume_stopped "$dir"
   pid=$(first_line "$dir/data/postmaster.pid")
   if alive "$pid" postgres "$dir"; then
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -t 30 stop >/dev/null 2>&1 || true
@@ -474,6 +495,23 @@ cmd_pg_start() {
   fi
 }
 
+# pg-restart ENVFILE: a fast restart of a running PostgreSQL (every backend is
+# terminated), for tests that measure how clients recover. Returns as soon as the
+# server accepts connections again (pg_ctl -w reads "ready" from postmaster.pid,
+# no client round trip, so a test can time recovery from here). PgBouncer's pools
+# are not waited for (a pool whose server login failed meanwhile fast-fails its
+# next client): run pg-start afterwards, which then only waits, when the test
+# goes through PgBouncer.
+cmd_pg_restart() {
+  local dir
+  dir=$(fixture_dir "$1")
+  alive "$(first_line "$dir/data/postmaster.pid")" postgres "$dir" || die "PostgreSQL is not running"
+  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 -l "$dir/pg.log" restart >/dev/null || {
+    tail -n 30 "$dir/pg.log" >&2
+    die "PostgreSQL did not restart"
+  }
+}
+
 # export_env ENVFILE: export ENVFILE's KEYPOOL_* variables, KEYPOOL_PG_ENV (the
 # file itself) and the usual libpq variables for the app login over TCP
 # (PGHOST, PGPORT, PGUSER, PGPASSWORD), which the examples read.
@@ -550,6 +588,7 @@ case $command in
   stop) [[ $# -eq 0 ]] || usage; cmd_stop "$envfile" ;;
   pg-stop) [[ $# -eq 0 ]] || usage; cmd_pg_stop "$envfile" ;;
   pg-start) [[ $# -eq 0 ]] || usage; cmd_pg_start "$envfile" ;;
+  pg-restart) [[ $# -eq 0 ]] || usage; cmd_pg_restart "$envfile" ;;
   run) cmd_run "$envfile" "$@" ;;
   exec) cmd_exec "$envfile" "$@" ;;
   *) usage ;;

@@ -15,6 +15,9 @@
 #include <thread>
 #include <unistd.h>
 
+#include <csignal>
+#include <sys/types.h>
+
 #include <ostream>
 
 #include <doctest/doctest.h>
@@ -176,6 +179,67 @@ public:
 private:
     std::string file_;
     std::optional<environment> env_;
+};
+
+/// The PID of a fixture's postmaster (first line of its data directory's postmaster.pid), or 0.
+inline pid_t postmaster_pid(const environment& e = env()) {
+    std::ifstream in(e["KEYPOOL_PG_DIR"] + "/data/postmaster.pid");
+    long pid = 0;
+    if (!(in >> pid) || pid <= 0) return 0;
+    return static_cast<pid_t>(pid);
+}
+
+/// True if `pid` is a live (not zombie) process named `postgres`: guards against signalling a
+/// PID that is not a server process of ours.
+inline bool is_postgres_process(pid_t pid) {
+    std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+    std::string name;
+    if (!std::getline(comm, name) || name != "postgres") return false;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) return false;
+    const auto close = line.rfind(')');
+    return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z' && line[close + 2] != 'X';
+}
+
+/// Freezes a server process (a backend, or the postmaster) with SIGSTOP: it stops answering while
+/// its sockets stay open — a silent peer without root networking tricks. The tests run as the
+/// user that runs the server, or as root: either may signal it. SIGCONT is sent by `resume()`
+/// and, whatever happens, by the destructor, so a failing test never leaves a stopped process.
+class frozen_process {
+public:
+    explicit frozen_process(pid_t pid) : pid_(pid) {
+        if (pid_ <= 0 || !is_postgres_process(pid_)) throw std::runtime_error("not a postgres process: " + std::to_string(pid_));
+        if (::kill(pid_, SIGSTOP) != 0) throw std::runtime_error("SIGSTOP failed for " + std::to_string(pid_));
+        stopped_ = true;
+        // SIGSTOP is delivered asynchronously: wait until the kernel reports the process stopped.
+        if (!eventually([&] { return state() == 'T'; }, std::chrono::seconds(5))) {
+            resume();
+            throw std::runtime_error("process " + std::to_string(pid_) + " did not stop");
+        }
+    }
+    ~frozen_process() { resume(); }
+    frozen_process(const frozen_process&) = delete;
+    frozen_process& operator=(const frozen_process&) = delete;
+
+    void resume() noexcept {
+        if (stopped_) (void)::kill(pid_, SIGCONT);
+        stopped_ = false;
+    }
+    pid_t pid() const noexcept { return pid_; }
+
+    /// The process state letter from /proc (T = stopped), or '?'.
+    char state() const {
+        std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
+        std::string line;
+        if (!std::getline(stat, line)) return '?';
+        const auto close = line.rfind(')');
+        return (close != std::string::npos && close + 2 < line.size()) ? line[close + 2] : '?';
+    }
+
+private:
+    pid_t pid_;
+    bool stopped_ = false;
 };
 
 } // namespace pg_test
