@@ -305,6 +305,7 @@ public:
         boost::container::small_vector<close_reason, 32> why;
         boost::container::small_vector<lease_report, 4> leaks;
         std::size_t top_up = 0;
+        bool refused = false;
         std::stop_token on_close;
         time_point due = time_point::max();
         {
@@ -376,6 +377,7 @@ public:
                     slot* s = try_reserve_locked();
                     if (!s) {
                         top_up = i;
+                        refused = budget_ != nullptr; // no connection budget left: not our room to wait for
                         break;
                     }
                     idle.push_back(s);
@@ -418,7 +420,7 @@ public:
         for (std::size_t i = 0; i < top_up; ++i) {
             slot* s = idle[idle.size() - top_up + i];
             std::error_code ec;
-            if (open_connection(s, now + opt_.connect_timeout, on_close, ec)) {
+            if (open_connection(s, now + opt_.connect_timeout, on_close, ec, false)) {
                 s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
                 deliver(s);
             }
@@ -430,6 +432,15 @@ public:
             if (failures_ > 0) due = std::min(due, backoff_until_);
             if (opt_.idle_timeout && open_ > opt_.min_idle) due = std::min(due, now + *opt_.idle_timeout);
             if (opt_.max_lifetime) due = std::min(due, now + *opt_.max_lifetime - opt_.lifetime_jitter);
+        }
+        // min_idle still unmet although there is room now (the top-up was sized while the
+        // connections closed above still counted against max_size, or was capped by max_connecting):
+        // due at once, so the next pass opens the rest. Each pass opens or starts a backoff.
+        if (opt_.min_idle > 0 && !refused) {
+            std::lock_guard lk(m_);
+            if (!closed_ && waiters_.empty() && open_ < opt_.max_size && connecting_ < opt_.max_connecting &&
+                !in_backoff_locked(now) && idle_count_locked() < opt_.min_idle)
+                due = std::min(due, now);
         }
         return due;
     }
@@ -464,6 +475,13 @@ public:
         r.connects_failed = connects_failed_;
         r.closes = closes_;
         return r;
+    }
+
+    std::size_t idle_count_locked() const noexcept {
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < opt_.max_size; ++i)
+            if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
+        return n;
     }
 
     /// True while a lease is out, a connect is in flight or a caller waits: a registry does not
@@ -874,7 +892,10 @@ private:
 
     /// Connects into the reserved slot `s`. On success the slot holds the connection and belongs to
     /// the caller; on failure the slot is freed and `ec` says why.
-    bool open_connection(slot* s, time_point deadline, std::stop_token st, std::error_code& ec) noexcept {
+    /// `for_acquire`: an acquire's own connect (its timeout or cancellation is counted in stats);
+    /// false for maintain()'s top-up.
+    bool open_connection(slot* s, time_point deadline, std::stop_token st, std::error_code& ec,
+                         bool for_acquire = true) noexcept {
         const time_point start = clock_->now();
         const time_point cd = std::min(deadline, start + opt_.connect_timeout);
         std::optional<connection_type> c;
@@ -914,10 +935,14 @@ private:
         }
         ++connects_failed_;
         free_locked(s);
-        // A connect ended by the caller's own deadline or stop says nothing about the server.
-        const bool own = st.stop_requested() || end >= deadline;
+        // A connect ended by the caller's own deadline or stop says nothing about the server. One
+        // the server refused (any other error) does, even if the caller's deadline passed meanwhile:
+        // the caller gets that error, and the failure counts for backoff.
+        const bool own = st.stop_requested() ||
+                         (end >= deadline && (cec == errc::timeout || cec == errc::cancelled));
         if (own) {
             ec = make_error_code(st.stop_requested() ? errc::cancelled : errc::timeout);
+            if (for_acquire) ++(st.stop_requested() ? cancels_ : timeouts_);
         } else {
             ec = cec;
             last_connect_error_ = cec;
