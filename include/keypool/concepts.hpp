@@ -74,6 +74,15 @@ concept connector_has_prepare = requires(C& c, typename C::connection_type& x, c
     { c.prepare(x, s, ec) } -> std::same_as<bool>;
 };
 
+/// Optional: `c.reset(x, deadline) -> bool`, a reset that gives up (returning false, so the
+/// connection is destroyed) when `deadline` passes: the pool passes the acquiring caller's deadline
+/// to a reset that runs at checkout (`time_point::max()` elsewhere), so a silent server cannot hold
+/// the caller past it.
+template <class C>
+concept connector_has_reset_until = requires(C& c, typename C::connection_type& x, time_point d) {
+    { c.reset(x, d) } -> std::same_as<bool>;
+};
+
 /// Optional: `c.ping(x) -> bool` makes one round trip on an idle connection; false means it is
 /// dead. With `pool_options::keepalive_after`, `maintain()` pings connections idle that long.
 template <class C>

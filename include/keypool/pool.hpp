@@ -117,39 +117,41 @@ public:
         return acquire(core_->options().acquire_timeout, site);
     }
     [[nodiscard]] lease acquire(duration timeout, std::source_location site = std::source_location::current()) {
-        if (auto* s = core_->acquire_fast()) [[likely]]
+        time_point started{};
+        if (auto* s = core_->acquire_fast(timeout, started)) [[likely]]
             return make_lease(s, site);
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(core_->acquire(timeout, {}, ec), ec, site);
+        return checked(core_->acquire(timeout, {}, ec, started), ec, site);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
-        if (auto* s = core_->acquire_fast()) [[likely]]
+        time_point started{};
+        if (auto* s = core_->acquire_fast(deadline, started)) [[likely]]
             return make_lease(s, site);
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         return checked(core_->acquire(deadline, std::move(stop), ec), ec, site);
     }
 
-    /// Non-throwing forms: on failure `ec` is set and the lease is empty.
+    /// Non-throwing forms: an empty lease and `ec` set on failure.
     [[nodiscard]] lease acquire(duration timeout, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        if (auto* s = core_->acquire_fast()) [[likely]] {
+        time_point started{};
+        if (auto* s = core_->acquire_fast(timeout, started)) [[likely]] {
             if (ec) ec.clear();
             return make_lease(s, site);
         }
-        return make_lease(core_->acquire(timeout, {}, ec), site);
+        return make_lease(core_->acquire(timeout, {}, ec, started), site);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        if (auto* s = core_->acquire_fast()) [[likely]] {
+        time_point started{};
+        if (auto* s = core_->acquire_fast(deadline, started)) [[likely]] {
             if (ec) ec.clear();
             return make_lease(s, site);
         }
         return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }
 
-    /// Never blocks: an idle connection if one is free and no caller is queued, else an empty lease.
-    /// (It may still run the connector's `alive` or a pending `reset` on the connection it takes.)
     [[nodiscard]] lease try_acquire(std::source_location site = std::source_location::current()) noexcept {
         return make_lease(core_->try_acquire(), site);
     }

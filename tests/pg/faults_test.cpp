@@ -598,14 +598,12 @@ TEST_CASE("faults: alive() answers at once on a frozen idle connection (no round
     c.close(*conn);
 }
 
-// BUG (issue 6, found here): the reset pending on an idle connection (reset_at::checkout, the
-// default) runs inside acquire() as a plain blocking PQexec("DISCARD ALL") with no deadline. If
-// the server stopped answering while the connection sat idle, acquire() blocks past its own
-// deadline — until the server answers again (for a frozen process: forever; across a silent
-// network: until tcp_user_timeout, 30 s by default). Kept skipped until the connector's reset
-// honours the acquire's deadline; run with --no-skip to see it fail (the test never hangs: it
-// resumes the server after the bound).
-TEST_CASE("faults: a frozen backend behind an idle connection: acquire ends by its deadline" * doctest::skip()) {
+// Found here (issue 6): the reset pending on an idle connection (reset_at::checkout, the default)
+// ran inside acquire() as a blocking PQexec("DISCARD ALL") with no deadline, so a server that
+// stopped answering while the connection sat idle held acquire() past its own deadline. The pool
+// now passes the caller's deadline to the connector's reset(connection, deadline), which gives up
+// at it; the time that checkout took counts against the acquire.
+TEST_CASE("faults: a frozen backend behind an idle connection: acquire ends by its deadline") {
     const std::string app = unique_name("frozen_idle");
     pq_pool pool(pq::connector{}, app_target(app), validating(1));
     pid_t pid = 0;
@@ -634,14 +632,14 @@ TEST_CASE("faults: a frozen backend behind an idle connection: acquire ends by i
     }
 }
 
-// BUG (issue 6, found here): the keepalive of maintain() (`keepalive_after`) calls the connector's
-// ping(), a blocking PQexec("") with no deadline. One idle connection to a server that stopped
-// answering blocks maintain() — and the janitor thread that runs it, for every pool it serves —
-// until the server answers again. Kept skipped until ping() takes a deadline; run with --no-skip to
-// see it fail (the test never hangs: it resumes the server after the bound).
-TEST_CASE("faults: maintain()'s keepalive ping of a frozen idle connection ends in bounded time" * doctest::skip()) {
+// Found here (issue 6): the keepalive of maintain() (`keepalive_after`) called the connector's
+// ping() as a blocking PQexec("") with no deadline, so one idle connection to a server that stopped
+// answering blocked maintain() (and a janitor thread serving many pools) until the server answered.
+// ping() now gives up after connector_options::command_timeout and the connection is closed.
+TEST_CASE("faults: maintain()'s keepalive ping of a frozen idle connection ends in bounded time") {
     const std::string app = unique_name("frozen_ping");
-    pq_pool_release pool(pq::connector{}, app_target(app),
+    constexpr auto command_timeout = 500ms;
+    pq_pool_release pool(pq::connector(pq::connector_options{.command_timeout = command_timeout}), app_target(app),
                          keypool::pool_options{.max_size = 1,
                                                .validate_after_idle = keypool::duration::zero(),
                                                .keepalive_after = 50ms});
@@ -655,10 +653,11 @@ TEST_CASE("faults: maintain()'s keepalive ping of a frozen idle connection ends 
     std::optional<bounded_thread> janitor;
     frozen_process frozen(pid);
     janitor.emplace([&] { (void)pool.maintain(); });
-    const bool ended = janitor->finished_within(slack);
-    CHECK_MESSAGE(ended, "maintain() still blocked after " << slack.count() << " s: ping() waits for the frozen server");
+    const bool ended = janitor->finished_within(command_timeout + slack);
+    CHECK_MESSAGE(ended, "maintain() still blocked after command_timeout + slack: ping() waits for the frozen server");
     frozen.resume();
     REQUIRE(janitor->finished_within(10s));
+    CHECK(pool.stats().closed_for(keypool::close_reason::broken) == 1); // the silent connection is gone
 }
 
 TEST_CASE("faults: a frozen postmaster: connects end at the connect deadline, established connections keep working, all "

@@ -109,9 +109,11 @@ public:
     // ---- acquire ---------------------------------------------------------------------------
 
     /// `when` is a deadline (time_point) or a timeout (duration). A timeout becomes a deadline only
-    /// on the slow path, so the fast path never reads the precise clock.
+    /// on the slow path, so the fast path never reads the precise clock. `started`: when the
+    /// caller's acquire_fast() began a checkout that failed (the coarse time it read), so the time
+    /// that checkout took counts against the timeout; time_point{} if it found nothing.
     template <class When>
-    slot* acquire(When when, std::stop_token st, std::error_code& ec) noexcept {
+    slot* acquire(When when, std::stop_token st, std::error_code& ec, time_point started = {}) noexcept {
         if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
         std::optional<time_point> deadline;
         auto resolve = [&] {
@@ -119,30 +121,29 @@ public:
                 if constexpr (std::is_same_v<When, time_point>)
                     deadline = when;
                 else
-                    deadline = saturating_add(clock_->now(), when);
+                    deadline = saturating_add(started != time_point{} ? started : clock_->now(), when);
             }
             return *deadline;
         };
+        // The failed checkout used up the time (e.g. a reset that ran until the deadline).
+        if (started != time_point{} && clock_->now() > resolve()) return acquire_timed_out(ec);
         for (;;) {
             slot* s = pop_fast();
             if (!s && !(s = acquire_slow(resolve(), st, ec))) return nullptr;
-            if (checkout(s)) return s;
+            if (checkout(s, resolve())) return s;
             // The connection failed checkout and was closed: try another within the deadline.
-            if (clock_->now() >= resolve()) {
-                ec = make_error_code(errc::timeout);
-                std::lock_guard lk(m_);
-                ++timeouts_;
-                return nullptr;
-            }
+            if (clock_->now() >= resolve()) return acquire_timed_out(ec);
         }
     }
 
     /// acquire()'s first step, inlined into the caller: one idle connection that passes checkout,
     /// or nullptr (then acquire() takes over, with the deadline and the error code). One attempt
-    /// only, so a run of failing checkouts stays bounded by acquire()'s deadline.
-    slot* acquire_fast() noexcept {
+    /// only, so a run of failing checkouts stays bounded by acquire()'s deadline; `started` gets the
+    /// time a failed checkout began (see acquire()).
+    template <class When>
+    KEYPOOL_ALWAYS_INLINE slot* acquire_fast(When when, time_point& started) noexcept {
         slot* s = pop_fast();
-        return s && checkout(s) ? s : nullptr;
+        return s && checkout(s, when, &started) ? s : nullptr;
     }
 
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
@@ -183,18 +184,24 @@ public:
         reset_signal_ = std::move(f);
     }
 
+    struct no_deadline {};
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
-    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s) noexcept {
+    /// `when`: the caller's deadline (time_point) or timeout (duration); a connector with
+    /// `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}` for none.
+    template <class When = no_deadline>
+    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, When when = {},
+                                                           time_point* read_at = nullptr) noexcept {
         const time_point now = clock_->coarse_now();
+        if (read_at) *read_at = now;
         if (now >= s->expires || now - used_at(*s) >= opt_.validate_after_idle) [[unlikely]] {
             if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
                 bump(s->resets);
-                if (!reset_connection(s)) [[unlikely]]
+                if (!reset_connection(s, reset_deadline(now, when))) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
         }
@@ -971,9 +978,23 @@ private:
         return dispose(s, why) ? checkout_result::delete_core : checkout_result::retry;
     }
 
-    bool reset_connection(slot* s) noexcept {
+    /// The deadline a reset at checkout may take: the caller's, from the coarse time checkout read.
+    template <class When>
+    static time_point reset_deadline(time_point now, const When& when) noexcept {
+        if constexpr (std::is_same_v<When, time_point>) return when;
+        else if constexpr (std::is_same_v<When, no_deadline>) return time_point::max();
+        else return saturating_add(now, when);
+    }
+
+    /// Runs the connector's reset; one with `reset(connection, deadline)` gets `deadline` (max():
+    /// none from the caller, the connector's own limit applies).
+    bool reset_connection(slot* s, time_point deadline = time_point::max()) noexcept {
         try {
-            if (!connector_.reset(*s->conn)) return false;
+            if constexpr (connector_has_reset_until<Connector>) {
+                if (!connector_.reset(*s->conn, deadline)) return false;
+            } else {
+                if (!connector_.reset(*s->conn)) return false;
+            }
         } catch (...) {
             return false;
         }
@@ -984,7 +1005,17 @@ private:
     /// Makes an owned slot's connection fit to lease: lifetime, liveness, pending reset.
     /// On failure the connection is closed and false returned. Only for callers that keep the
     /// pool object alive (so closing cannot be the core's last act).
-    KEYPOOL_ALWAYS_INLINE bool checkout(slot* s) noexcept { return checkout_detached(s) == checkout_result::ok; }
+    template <class When = no_deadline>
+    KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr) noexcept {
+        return checkout_detached(s, when, read_at) == checkout_result::ok;
+    }
+
+    KEYPOOL_NOINLINE slot* acquire_timed_out(std::error_code& ec) noexcept {
+        ec = make_error_code(errc::timeout);
+        std::lock_guard lk(m_);
+        ++timeouts_;
+        return nullptr;
+    }
 
     /// Closes an owned slot's connection and frees the slot. True if the caller must delete the
     /// core (owner gone, last connection).

@@ -105,7 +105,7 @@ public:
                 setup_type setup = e.setup;
                 if (auto* s = core->pop_idle()) {
                     lk.unlock();
-                    switch (core->checkout_detached(s)) {
+                    switch (core->checkout_detached(s, when)) {
                     case core_type::checkout_result::ok:
                         return prepared(Lease(lease_access::make(core, s), key), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;

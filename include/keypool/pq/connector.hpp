@@ -84,6 +84,12 @@ struct connector_options {
     int keepalives_count = 3;
     std::chrono::milliseconds tcp_user_timeout{30000};
 
+    /// The longest any of the adapter's own round trips may take (the reset's ROLLBACK and reset
+    /// query, the role switch, the keepalive ping, draining a cancelled query); a server that has
+    /// not answered by then is taken for silent and the connection is destroyed. A reset at
+    /// checkout also ends at the acquiring caller's deadline, whichever comes first.
+    std::chrono::milliseconds command_timeout{5000};
+
     /// Cancel a query still running when its lease comes back (then drain it) instead of
     /// destroying the connection. A cancel request is a new connection to the server.
     bool cancel_running_query = true;
@@ -195,8 +201,11 @@ public:
         return c;
     }
 
-    /// Clears the session before the connection is handed out again; false destroys it.
-    bool reset(connection& c) const {
+    /// Clears the session before the connection is handed out again; false destroys it. Gives
+    /// up (false) when `deadline` or `command_timeout` passes: a silent server holds nobody.
+    bool reset(connection& c) const { return reset(c, time_point::max()); }
+    bool reset(connection& c, time_point deadline) const {
+        deadline = std::min(deadline, own_deadline());
         PGconn* pg = c.pg_;
         if (!c.usable()) return false;
         drain_notifications(pg);
@@ -206,18 +215,18 @@ public:
         case PQTRANS_IDLE: break;
         case PQTRANS_INTRANS:
         case PQTRANS_INERROR:
-            if (!command(c, "ROLLBACK", "reset")) return false;
+            if (!command(c, "ROLLBACK", "reset", deadline)) return false;
             break;
         case PQTRANS_ACTIVE:
-            if (!finish_running_query(c)) return false;
-            if (PQtransactionStatus(pg) != PQTRANS_IDLE && !command(c, "ROLLBACK", "reset")) return false;
+            if (!finish_running_query(c, deadline)) return false;
+            if (PQtransactionStatus(pg) != PQTRANS_IDLE && !command(c, "ROLLBACK", "reset", deadline)) return false;
             break;
         default: return false;
         }
         const auto& o = s_->opt;
-        if (!o.reset_query.empty() && !command(c, o.reset_query.c_str(), "reset")) return false;
+        if (!o.reset_query.empty() && !command(c, o.reset_query.c_str(), "reset", deadline)) return false;
         if (c.role_set_ && o.role_mode == role_switch_mode::session && o.reset_query != "DISCARD ALL" &&
-            !command(c, "RESET ROLE", "reset"))
+            !command(c, "RESET ROLE", "reset", deadline))
             return false;
         c.role_set_ = false;
         drain_notifications(pg);
@@ -243,14 +252,12 @@ public:
         return c.usable();
     }
 
-    /// One round trip (an empty query): for keepalive of long-idle connections.
+    /// One round trip (an empty query): for keepalive of long-idle connections. False (dead) if
+    /// the server does not answer within `command_timeout`.
     bool ping(connection& c) const {
         PGconn* pg = c.pg_;
         if (!c.usable() || PQtransactionStatus(pg) != PQTRANS_IDLE) return false;
-        PGresult* r = PQexec(pg, "");
-        const bool ok = r && PQresultStatus(r) == PGRES_EMPTY_QUERY;
-        PQclear(r);
-        return ok && c.usable();
+        return run(c, "", 0, nullptr, own_deadline(), PGRES_EMPTY_QUERY, nullptr) && c.usable();
     }
 
     void close(connection& c) const noexcept {
@@ -268,23 +275,23 @@ public:
             ec = make_error_code(pg ? errc::invalid_config : errc::broken_connection);
             return false;
         }
+        const time_point deadline = own_deadline();
         const bool tx = s_->opt.role_mode == role_switch_mode::transaction;
-        if (tx && !command(c, "BEGIN", "prepare")) {
+        if (tx && !command(c, "BEGIN", "prepare", deadline)) {
             ec = make_error_code(errc::broken_connection);
             return false;
         }
         c.role_set_ = true; // from here on, the reset must undo the role even if this fails
         const char* values[1] = {r.name.c_str()};
-        PGresult* res = PQexecParams(pg, tx ? "SELECT pg_catalog.set_config('role', $1, true)"
-                                            : "SELECT pg_catalog.set_config('role', $1, false)",
-                                     1, nullptr, values, nullptr, nullptr, 0);
-        const bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+        std::string state;
+        const bool ok = run(c,
+                            tx ? "SELECT pg_catalog.set_config('role', $1, true)"
+                               : "SELECT pg_catalog.set_config('role', $1, false)",
+                            1, values, deadline, PGRES_TUPLES_OK, &state);
         if (!ok) {
-            const char* state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
-            ec = make_error_code(state ? classify_sqlstate(state) : errc::broken_connection);
+            ec = make_error_code(!state.empty() ? classify_sqlstate(state.c_str()) : errc::broken_connection);
             report("prepare", ec, PQerrorMessage(pg), nullptr);
         }
-        PQclear(res);
         return ok;
     }
 
@@ -397,22 +404,66 @@ private:
         report("connect", ec, msg, &t);
     }
 
-    bool command(connection& c, const char* sql, const char* phase) const {
-        PGresult* r = PQexec(c.pg_, sql);
-        const bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) {
-            const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
-            report(phase, make_error_code(state ? classify_sqlstate(state) : errc::broken_connection),
-                   PQerrorMessage(c.pg_), nullptr);
+    time_point own_deadline() const { return std::chrono::steady_clock::now() + s_->opt.command_timeout; }
+
+    /// Waits until the socket is readable or `deadline` passes (false).
+    static bool wait_readable(PGconn* pg, time_point deadline) {
+        for (;;) {
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) return false;
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
+            pollfd p{PQsocket(pg), POLLIN, 0};
+            if (p.fd < 0) return false;
+            const int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
+            if (n > 0) return true;
+            if (n < 0 && errno != EINTR) return false;
         }
-        PQclear(r);
+    }
+
+    /// Reads every result of what was sent, by `deadline`. True if each was `want`; `sqlstate` (if
+    /// given) gets the first error's SQLSTATE. False, with results left unread, when the deadline
+    /// passes: the caller destroys the connection.
+    static bool collect(PGconn* pg, time_point deadline, ExecStatusType want, std::string* sqlstate) {
+        bool ok = true;
+        for (;;) {
+            while (PQisBusy(pg)) {
+                if (!wait_readable(pg, deadline) || PQconsumeInput(pg) == 0) return false;
+            }
+            PGresult* r = PQgetResult(pg);
+            if (!r) return ok;
+            if (PQresultStatus(r) != want) {
+                if (ok && sqlstate) {
+                    const char* st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                    if (st) *sqlstate = st;
+                }
+                ok = false;
+            }
+            PQclear(r);
+        }
+    }
+
+    /// One statement (with text parameters), its results read by `deadline`.
+    static bool run(connection& c, const char* sql, int n_params, const char* const* values, time_point deadline,
+                    ExecStatusType want, std::string* sqlstate) {
+        PGconn* pg = c.pg_;
+        const int sent = n_params == 0 ? PQsendQuery(pg, sql)
+                                       : PQsendQueryParams(pg, sql, n_params, nullptr, values, nullptr, nullptr, 0);
+        return sent == 1 && collect(pg, deadline, want, sqlstate);
+    }
+
+    bool command(connection& c, const char* sql, const char* phase, time_point deadline) const {
+        std::string state;
+        const bool ok = run(c, sql, 0, nullptr, deadline, PGRES_COMMAND_OK, &state);
+        if (!ok)
+            report(phase, make_error_code(!state.empty() ? classify_sqlstate(state.c_str()) : errc::broken_connection),
+                   PQerrorMessage(c.pg_), nullptr);
         return ok;
     }
 
     /// A lease came back with a query still running (sent, results not read): cancel it on the
     /// server, then read and drop its results. Without cancelling (or if the cancel fails) the
     /// connection is destroyed instead.
-    bool finish_running_query(connection& c) const {
+    bool finish_running_query(connection& c, time_point deadline) const {
         PGconn* pg = c.pg_;
         if (!s_->opt.cancel_running_query) return false;
         if (PQisBusy(pg) || PQtransactionStatus(pg) == PQTRANS_ACTIVE) {
@@ -425,6 +476,9 @@ private:
         }
         // COPY IN/OUT cannot be drained by reading results: give up on those.
         for (int i = 0; i < 1000; ++i) {
+            while (PQisBusy(pg)) {
+                if (!wait_readable(pg, deadline) || PQconsumeInput(pg) == 0) return false;
+            }
             PGresult* r = PQgetResult(pg);
             if (!r) return PQstatus(pg) == CONNECTION_OK;
             const ExecStatusType st = PQresultStatus(r);
