@@ -764,3 +764,53 @@ TEST_CASE("keepalive_after must be positive") {
           keypool::errc::invalid_config);
     CHECK(msg.find("keepalive_after") != std::string::npos);
 }
+
+namespace {
+/// The fake, plus reset(connection, deadline): records the deadline it was given and can play a
+/// server that stops answering (the manual clock runs to the deadline, then the reset gives up).
+struct deadline_reset_connector : keypool::fake::connector {
+    using keypool::fake::connector::connector;
+    struct log {
+        std::vector<keypool::time_point> deadlines;
+        bool silent = false;
+    };
+    std::shared_ptr<log> seen = std::make_shared<log>();
+    keypool::manual_clock* clock = nullptr;
+    using keypool::fake::connector::reset;
+    bool reset(keypool::fake::connection& c, keypool::time_point deadline) {
+        seen->deadlines.push_back(deadline);
+        if (seen->silent) {
+            clock->set(deadline + 1ms); // gives up just past it
+            return false;
+        }
+        return reset(c);
+    }
+};
+static_assert(keypool::connector_has_reset_until<deadline_reset_connector>);
+} // namespace
+
+TEST_CASE("a reset at checkout gets the caller's deadline, and the time it took counts against the acquire") {
+    kp_test::fixture f;
+    deadline_reset_connector c(f.clock);
+    c.clock = &f.clock;
+    keypool::basic_pool<deadline_reset_connector, keypool::with_clock<keypool::manual_clock>> p(
+        c, "db", {.max_size = 2, .validate_after_idle = 1h}, f.clock);
+    { auto l = p.acquire(1s); } // returned dirty: reset at the next checkout
+    const auto t0 = f.clock.now();
+    { auto l = p.acquire(3s); }
+    REQUIRE(c.seen->deadlines.size() == 1);
+    CHECK(c.seen->deadlines[0] == t0 + 3s);
+    { auto l = p.acquire(t0 + 7s, {}); }
+    CHECK(c.seen->deadlines.back() == t0 + 7s);
+    // A server that stops answering: the reset runs until the deadline and gives up; the acquire
+    // then ends with timeout instead of connecting anew with a fresh timeout of its own.
+    c.seen->silent = true;
+    std::error_code ec;
+    auto l = p.acquire(2s, ec);
+    CHECK_FALSE(l);
+    CHECK(ec == errc::timeout);
+    CHECK(f.clock.now() == t0 + 2s + 1ms);
+    CHECK(p.stats().closed_for(keypool::close_reason::reset_failed) == 1);
+    CHECK(p.stats().timeouts == 1);
+    CHECK(c.stats().connects == 1); // no new connection was opened past the deadline
+}
