@@ -113,23 +113,22 @@ public:
     /// Errors: throws `keypool::error` with timeout, pool_exhausted, closed, would_deadlock, or the
     /// classified connect failure.
     /// `site` is the caller's location, recorded for leak reports when `leak_threshold` is set.
-    [[nodiscard]] lease acquire(std::source_location site = std::source_location::current()) {
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(std::source_location site = std::source_location::current()) {
         return acquire(core_->options().acquire_timeout, site);
     }
-    [[nodiscard]] lease acquire(duration timeout, std::source_location site = std::source_location::current()) {
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(duration timeout,
+                                                      std::source_location site = std::source_location::current()) {
         time_point started{};
         if (auto* s = core_->acquire_fast(timeout, started)) [[likely]]
             return make_lease(s, site);
-        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(core_->acquire(timeout, {}, ec, started), ec, site);
+        return acquire_waiting(timeout, {}, started, site);
     }
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
         time_point started{};
         if (auto* s = core_->acquire_fast(deadline, started)) [[likely]]
             return make_lease(s, site);
-        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(core_->acquire(deadline, std::move(stop), ec), ec, site);
+        return acquire_waiting(deadline, std::move(stop), started, site);
     }
 
     /// Non-throwing forms: an empty lease and `ec` set on failure.
@@ -218,6 +217,15 @@ private:
         if (auto ec = validate(o, msg)) throw error(ec, msg);
         clock_ = &clock;
         return new core_type(std::move(c), std::move(t), o, clock, std::move(obs));
+    }
+
+    /// The throwing acquire after its fast path found nothing: out of line, so the fast path
+    /// inlines into the caller.
+    template <class When>
+    KEYPOOL_NOINLINE lease acquire_waiting(When when, std::stop_token stop, time_point started,
+                                           const std::source_location& site) {
+        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
+        return checked(core_->acquire(when, std::move(stop), ec, started), ec, site);
     }
 
     lease make_lease(typename core_type::slot* s, const std::source_location& site) noexcept {

@@ -201,7 +201,12 @@ public:
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
                 bump(s->resets);
-                if (!reset_connection(s, reset_deadline(now, when))) [[unlikely]]
+                bool reset_ok;
+                if constexpr (connector_has_reset_until<Connector>)
+                    reset_ok = reset_connection(s, reset_deadline(now, when));
+                else
+                    reset_ok = reset_connection(s);
+                if (!reset_ok) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
         }
