@@ -166,12 +166,14 @@ public:
         const std::string kv = std::to_string(o.keepalives_interval.count());
         const std::string kc = std::to_string(o.keepalives_count);
         const std::string tu = std::to_string(o.tcp_user_timeout.count());
+        const std::string on = "1";
+        // `values` keeps c_str() pointers: every string pushed must outlive the connect call.
         auto dflt = [&](const char* k, const std::string& v) {
             if (!t.find(k) && !v.empty()) push(keys, values, k, v);
         };
         dflt("application_name", o.application_name);
         dflt("connect_timeout", ct);
-        dflt("keepalives", std::string("1"));
+        dflt("keepalives", on);
         dflt("keepalives_idle", ki);
         dflt("keepalives_interval", kv);
         dflt("keepalives_count", kc);
