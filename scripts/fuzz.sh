@@ -4,13 +4,16 @@
 # so the repository is never modified). Exits non-zero if a target fails to build, crashes or
 # reports a property violation; the crashing input is left in build/fuzz/<target>/.
 #
-#   bash scripts/fuzz.sh               # every target, FUZZ_TIME seconds each (default 15)
-#   FUZZ_TIME=300 bash scripts/fuzz.sh fuzz_uri
+#   bash scripts/fuzz.sh               # every target: FUZZ_RUNS inputs (100000) from FUZZ_SEED (1),
+#                                      # at most FUZZ_TIME seconds (60) each
+#   FUZZ_RUNS=-1 FUZZ_TIME=300 FUZZ_SEED=$RANDOM bash scripts/fuzz.sh fuzz_uri   # a deeper, new run
 #   bash scripts/fuzz.sh --replay      # only run the seeds (and any crash-* inputs) once each
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-fuzz_time=${FUZZ_TIME:-15}
+fuzz_time=${FUZZ_TIME:-60}
+fuzz_runs=${FUZZ_RUNS:-100000}
+fuzz_seed=${FUZZ_SEED:-1}
 replay=0
 if [[ "${1:-}" == "--replay" ]]; then replay=1; shift; fi
 targets=("$@")
@@ -74,9 +77,12 @@ for t in "${targets[@]}"; do
     fi
     continue
   fi
-  echo "== fuzz: $t for ${fuzz_time}s ($(ls "$work.corpus" | wc -l) seeds)"
-  # -timeout: one input taking over 5 s is a hang; -rss_limit_mb: a runaway allocation is a bug.
-  if "$work" "${dict[@]}" -max_total_time="$fuzz_time" -timeout=5 -rss_limit_mb=2048 -max_len=4096 \
+  echo "== fuzz: $t: ${fuzz_runs} runs, seed ${fuzz_seed}, at most ${fuzz_time}s ($(ls "$work.corpus" | wc -l) seeds)"
+  # A fixed seed and run count make the run reproducible: CI explores the same inputs every time
+  # (a slower machine stops at the time cap, on a prefix of them); deeper runs take FUZZ_RUNS and
+  # FUZZ_SEED. -timeout: one input taking over 5 s is a hang; -rss_limit_mb: a runaway allocation.
+  if "$work" "${dict[@]}" -seed="$fuzz_seed" -runs="$fuzz_runs" -max_total_time="$fuzz_time" -timeout=5 \
+       -rss_limit_mb=2048 -max_len=4096 \
        -print_final_stats=1 -artifact_prefix="$work.artifacts/" "$work.corpus" >"$log" 2>&1; then
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$')
     cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -n1)

@@ -57,6 +57,11 @@ inline std::optional<std::vector<ref_value>> reference_reading(std::string_view 
         std::string_view tenant, password;
     };
     static constexpr tokens sets[2] = {{"zqxtenantqxz", "zqxpasswordqxz"}, {"WVKTENANTKVW", "WVKPASSWORDKVW"}};
+    // A template that already contains one of our tokens would pollute both readings alike (and
+    // they would agree): no reliable reference then.
+    for (const tokens& t : sets)
+        if (tmpl.find(t.tenant) != std::string_view::npos || tmpl.find(t.password) != std::string_view::npos)
+            return std::nullopt;
     std::vector<ref_value> readings[2];
     for (int i = 0; i < 2; ++i) {
         const std::string s =
