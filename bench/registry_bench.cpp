@@ -67,14 +67,16 @@ void* operator new(std::size_t n, std::align_val_t a) {
     g_live_bytes.fetch_add(static_cast<std::int64_t>(n), std::memory_order_relaxed);
     return p;
 }
-void operator delete(void* p) noexcept {
+// Not inlined: once GCC inlines a replacement delete into a container's destructor it "sees" a
+// free() of memory that came from new and a read before a node, and -Werror stops the build.
+__attribute__((noinline)) void operator delete(void* p) noexcept {
     if (!p) return;
     auto* h = reinterpret_cast<std::size_t*>(static_cast<char*>(p) - 16);
     g_live_bytes.fetch_sub(static_cast<std::int64_t>(*h), std::memory_order_relaxed);
     std::free(h);
 }
-void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
-void operator delete(void* p, std::align_val_t) noexcept {
+__attribute__((noinline)) void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+__attribute__((noinline)) void operator delete(void* p, std::align_val_t) noexcept {
     if (!p) return;
     aligned_header h = *header_of(p);
     g_live_bytes.fetch_sub(static_cast<std::int64_t>(h.size), std::memory_order_relaxed);
