@@ -66,6 +66,9 @@ public:
         : tenants_(pq::routes::direct{.base = std::move(server)}, pq::connector{},
                    {.pool = {.max_size = 4, .acquire_timeout = 2s}, .max_pools = 64}, steady,
                    keypool::metrics::observer{&histograms_}) {
+        // Without TCP_NODELAY each keep-alive response waits on Nagle + the client's delayed ACK
+        // (≈40 ms a request: 300 requests/s for 16 connections under wrk).
+        http_.set_tcp_nodelay(true);
         http_.Get("/query", [this](const httplib::Request& req, httplib::Response& res) { query(req, res); });
         http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
             std::ostringstream out;
