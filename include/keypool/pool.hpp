@@ -151,6 +151,8 @@ public:
         return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }
 
+    /// Never blocks: an idle connection if one is free and no caller is queued, else an empty lease.
+    /// (It may still run the connector's `alive` or a pending `reset` on the connection it takes.)
     [[nodiscard]] lease try_acquire(std::source_location site = std::source_location::current()) noexcept {
         return make_lease(core_->try_acquire(), site);
     }
@@ -230,8 +232,9 @@ private:
 
     lease make_lease(typename core_type::slot* s, const std::source_location& site) noexcept {
         if (!s) return lease{};
-        if (core_->options().leak_threshold) core_->record_site(s, site);
-        return detail::lease_access::make(core_, s);
+        lease l = detail::lease_access::make(core_, s);
+        detail::lease_access::record_site(l, site);
+        return l;
     }
 
     lease checked(typename core_type::slot* s, std::error_code ec, const std::source_location& site) {

@@ -201,12 +201,7 @@ public:
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
                 bump(s->resets);
-                bool reset_ok;
-                if constexpr (connector_has_reset_until<Connector>)
-                    reset_ok = reset_connection(s, reset_deadline(now, when));
-                else
-                    reset_ok = reset_connection(s);
-                if (!reset_ok) [[unlikely]]
+                if (!reset_connection(s, now, when)) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
         }
@@ -991,12 +986,14 @@ private:
         else return saturating_add(now, when);
     }
 
-    /// Runs the connector's reset; one with `reset(connection, deadline)` gets `deadline` (max():
-    /// none from the caller, the connector's own limit applies).
-    bool reset_connection(slot* s, time_point deadline = time_point::max()) noexcept {
+    /// Runs the connector's reset; one with `reset(connection, deadline)` gets the caller's deadline
+    /// (`when` from the coarse time `now` checkout read; max() without a caller: the connector's
+    /// own limit applies). Nothing is computed for a connector without it.
+    template <class When = no_deadline>
+    bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
             if constexpr (connector_has_reset_until<Connector>) {
-                if (!connector_.reset(*s->conn, deadline)) return false;
+                if (!connector_.reset(*s->conn, reset_deadline(now, when))) return false;
             } else {
                 if (!connector_.reset(*s->conn)) return false;
             }
