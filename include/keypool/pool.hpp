@@ -93,7 +93,14 @@ public:
     /// and observer.
     basic_pool(Connector connector, target_type target, pool_options options, const clock_type& clock,
                observer_type observer = {})
-        : core_(make_core(std::move(connector), std::move(target), options, clock, std::move(observer))) {}
+        : core_(make_core(std::move(connector), std::move(target), core_type::share(options), clock,
+                          std::move(observer))) {}
+
+    /// As above with options already shared by other pools (`core_type::share(options)`): how a
+    /// registry gives all its pools one copy.
+    basic_pool(detail::shared_options_tag, Connector connector, target_type target,
+               typename core_type::shared_options options, const clock_type& clock, observer_type observer = {})
+        : core_(make_core(std::move(connector), std::move(target), std::move(options), clock, std::move(observer))) {}
 
     basic_pool(basic_pool&& o) noexcept : clock_(o.clock_), core_(std::exchange(o.core_, nullptr)) {}
     basic_pool& operator=(basic_pool&&) = delete;
@@ -213,12 +220,13 @@ private:
         return c;
     }
 
-    core_type* make_core(Connector c, target_type t, const pool_options& o, const clock_type& clock,
+    core_type* make_core(Connector c, target_type t, typename core_type::shared_options o, const clock_type& clock,
                          observer_type obs) {
         std::string msg;
-        if (auto ec = validate(o, msg)) throw error(ec, msg);
+        if (!o) throw error(make_error_code(errc::invalid_config), "keypool: pool options missing");
+        if (auto ec = validate(*o, msg)) throw error(ec, msg);
         clock_ = &clock;
-        return new core_type(std::move(c), std::move(t), o, clock, std::move(obs));
+        return new core_type(std::move(c), std::move(t), std::move(o), clock, std::move(obs));
     }
 
     /// The throwing acquire after its fast path found nothing: out of line, so the fast path

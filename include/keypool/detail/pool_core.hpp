@@ -32,6 +32,9 @@
 
 namespace keypool::detail {
 
+/// Selects basic_pool's constructor that takes options shared with other pools.
+struct shared_options_tag {};
+
 // Invariants (all under m_ unless said otherwise):
 // - head_ packs the idle stack's top slot index (bits 0-15), WAITERS (bit 16), CLOSED (bit 17) and
 //   an ABA tag (bits 18-63). The fast paths touch only head_ and the slot they own.
@@ -57,24 +60,27 @@ public:
 
     enum class slot_state : std::uint8_t { empty, connecting, idle, in_use };
 
+    // The fields a checkout and a release use come first, then the connection, then the fields
+    // only maintain() and the diagnostics read: 192 bytes (three cache lines) with a fake
+    // connection, of which a cycle touches the first two.
     struct alignas(64) slot {
         atomic<std::uint32_t> next{none};
-        atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
         std::uint32_t self = 0; // its index in slots_ (index_of without a division)
-        // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
-        atomic<std::uint64_t> uses{0};
-        atomic<std::uint64_t> resets{0};
+        atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
         // Set (to a close_reason + 1) by maintain() for a leased connection that must not come
         // back, e.g. past its lifetime: the release closes it. Read by the owner at release.
         atomic<std::uint8_t> retire{0};
         bool dirty = false;
+        // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
+        atomic<std::uint64_t> uses{0};
+        atomic<std::uint64_t> resets{0};
         time_point expires = time_point::max();
         // When the connection was last checked out (the fast path reads the clock once per cycle,
         // at checkout), as time_since_epoch().count(): while leased it is the lease's start (read
         // by maintain() and leases_out() under m_); while idle, maintain() may move it later for a
         // lease it saw still out (seen_*). Read and written through used_at / set_used_at.
         atomic<duration::rep> last_used{0};
-        std::optional<connection_type> conn; // near the fields the fast path uses
+        std::optional<connection_type> conn;
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint64_t seen_uses = 0;
@@ -87,14 +93,20 @@ public:
         time_point last_pinged{}; // keepalive: the last successful ping
     };
 
-    pool_core(Connector c, target_type t, const pool_options& o, const Clock& clock, Observer obs)
-        : connector_(std::move(c)), target_(std::move(t)), opt_(clamped(o)), clock_(&clock), obs_(std::move(obs)),
-          slots_(new slot[o.max_size]), n_caches_(cache_count(o)),
-          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
-          rng_(o.seed ? *o.seed : seed_from_address()) {
-        for (std::uint32_t i = 0; i < o.max_size; ++i) slots_[i].self = i;
-        for (std::uint32_t i = 0; i < o.max_size; ++i)
-            slots_[i].next.store(i + 1 < o.max_size ? i + 1 : none, std::memory_order_relaxed);
+    /// Validated options as pools keep them: shared, so the many pools of a registry hold one
+    /// copy (which stays in cache) instead of one each.
+    using shared_options = std::shared_ptr<const pool_options>;
+    static shared_options share(const pool_options& o) { return std::make_shared<const pool_options>(clamped(o)); }
+
+    /// `o` comes from share().
+    pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
+        : slots_(new slot[o->max_size]), opt_(*o), clock_(&clock), n_caches_(cache_count(*o)),
+          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr), connector_(std::move(c)),
+          target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
+          rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
+        for (std::uint32_t i = 0; i < opt_.max_size; ++i) slots_[i].self = i;
+        for (std::uint32_t i = 0; i < opt_.max_size; ++i)
+            slots_[i].next.store(i + 1 < opt_.max_size ? i + 1 : none, std::memory_order_relaxed);
         free_head_ = 0;
     }
 
@@ -156,7 +168,10 @@ public:
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
 
     /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
-    void set_budget(std::shared_ptr<connection_budget> b) noexcept { budget_ = std::move(b); }
+    void set_budget(std::shared_ptr<connection_budget> b) noexcept {
+        budget_ = b.get();
+        budget_owner_ = std::move(b);
+    }
 
     /// Closes the least recently used idle connection, if there is one (to free a budget token).
     bool close_one_idle() noexcept {
@@ -515,14 +530,14 @@ private:
     static constexpr std::uint64_t tag_one = 1ULL << 18;
     static constexpr std::uint32_t cache_blocked = 1U << 16;
 
-    static std::size_t cache_count(const pool_options& o) noexcept {
+    static std::uint32_t cache_count(const pool_options& o) noexcept {
         if constexpr (!thread_safe) {
             return 0;
         } else {
             static const std::size_t hw = std::max(1U, std::thread::hardware_concurrency());
             std::size_t n = o.cpu_caches ? *o.cpu_caches : std::min({hw, o.max_size / 4, std::size_t{64}});
             n = std::min<std::size_t>(n, 64);
-            return n == 0 ? 0 : std::bit_floor(n);
+            return n == 0 ? 0 : static_cast<std::uint32_t>(std::bit_floor(n));
         }
     }
 
@@ -1177,21 +1192,26 @@ private:
         }
     }
 
-    Connector connector_;
-    const target_type target_;
-    const pool_options opt_;
-    const Clock* clock_;
-    [[no_unique_address]] Observer obs_;
-
-    // The fast path touches only this cache line (and the slot it takes).
-    alignas(64) atomic<std::uint64_t> head_{none};
-    std::unique_ptr<slot[]> slots_;
+    // The fast path (checkout, reset, release) touches only this cache line of the core, the slot
+    // it takes, and what is shared by every pool (options, clock, the connector's shared state):
+    // with thousands of pools in a registry, each miss here is a DRAM access per acquire.
     struct alignas(64) cpu_cache {
         std::atomic<std::uint32_t> word{none};
     };
-    const std::size_t n_caches_; // a power of two, or 0
+    alignas(64) atomic<std::uint64_t> head_{none};
+    std::unique_ptr<slot[]> slots_;
+    const pool_options& opt_; // *opt_owner_
+    const Clock* clock_;
+    const std::uint32_t n_caches_; // a power of two, or 0
     std::unique_ptr<cpu_cache[]> caches_;
-    alignas(64) mutable typename Sync::mutex_type m_;
+    connection_budget* budget_ = nullptr; // evict::size only: budget_owner_.get()
+    Connector connector_;                 // (a stateless or pointer-sized connector fits the line too)
+
+    const target_type target_;
+    shared_options opt_owner_;
+    [[no_unique_address]] Observer obs_;
+    std::shared_ptr<connection_budget> budget_owner_;
+    mutable typename Sync::mutex_type m_; // (not on the fast path's line: waiters do not slow it)
     std::uint32_t free_head_ = none;
     std::uint32_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
     std::function<void()> reset_signal_;
@@ -1200,7 +1220,6 @@ private:
     std::size_t connecting_ = 0;
     bool closed_ = false;
     bool owner_gone_ = false;
-    std::shared_ptr<connection_budget> budget_; // evict::size only
     std::stop_source close_source_{std::nostopstate}; // made when maintenance first connects
     std::error_code last_connect_error_;
     unsigned failures_ = 0;

@@ -13,6 +13,7 @@
 #include <set>
 #include <stop_token>
 #include <system_error>
+#include <tuple>
 #include <vector>
 
 #include <boost/container_hash/hash.hpp>
@@ -57,7 +58,7 @@ public:
 
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
-          obs_(std::move(obs)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
+          obs_(std::move(obs)), pool_options_(core_type::share(opt_.pool)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
           shards_(new shard[shard_mask_ + 1]) {
         // Size every shard's table for max_pools up front (capped): growing a shard rehashes it
         // under its lock, and with keys spread evenly all shards rehash at nearly the same key
@@ -97,8 +98,8 @@ public:
         for (int attempt = 0;; ++attempt) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second->st == entry::state::ready) {
-                entry& e = *it->second;
+            if (it != sh.map.end() && it->second.st == entry::state::ready) {
+                entry& e = it->second;
                 touch(e);
                 if (attempt == 0) ++sh.hits;
                 core_type* core = e.core;
@@ -131,8 +132,8 @@ public:
         for (;;) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second->st != entry::state::ready) return {};
-            entry& e = *it->second;
+            if (it == sh.map.end() || it->second.st != entry::state::ready) return {};
+            entry& e = it->second;
             touch(e);
             ++sh.hits;
             core_type* core = e.core;
@@ -156,9 +157,9 @@ public:
         for (;;) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second->st == entry::state::ready) {
-                touch(*it->second);
-                return it->second->pool;
+            if (it != sh.map.end() && it->second.st == entry::state::ready) {
+                touch(it->second);
+                return it->second.pool;
             }
             if (!create_or_join(sh, lk, it, key, deadline, st, ec)) return nullptr;
         }
@@ -167,21 +168,21 @@ public:
     // ---- housekeeping ------------------------------------------------------------------------
 
     bool invalidate(const Key& key) {
-        std::vector<std::unique_ptr<entry>> dead;
+        std::shared_ptr<Pool> dead;
         {
             std::lock_guard rl(ring_m_);
             shard& sh = shard_for(key);
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second->st == entry::state::creating) return false;
-            if (it->second->st == entry::state::ready) {
-                ring_.erase(ring_.iterator_to(*it->second));
+            if (it == sh.map.end() || it->second.st == entry::state::creating) return false;
+            if (it->second.st == entry::state::ready) {
+                ring_.erase(ring_.iterator_to(it->second));
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
-            dead.push_back(std::move(it->second));
+            dead = std::move(it->second.pool);
             sh.map.erase(it);
         }
-        for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::invalidated);
+        notify_pool_evicted(obs_, key, evict_reason::invalidated);
         return true; // `dead` goes out of scope here, outside the locks: the pool closes
     }
 
@@ -191,23 +192,22 @@ public:
     /// failed resolution does, and the pool retires (counted and reported as `invalidated`). Without
     /// this, every made-up tenant id would keep a pool, and under `evict::lru` push out real ones.
     void forget_missing(const Key& key, const Pool* pool, std::error_code why) {
-        std::unique_ptr<entry> dead;
+        std::shared_ptr<Pool> dead;
         {
             std::lock_guard rl(ring_m_);
             shard& sh = shard_for(key);
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second->st != entry::state::ready || it->second->pool.get() != pool)
-                return;
-            if (pool_access::core(*it->second->pool)->busy()) return;
-            ring_.erase(ring_.iterator_to(*it->second));
+            if (it == sh.map.end()) return;
+            entry& e = it->second;
+            if (e.st != entry::state::ready || e.pool.get() != pool || e.core->busy()) return;
+            ring_.erase(ring_.iterator_to(e));
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
-            dead = std::move(it->second);
-            auto failed = std::make_unique<entry>(key);
-            failed->st = entry::state::failed;
-            failed->error = why;
-            failed->failed_until = clock_->now() + opt_.failure_backoff;
-            it->second = std::move(failed);
+            dead = std::move(e.pool); // closed outside the locks
+            e.core = nullptr;
+            e.st = entry::state::failed;
+            e.error = why;
+            e.failed_until = clock_->now() + opt_.failure_backoff;
         }
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
     }
@@ -218,7 +218,7 @@ public:
         } else {
             if (!opt_.pool_idle_timeout) return 0;
             const time_point now = clock_->coarse_now();
-            std::vector<std::unique_ptr<entry>> dead;
+            std::vector<retired> dead;
             {
                 std::lock_guard rl(ring_m_);
                 for (auto it = ring_.begin(); it != ring_.end();) {
@@ -226,11 +226,11 @@ public:
                     if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) <
                         *opt_.pool_idle_timeout)
                         continue;
-                    if (pool_access::core(*e.pool)->busy()) continue;
+                    if (e.core->busy()) continue;
                     dead.push_back(unlink_locked(e, evict_reason::idle));
                 }
             }
-            for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::idle);
+            for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::idle);
             return dead.size();
         }
     }
@@ -246,27 +246,26 @@ public:
     }
 
     void close() noexcept {
-        std::vector<std::unique_ptr<entry>> dead;
+        std::vector<std::shared_ptr<Pool>> dead;
         {
             std::lock_guard rl(ring_m_);
             closed_.store(true);
             for (std::size_t i = 0; i <= shard_mask_; ++i) {
                 std::lock_guard lk(shards_[i].m);
                 for (auto it = shards_[i].map.begin(); it != shards_[i].map.end();) {
-                    entry& e = *it->second;
+                    entry& e = it->second;
                     if (e.st == entry::state::creating) {
                         wake_joiners_locked(e); // they see closed_; the leader finishes the entry
                         ++it;
                         continue;
                     }
                     if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
-                    dead.push_back(std::move(it->second));
+                    if (e.pool) dead.push_back(std::move(e.pool));
                     it = shards_[i].map.erase(it);
                 }
             }
         }
-        for (auto& e : dead)
-            if (e->pool) e->pool->close();
+        for (auto& p : dead) p->close();
     }
 
     registry_stats stats() const {
@@ -301,35 +300,41 @@ private:
     };
     using joiner_list = boost::intrusive::list<joiner>;
 
-    // The hot path reads st, core, setup and writes referenced/last_used: they come first, and the
-    // entry starts a cache line, so an acquire touches one line of it. The ring hook (base class)
-    // is touched only by eviction.
-    struct alignas(64) entry_hot {
+    // An entry lives inside its hash-table node, after the key (the table is node-based, so it
+    // never moves): finding a key and using its pool touches the bucket, then the node, then the
+    // pool — no separately allocated entry in between. The hot path reads st, core, setup and
+    // writes referenced/last_used: they come first. The ring hook is touched only by eviction.
+    struct entry {
         enum class state : std::uint8_t { creating, ready, failed };
         state st = state::creating;
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
         core_type* core = nullptr; // the pool's core, cached: one pointer less to chase
-        setup_type setup{};
-    };
-    struct entry : entry_hot,
-                   boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
-        using state = typename entry_hot::state;
-        explicit entry(const Key& k) : key(k) {}
-        const Key key;
-        std::shared_ptr<Pool> pool;
-        std::error_code error;
+        [[no_unique_address]] setup_type setup{};
+        const Key* key = nullptr; // the node's own key
+        boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
+        std::shared_ptr<Pool> pool; // ready: the pool; empty otherwise
+        std::error_code error;      // failed: why, until failed_until
         time_point failed_until{};
-        joiner_list joiners; // flight::shared: callers waiting for the leader
+        joiner_list joiners; // creating, flight::shared: callers waiting for the leader
+    };
+    /// An entry taken out of the table: its key (for the observer) and its pool, which closes when
+    /// the last reference goes (outside all locks).
+    struct retired {
+        Key key;
+        std::shared_ptr<Pool> pool;
     };
 
     struct alignas(64) shard {
         mutable mutex_type m;
-        boost::unordered_map<Key, std::unique_ptr<entry>, boost::hash<Key>> map;
+        boost::unordered_map<Key, entry, boost::hash<Key>> map;
         std::uint64_t hits = 0, misses = 0, joins = 0;
     };
 
-    using ring_type = boost::intrusive::list<entry, boost::intrusive::constant_time_size<true>>;
+    using ring_type =
+        boost::intrusive::list<entry,
+                               boost::intrusive::member_hook<entry, decltype(entry::hook), &entry::hook>,
+                               boost::intrusive::constant_time_size<true>>;
 
     shard& shard_for(const Key& k) const noexcept {
         std::size_t h = boost::hash<Key>{}(k);
@@ -343,8 +348,12 @@ private:
     void touch(entry& e) noexcept {
         if constexpr (Eviction::uses_lru)
             if (!e.referenced.load(std::memory_order_relaxed)) e.referenced.store(true, std::memory_order_relaxed);
-        if constexpr (Eviction::uses_idle)
-            e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+        if constexpr (Eviction::uses_idle) {
+            // Written only when the coarse time moved (every few ms): an unchanged line is not
+            // taken from the other cores that use the key.
+            const auto now = clock_->coarse_now().time_since_epoch().count();
+            if (e.last_used.load(std::memory_order_relaxed) != now) e.last_used.store(now, std::memory_order_relaxed);
+        }
     }
 
     Lease prepared(Lease l, const setup_type& setup, std::error_code& ec) noexcept {
@@ -393,7 +402,7 @@ private:
                         std::stop_token& st, std::error_code& ec) {
         if (closed_.load()) return ec = make_error_code(errc::closed), false;
         if (it != sh.map.end()) {
-            entry& e = *it->second;
+            entry& e = it->second;
             if (e.st == entry::state::failed) {
                 if (clock_->now() < e.failed_until) return ec = e.error, false;
                 sh.map.erase(it); // the backoff window is over: try again
@@ -405,9 +414,9 @@ private:
         }
         ++sh.misses;
         if constexpr (Flight::single) {
-            auto owned = std::make_unique<entry>(key);
-            entry& e = *owned;
-            sh.map.emplace(key, std::move(owned));
+            auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
+            entry& e = node->second;
+            e.key = &node->first;
             lk.unlock();
             return lead(sh, e, key, st, ec);
         } else {
@@ -450,8 +459,6 @@ private:
         }
         if (!r && !rec) rec = make_error_code(errc::key_not_found);
         std::shared_ptr<Pool> p;
-        std::vector<std::unique_ptr<entry>> dead;
-        std::vector<evict_reason> why;
         {
             std::lock_guard rl(ring_m_);
             if (r && !closed_.load()) {
@@ -503,15 +510,16 @@ private:
             ++created_;
             std::lock_guard lk(sh.m);
             if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
-            auto owned = std::make_unique<entry>(key);
-            owned->pool = std::move(p);
-            owned->core = pool_access::core(*owned->pool);
-            owned->setup = std::move(r->setup);
-            owned->st = entry::state::ready;
-            owned->last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
-            ring_.push_back(*owned);
-            mine = owned.get();
-            sh.map.emplace(key, std::move(owned));
+            auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
+            entry& e = node->second;
+            e.key = &node->first;
+            e.pool = std::move(p);
+            e.core = pool_access::core(*e.pool);
+            e.setup = std::move(r->setup);
+            e.st = entry::state::ready;
+            e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+            ring_.push_back(e);
+            mine = &e;
         }
         notify_pool_created(obs_, key);
         evict_over_cap(mine);
@@ -519,7 +527,7 @@ private:
     }
 
     std::shared_ptr<Pool> make_pool(const target_type& target) {
-        auto p = std::make_shared<Pool>(connector_, target, opt_.pool, *clock_, obs_);
+        auto p = std::make_shared<Pool>(shared_options_tag{}, connector_, target, pool_options_, *clock_, obs_);
         if (budget_) pool_access::core(*p)->set_budget(budget_);
         return p;
     }
@@ -557,15 +565,15 @@ private:
     }
 
     /// Under ring_m_: takes a ready entry out of the ring and its shard.
-    std::unique_ptr<entry> unlink_locked(entry& e, evict_reason why) {
+    retired unlink_locked(entry& e, evict_reason why) {
         ring_.erase(ring_.iterator_to(e));
         ++evicted_[static_cast<std::size_t>(why)];
-        shard& sh = shard_for(e.key);
+        shard& sh = shard_for(*e.key);
         std::lock_guard lk(sh.m);
-        auto it = sh.map.find(e.key);
-        std::unique_ptr<entry> owned = std::move(it->second);
+        auto it = sh.map.find(*e.key);
+        retired r{it->first, std::move(it->second.pool)};
         sh.map.erase(it);
-        return owned;
+        return r;
     }
 
     /// CLOCK: sweep the ring from the hand, giving referenced or busy pools a second chance, and
@@ -575,15 +583,15 @@ private:
     /// its creator is about to use it.
     void evict_over_cap(entry* fresh) {
         if constexpr (Eviction::uses_lru) {
-            std::vector<std::unique_ptr<entry>> dead;
+            std::vector<retired> dead;
             {
                 std::lock_guard rl(ring_m_);
                 std::size_t steps = 0;
                 while (ring_.size() > opt_.max_pools) {
                     entry& e = ring_.front();
                     const bool last_resort = steps++ > 2 * ring_.size();
-                    if (&e == fresh || (!last_resort && (e.referenced.load(std::memory_order_relaxed) ||
-                                                          pool_access::core(*e.pool)->busy()))) {
+                    if (&e == fresh ||
+                        (!last_resort && (e.referenced.load(std::memory_order_relaxed) || e.core->busy()))) {
                         e.referenced.store(false, std::memory_order_relaxed);
                         ring_.splice(ring_.end(), ring_, ring_.begin()); // advance the hand
                         continue;
@@ -591,7 +599,7 @@ private:
                     dead.push_back(unlink_locked(e, evict_reason::lru));
                 }
             }
-            for (auto& e : dead) notify_pool_evicted(obs_, e->key, evict_reason::lru);
+            for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::lru);
         }
     }
 
@@ -619,6 +627,7 @@ private:
     Connector connector_;
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
+    const typename core_type::shared_options pool_options_; // one copy for every pool
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
 

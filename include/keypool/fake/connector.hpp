@@ -236,7 +236,7 @@ public:
             detail::connection_state::bump(c.state->reset_failures);
             return false;
         }
-        c.session.clear();
+        if (!c.session.empty()) c.session.clear();
         return true;
     }
 
