@@ -57,7 +57,7 @@ WAIT_COUNTERS = ["waited_pct", "wait_p50_us", "wait_p99_us", "wait_max_us", "wai
 SERVER_COUNTERS = ["round_trips", "resets_per_cycle", "connects", "waits"]
 # Server benchmarks: the references without a pool, and the pools compared against them.
 NO_POOL_REFERENCES = ("dedicated", "connect_per_query")
-POOLS_VS_REFERENCES = ("baseline_mutex_vector", "keypool_no_reset", "keypool_discard_all_checkout")
+POOLS_VS_REFERENCES = ("baseline_mutex_vector", "keypool_no_reset", "keypool_discard_all_pipelined", "keypool_discard_all_checkout")
 
 
 def split_name(run_name):

@@ -11,7 +11,11 @@
 //   dedicated                      no pool, no sharing: benchmark thread i owns connection i (8
 //                                  opened and warmed once), 1 round trip per cycle; the limit
 //   keypool_no_reset               reset_query = "": rollback only, no round trip on a clean session
-//   keypool_discard_all_checkout   default connector (DISCARD ALL), reset at checkout: 2 round trips
+//   keypool_discard_all_pipelined  default connector: DISCARD ALL sent when the lease returns
+//                                  (pipelined_reset), its answer read at the next checkout: 2 round
+//                                  trips per cycle, the reset's overlapping the idle time
+//   keypool_discard_all_checkout   DISCARD ALL made whole at checkout (pipelined_reset = false): 2
+//                                  round trips, both on the acquirer's path
 //   keypool_discard_all_release    the same, reset on release
 //   keypool_discard_all_background the same, reset by a janitor thread that the return wakes
 //                                  (reset_at::background): the reset's round trip leaves the
@@ -428,9 +432,14 @@ void register_benchmarks() {
         return std::make_shared<pool_fixture<checkout_pool>>(pq::connector(pq::connector_options{.reset_query = ""}),
                                                              make_target(s, s.port, "kp_bench_no_reset"));
     });
-    add<pool_fixture<checkout_pool>>("keypool_discard_all_checkout", {2, false, false}, [&s] {
+    add<pool_fixture<checkout_pool>>("keypool_discard_all_pipelined", {2, false, false}, [&s] {
         return std::make_shared<pool_fixture<checkout_pool>>(pq::connector{},
-                                                             make_target(s, s.port, "kp_bench_discard_checkout"));
+                                                             make_target(s, s.port, "kp_bench_discard_pipelined"));
+    });
+    add<pool_fixture<checkout_pool>>("keypool_discard_all_checkout", {2, false, false}, [&s] {
+        return std::make_shared<pool_fixture<checkout_pool>>(
+            pq::connector(pq::connector_options{.pipelined_reset = false}),
+            make_target(s, s.port, "kp_bench_discard_checkout"));
     });
     add<pool_fixture<release_pool>>("keypool_discard_all_release", {2, false, false}, [&s] {
         return std::make_shared<pool_fixture<release_pool>>(pq::connector{},

@@ -83,6 +83,16 @@ concept connector_has_reset_until = requires(C& c, typename C::connection_type& 
     { c.reset(x, d) } -> std::same_as<bool>;
 };
 
+/// Optional: `c.reset_begin(x)` starts the reset when a lease returns (under `reset_at::checkout`
+/// and `reset_at::background`), without waiting for it: e.g. sends `DISCARD ALL` and leaves its
+/// answer unread. The `reset` that still runs before the next hand-out then finds the work done
+/// (it collects that answer) instead of making its round trip while a caller waits. It may also
+/// decline (do nothing); `reset` must work either way. Must not throw.
+template <class C>
+concept connector_has_reset_begin = requires(C& c, typename C::connection_type& x) {
+    { c.reset_begin(x) } -> std::same_as<void>;
+};
+
 /// Optional: `c.ping(x) -> bool` makes one round trip on an idle connection; false means it is
 /// dead. With `pool_options::keepalive_after`, `maintain()` pings connections idle that long.
 template <class C>

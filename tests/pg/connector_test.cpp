@@ -86,6 +86,81 @@ TEST_CASE("session state made through one lease is gone for the next") {
     CHECK(pool.stats().closed_for(keypool::close_reason::broken) == 0);
 }
 
+TEST_CASE("a clean return sends DISCARD ALL at once, and the next checkout only reads its answer") {
+    const std::string app = unique_name("pipelined");
+    admin a;
+    const std::string last_query =
+        "SELECT coalesce(max(query), '') FROM pg_stat_activity WHERE application_name = '" + app + "'";
+    for (bool pipelined : {true, false}) {
+        CAPTURE(pipelined);
+        pq_pool pool(pq::connector(pq::connector_options{.pipelined_reset = pipelined}), app_target(app),
+                     one_connection());
+        {
+            auto lease = pool.acquire(10s);
+            PGconn* pg = lease.native_handle();
+            REQUIRE(scalar(pg, "CREATE TEMP TABLE scratch(x int)"));
+            REQUIRE(scalar(pg, "SET app.tenant = 'acme'"));
+            REQUIRE(scalar(pg, "PREPARE stmt AS SELECT 1"));
+            REQUIRE(scalar(pg, "SELECT 'last query of the lease'"));
+        }
+        // The server runs the reset while the connection sits idle in the pool, or, without
+        // pipelining, not before the next checkout.
+        if (pipelined)
+            CHECK(eventually([&] { return a.value(last_query) == "DISCARD ALL"; }, 10s));
+        else
+            CHECK(a.value(last_query) == "SELECT 'last query of the lease'");
+        {
+            auto lease = pool.acquire(10s);
+            PGconn* pg = lease.native_handle();
+            CHECK(PQtransactionStatus(pg) == PQTRANS_IDLE);
+            CHECK(PQgetResult(pg) == nullptr); // nothing of the reset left for the caller to read
+            CHECK(scalar(pg, "SELECT to_regclass('pg_temp.scratch') IS NULL") == "t");
+            CHECK(scalar(pg, "SELECT coalesce(current_setting('app.tenant', true), '')") == "");
+            CHECK(scalar(pg, "SELECT count(*) FROM pg_prepared_statements") == "0");
+        }
+        CHECK(a.value(last_query) == (pipelined ? "DISCARD ALL" : "SELECT count(*) FROM pg_prepared_statements"));
+        const auto s = pool.stats();
+        CHECK(s.connects_ok == 1);
+        CHECK(s.resets == 1);
+        CHECK(s.closed_for(keypool::close_reason::reset_failed) + s.closed_for(keypool::close_reason::broken) == 0);
+        pool.close();
+        CHECK(eventually([&] { return a.backends(app) == 0; }, 10s));
+    }
+}
+
+TEST_CASE("a pending pipelined reset survives the idle check and is completed by the keepalive ping") {
+    const std::string app = unique_name("pipelined_idle");
+    pq::connector c;
+    pq_pool pool(c, app_target(app), {.max_size = 1, .validate_after_idle = keypool::duration::zero()});
+    {
+        auto lease = pool.acquire(10s);
+        REQUIRE(scalar(lease.native_handle(), "SET app.tenant = 'acme'"));
+    }
+    admin a;
+    // Its answer has arrived by now and makes the socket readable: alive() must not take that
+    // for a terminated backend.
+    CHECK(eventually([&] {
+        return a.value("SELECT coalesce(max(state), '') FROM pg_stat_activity WHERE application_name = '" + app +
+                       "'") == "idle";
+    }, 10s));
+    {
+        auto lease = pool.acquire(10s); // validate_after_idle = 0: alive() runs first, then the reset
+        CHECK(scalar(lease.native_handle(), "SELECT coalesce(current_setting('app.tenant', true), '')") == "");
+    }
+    auto s = pool.stats();
+    CHECK(s.connects_ok == 1);
+    CHECK(s.closed_for(keypool::close_reason::broken) == 0);
+    // ping() on a connection whose reset was begun: it completes the reset instead.
+    std::error_code ec;
+    auto raw = c.connect(app_target(app), keypool::time_point::max(), {}, ec);
+    REQUIRE(raw);
+    c.reset_begin(*raw);
+    CHECK(c.ping(*raw));
+    CHECK(PQtransactionStatus(raw->native_handle()) == PQTRANS_IDLE);
+    CHECK(c.ping(*raw)); // and an ordinary ping after it
+    c.close(*raw);
+}
+
 TEST_CASE("a failed transaction and a role set by hand are undone") {
     const std::string app = unique_name("failedtx");
     pq_pool pool(pq::connector{}, app_target(app, via::socket), one_connection());

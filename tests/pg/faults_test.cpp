@@ -604,31 +604,47 @@ TEST_CASE("faults: alive() answers at once on a frozen idle connection (no round
 // now passes the caller's deadline to the connector's reset(connection, deadline), which gives up
 // at it; the time that checkout took counts against the acquire.
 TEST_CASE("faults: a frozen backend behind an idle connection: acquire ends by its deadline") {
-    const std::string app = unique_name("frozen_idle");
-    pq_pool pool(pq::connector{}, app_target(app), validating(1));
-    pid_t pid = 0;
-    {
-        auto lease = pool.acquire(5s);
-        REQUIRE(lease);
-        pid = backend_pid(lease.native_handle());
-    } // returned dirty: reset at the next checkout
-    constexpr auto timeout = 1000ms;
-    std::error_code ec;
-    bool got = false;
-    std::optional<bounded_thread> caller;
-    frozen_process frozen(pid);
-    caller.emplace([&] {
-        auto lease = pool.acquire(timeout, ec);
-        got = static_cast<bool>(lease);
-    });
-    const bool ended = caller->finished_within(timeout + slack);
-    CHECK_MESSAGE(ended, "acquire(" << timeout.count() << " ms) still blocked after " << (timeout + slack).count()
-                                    << " ms: the checkout reset waits for the frozen server");
-    frozen.resume();
-    REQUIRE(caller->finished_within(10s));
-    if (ended) {
-        CHECK(!got);
-        CHECK((ec == keypool::errc::timeout || ec == keypool::errc::broken_connection));
+    // With the pipelined reset (the default) the DISCARD ALL was sent on return and answered
+    // before the freeze: the checkout only reads that answer and hands the connection out (the
+    // caller's own query then meets the frozen server, bounded by tcp_user_timeout). Without it,
+    // the checkout's reset makes its round trip to the frozen server and gives up at the deadline.
+    for (bool pipelined : {false, true}) {
+        CAPTURE(pipelined);
+        const std::string app = unique_name("frozen_idle");
+        admin a;
+        pq_pool pool(pq::connector(pq::connector_options{.pipelined_reset = pipelined}), app_target(app), validating(1));
+        pid_t pid = 0;
+        {
+            auto lease = pool.acquire(5s);
+            REQUIRE(lease);
+            pid = backend_pid(lease.native_handle());
+        } // returned dirty: reset (or its answer read) at the next checkout
+        if (pipelined) // the answer to the DISCARD ALL sent on return has left the server
+            REQUIRE(eventually([&] {
+                return a.value("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app +
+                               "' AND state = 'idle' AND query = 'DISCARD ALL'") == "1";
+            }, 10s));
+        constexpr auto timeout = 1000ms;
+        std::error_code ec;
+        bool got = false;
+        std::optional<bounded_thread> caller;
+        frozen_process frozen(pid);
+        caller.emplace([&] {
+            auto lease = pool.acquire(timeout, ec);
+            got = static_cast<bool>(lease);
+        });
+        const bool ended = caller->finished_within(timeout + slack);
+        CHECK_MESSAGE(ended, "acquire(" << timeout.count() << " ms) still blocked after " << (timeout + slack).count()
+                                        << " ms: the checkout reset waits for the frozen server");
+        frozen.resume();
+        REQUIRE(caller->finished_within(10s));
+        if (ended && pipelined) {
+            CHECK(got);
+            CHECK(!ec);
+        } else if (ended) {
+            CHECK(!got);
+            CHECK((ec == keypool::errc::timeout || ec == keypool::errc::broken_connection));
+        }
     }
 }
 

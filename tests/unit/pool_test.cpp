@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <stop_token>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -813,4 +814,62 @@ TEST_CASE("a reset at checkout gets the caller's deadline, and the time it took 
     CHECK(p.stats().closed_for(keypool::close_reason::reset_failed) == 1);
     CHECK(p.stats().timeouts == 1);
     CHECK(c.stats().connects == 1); // no new connection was opened past the deadline
+}
+
+namespace {
+/// The fake, plus reset_begin: logs "begin <id>" and "reset <id>" in order. A begun reset is
+/// completed by `reset` (the fake's session is clear only after it).
+struct begin_reset_connector : keypool::fake::connector {
+    std::shared_ptr<std::vector<std::string>> log = std::make_shared<std::vector<std::string>>();
+    void reset_begin(keypool::fake::connection& c) { log->push_back("begin " + std::to_string(c.id)); }
+    bool reset(keypool::fake::connection& c) {
+        log->push_back("reset " + std::to_string(c.id));
+        return keypool::fake::connector::reset(c);
+    }
+};
+static_assert(keypool::connector_has_reset_begin<begin_reset_connector>);
+static_assert(!keypool::connector_has_reset_begin<keypool::fake::connector>);
+
+template <class Reset>
+using begin_reset_pool =
+    keypool::basic_pool<begin_reset_connector, keypool::with_clock<keypool::manual_clock>, keypool::with_reset<Reset>>;
+} // namespace
+
+TEST_CASE("reset_begin starts the reset when a lease returns, and the reset before the next hand-out completes it") {
+    kp_test::fixture f;
+    begin_reset_connector c;
+    SUBCASE("reset_at::checkout") {
+        begin_reset_pool<keypool::reset_at::checkout> p(c, "db", {.max_size = 1, .validate_after_idle = 1h}, f.clock);
+        {
+            auto l = p.acquire(1s);
+            l->use("role=acme");
+        }
+        CHECK(*c.log == std::vector<std::string>{"begin 1"}); // sent on return; not waited for
+        {
+            auto l = p.acquire(1s);
+            CHECK(l->session.empty()); // completed before the hand-out
+        }
+        { auto l = p.acquire(1s); }
+        CHECK(*c.log == std::vector<std::string>{"begin 1", "reset 1", "begin 1", "reset 1", "begin 1"});
+        // A discarded or retired connection is not worth starting a reset for.
+        auto l = p.acquire(1s);
+        l.discard();
+        CHECK(c.log->back() == "reset 1");
+        CHECK(p.stats().resets == 3);
+    }
+    SUBCASE("reset_at::background: maintain() completes it") {
+        begin_reset_pool<keypool::reset_at::background> p(c, "db", {.max_size = 1, .validate_after_idle = 1h}, f.clock);
+        { auto l = p.acquire(1s); }
+        CHECK(*c.log == std::vector<std::string>{"begin 1"});
+        p.maintain();
+        CHECK(*c.log == std::vector<std::string>{"begin 1", "reset 1"});
+        { auto l = p.acquire(1s); } // already clean: no second reset at checkout
+        CHECK(*c.log == std::vector<std::string>{"begin 1", "reset 1", "begin 1"});
+    }
+    SUBCASE("reset_at::release resets in full on return: nothing to begin") {
+        begin_reset_pool<keypool::reset_at::release> p(c, "db", {.max_size = 1, .validate_after_idle = 1h}, f.clock);
+        { auto l = p.acquire(1s); }
+        { auto l = p.acquire(1s); }
+        CHECK(*c.log == std::vector<std::string>{"reset 1", "reset 1"});
+    }
 }

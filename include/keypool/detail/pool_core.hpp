@@ -260,6 +260,7 @@ public:
             bump(s->resets);
             if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
         } else {
+            if constexpr (connector_has_reset_begin<Connector>) begin_reset(s);
             s->dirty = true;
         }
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
@@ -267,6 +268,15 @@ public:
         if constexpr (std::is_same_v<Reset, reset_at::background>) return release_dirty(s);
         if (slot* rest = push_fast(s)) return release_slow(rest);
         return false;
+    }
+
+    /// The connector starts the reset now (e.g. sends it) and the reset before the next hand-out
+    /// completes it: its round trip overlaps the time the connection sits idle.
+    void begin_reset(slot* s) noexcept {
+        try {
+            connector_.reset_begin(*s->conn);
+        } catch (...) { // the reset at checkout still runs in full
+        }
     }
 
     // ---- close -----------------------------------------------------------------------------

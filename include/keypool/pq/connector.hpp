@@ -90,6 +90,12 @@ struct connector_options {
     /// checkout also ends at the acquiring caller's deadline, whichever comes first.
     std::chrono::milliseconds command_timeout{5000};
 
+    /// Send the reset query when a lease comes back and read its answer only at the next
+    /// checkout (`reset_begin`): the round trip happens while the connection sits idle, not while
+    /// the next caller waits. Only for a clean return (no transaction open, nothing running);
+    /// anything else gets the full reset at checkout. False: the whole reset runs at checkout.
+    bool pipelined_reset = true;
+
     /// Cancel a query still running when its lease comes back (then drain it) instead of
     /// destroying the connection. A cancel request is a new connection to the server.
     bool cancel_running_query = true;
@@ -117,13 +123,15 @@ class connection {
 public:
     connection() = default;
     connection(connection&& o) noexcept
-        : pg_(std::exchange(o.pg_, nullptr)), state_(std::move(o.state_)), role_set_(o.role_set_) {}
+        : pg_(std::exchange(o.pg_, nullptr)), state_(std::move(o.state_)), role_set_(o.role_set_),
+          reset_stage_(o.reset_stage_) {}
     connection& operator=(connection&& o) noexcept {
         if (this != &o) {
             if (pg_) PQfinish(pg_);
             pg_ = std::exchange(o.pg_, nullptr);
             state_ = std::move(o.state_);
             role_set_ = o.role_set_;
+            reset_stage_ = o.reset_stage_;
         }
         return *this;
     }
@@ -142,6 +150,8 @@ private:
     PGconn* pg_ = nullptr;
     std::unique_ptr<detail::connection_state> state_; // stable address: the notice receiver's argument
     bool role_set_ = false;
+    // reset_begin: 0 nothing begun, 1 the reset query is sent, 2 alive() has read its whole answer (good).
+    std::uint8_t reset_stage_ = 0;
 };
 
 class connector {
@@ -210,6 +220,15 @@ public:
         deadline = std::min(deadline, own_deadline());
         PGconn* pg = c.pg_;
         if (!c.usable()) return false;
+        if (c.reset_stage_ != 0) { // reset_begin sent it: read the answer (usually here already)
+            const bool answered = c.reset_stage_ == 2;
+            c.reset_stage_ = 0;
+            std::string state;
+            if (!answered && !collect(pg, deadline, PGRES_COMMAND_OK, &state)) return reset_failed(c, state);
+            c.role_set_ = false;
+            drain_notifications(pg);
+            return c.usable() && PQtransactionStatus(pg) == PQTRANS_IDLE;
+        }
         drain_notifications(pg);
         if (PQpipelineStatus(pg) != PQ_PIPELINE_OFF && PQexitPipelineMode(pg) != 1) return false;
         if (PQisnonblocking(pg)) PQsetnonblocking(pg, 0);
@@ -235,6 +254,22 @@ public:
         return c.usable() && PQtransactionStatus(pg) == PQTRANS_IDLE;
     }
 
+    /// With `pipelined_reset`, when a lease returns: sends the reset query and returns without
+    /// waiting; `reset` reads its answer before the connection is handed out again. Declines (the
+    /// full reset then runs at checkout) unless the session is clean: no transaction, nothing
+    /// running, no pipeline, and no role that only an extra `RESET ROLE` would undo.
+    void reset_begin(connection& c) const noexcept {
+        const auto& o = s_->opt;
+        PGconn* pg = c.pg_;
+        if (!o.pipelined_reset || o.reset_query.empty() || c.reset_stage_ != 0 || !c.usable()) return;
+        if (PQisBusy(pg) || PQpipelineStatus(pg) != PQ_PIPELINE_OFF || PQtransactionStatus(pg) != PQTRANS_IDLE)
+            return;
+        if (c.role_set_ && o.role_mode == role_switch_mode::session && o.reset_query != "DISCARD ALL") return;
+        if (PQisnonblocking(pg)) PQsetnonblocking(pg, 0); // so the send completes (a few bytes)
+        drain_notifications(pg);
+        if (PQsendQuery(pg, o.reset_query.c_str()) == 1) c.reset_stage_ = 1;
+    }
+
     /// A backend that was terminated while the connection sat idle leaves the socket readable (its
     /// FATAL message, then EOF) while PQstatus still says OK. No round trip: poll the socket; if
     /// it has data, let libpq read it and look at the status again.
@@ -248,6 +283,21 @@ public:
         if (n == 0) return true;
         if (p.revents & (POLLERR | POLLNVAL)) return false;
         if (PQconsumeInput(pg) == 0) return false;
+        if (c.reset_stage_ == 1) {
+            // The answer to the reset sent on return: libpq parses nothing behind a result nobody
+            // has read, so read it now, or a terminated backend's FATAL queued behind it stays
+            // unseen until the reset at checkout fails on it.
+            while (!PQisBusy(pg)) {
+                PGresult* r = PQgetResult(pg);
+                if (!r) {
+                    c.reset_stage_ = 2;
+                    break;
+                }
+                const bool good = PQresultStatus(r) == PGRES_COMMAND_OK;
+                PQclear(r);
+                if (!good) return false;
+            }
+        }
         (void)PQisBusy(pg); // parses what was read: an unsolicited FATAL reaches the notice receiver
         if (PQconsumeInput(pg) == 0) return false;
         drain_notifications(pg);
@@ -258,6 +308,7 @@ public:
     /// the server does not answer within `command_timeout`.
     bool ping(connection& c) const {
         PGconn* pg = c.pg_;
+        if (c.reset_stage_ != 0) return reset(c); // its answer is the round trip (the pool resets dirty ones anyway)
         if (!c.usable() || PQtransactionStatus(pg) != PQTRANS_IDLE) return false;
         return run(c, "", 0, nullptr, own_deadline(), PGRES_EMPTY_QUERY, nullptr) && c.usable();
     }
@@ -456,10 +507,19 @@ private:
     bool command(connection& c, const char* sql, const char* phase, time_point deadline) const {
         std::string state;
         const bool ok = run(c, sql, 0, nullptr, deadline, PGRES_COMMAND_OK, &state);
-        if (!ok)
-            report(phase, make_error_code(!state.empty() ? classify_sqlstate(state.c_str()) : errc::broken_connection),
-                   PQerrorMessage(c.pg_), nullptr);
+        if (!ok) report_failure(c, phase, state);
         return ok;
+    }
+
+    void report_failure(connection& c, const char* phase, const std::string& sqlstate) const {
+        report(phase,
+               make_error_code(!sqlstate.empty() ? classify_sqlstate(sqlstate.c_str()) : errc::broken_connection),
+               PQerrorMessage(c.pg_), nullptr);
+    }
+
+    bool reset_failed(connection& c, const std::string& sqlstate) const {
+        report_failure(c, "reset", sqlstate);
+        return false;
     }
 
     /// A lease came back with a query still running (sent, results not read): cancel it on the
