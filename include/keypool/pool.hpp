@@ -226,7 +226,8 @@ private:
         if (!o) throw error(make_error_code(errc::invalid_config), "keypool: pool options missing");
         if (auto ec = validate(*o, msg)) throw error(ec, msg);
         clock_ = &clock;
-        return new core_type(std::move(c), std::move(t), std::move(o), clock, std::move(obs));
+        const std::size_t slots = o->max_size;
+        return new (slots) core_type(std::move(c), std::move(t), std::move(o), clock, std::move(obs));
     }
 
     /// The throwing acquire after its fast path found nothing: out of line, so the fast path

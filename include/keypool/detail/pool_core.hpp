@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <optional>
 #include <source_location>
@@ -98,16 +99,28 @@ public:
     using shared_options = std::shared_ptr<const pool_options>;
     static shared_options share(const pool_options& o) { return std::make_shared<const pool_options>(clamped(o)); }
 
-    /// `o` comes from share().
+    /// `o` comes from share(). Allocate with `new (o->max_size) pool_core(...)`: the slots live
+    /// in the same allocation, right after the core (one allocation per pool, and a slot is a
+    /// fixed distance from the core's first line).
     pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
-        : slots_(new slot[o->max_size]), opt_(*o), clock_(&clock), n_caches_(cache_count(*o)),
-          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr), connector_(std::move(c)),
-          target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
+        : slots_(std::launder(reinterpret_cast<slot*>(this + 1))), opt_(*o), clock_(&clock),
+          n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
+          connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
           rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
+        std::uninitialized_default_construct_n(slots_, opt_.max_size); // noexcept: atomics and nullopt
         for (std::uint32_t i = 0; i < opt_.max_size; ++i) slots_[i].self = i;
         for (std::uint32_t i = 0; i < opt_.max_size; ++i)
             slots_[i].next.store(i + 1 < opt_.max_size ? i + 1 : none, std::memory_order_relaxed);
         free_head_ = 0;
+    }
+    ~pool_core() { std::destroy_n(slots_, opt_.max_size); }
+
+    static void* operator new(std::size_t size, std::size_t slots) {
+        return ::operator new(size + slots * sizeof(slot), std::align_val_t{alignof(pool_core)});
+    }
+    static void operator delete(void* p) noexcept { ::operator delete(p, std::align_val_t{alignof(pool_core)}); }
+    static void operator delete(void* p, std::size_t) noexcept { // a constructor threw
+        ::operator delete(p, std::align_val_t{alignof(pool_core)});
     }
 
     pool_core(const pool_core&) = delete;
@@ -194,7 +207,9 @@ public:
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
     /// pool) when a returned connection waits for its reset, e.g. a janitor's poke(). Empty = none.
-    void set_reset_signal(std::function<void()> f) noexcept {
+    void set_reset_signal(std::function<void()> f) noexcept
+        requires std::is_same_v<Reset, reset_at::background>
+    {
         std::lock_guard lk(m_);
         reset_signal_ = std::move(f);
     }
@@ -820,7 +835,8 @@ private:
             }
             s->next.store(dirty_head_, std::memory_order_relaxed);
             dirty_head_ = index_of(s);
-            if (reset_signal_) reset_signal_();
+            if constexpr (std::is_same_v<Reset, reset_at::background>)
+                if (reset_signal_) reset_signal_();
         }
         return false;
     }
@@ -1209,7 +1225,7 @@ private:
         std::atomic<std::uint32_t> word{none};
     };
     alignas(64) atomic<std::uint64_t> head_{none};
-    std::unique_ptr<slot[]> slots_;
+    slot* const slots_; // opt_.max_size of them, after the core in its allocation
     const pool_options& opt_; // *opt_owner_
     const Clock* clock_;
     const std::uint32_t n_caches_; // a power of two, or 0
@@ -1224,7 +1240,10 @@ private:
     mutable typename Sync::mutex_type m_; // (not on the fast path's line: waiters do not slow it)
     std::uint32_t free_head_ = none;
     std::uint32_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
-    std::function<void()> reset_signal_;
+    struct no_signal {};
+    [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, std::function<void()>,
+                                             no_signal>
+        reset_signal_; // reset_at::background only
     waiter_list waiters_;
     std::size_t open_ = 0;
     std::size_t connecting_ = 0;
