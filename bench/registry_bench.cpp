@@ -339,6 +339,14 @@ void memory_per_key(benchmark::State& state) {
             baseline_per_key = double(g_live_bytes.load() - before_base) / keys;
         }
     }
+    // Where the bytes are: per pool (table node with the entry, the pool handle, the core) and per
+    // connection slot (each pool has max_size of them, in the core's allocation).
+    using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>;
+    using core = std::remove_pointer_t<decltype(keypool::detail::pool_access::core(std::declval<reg::pool_type&>()))>;
+    state.counters["pool_core_bytes"] = static_cast<double>(sizeof(core));
+    state.counters["slot_bytes"] = static_cast<double>(sizeof(typename core::slot));
+    state.counters["slot_bytes_beyond_connection"] =
+        static_cast<double>(sizeof(typename core::slot) - sizeof(std::optional<keypool::fake::connection>));
     state.counters["registry_bytes_per_key_excl_connection"] = per_key;
     state.counters["fake_connection_bytes"] = per_conn;
     state.counters["mutex_map_bytes_per_key"] = baseline_per_key;
