@@ -93,6 +93,15 @@ concept connector_has_reset_begin = requires(C& c, typename C::connection_type& 
     { c.reset_begin(x) } -> std::same_as<void>;
 };
 
+/// Optional, with `reset_begin`: `c.reset_ready(x) -> bool`, false while a begun reset still waits
+/// for its answer (a non-blocking probe, e.g. a poll of the socket). A checkout that pops such a
+/// connection takes the next idle one instead if that one is ready, so the caller does not wait
+/// for the round trip the other's reset is still making. Must not throw.
+template <class C>
+concept connector_has_reset_ready = requires(C& c, typename C::connection_type& x) {
+    { c.reset_ready(x) } -> std::same_as<bool>;
+};
+
 /// Optional: `c.ping(x) -> bool` makes one round trip on an idle connection; false means it is
 /// dead. With `pool_options::keepalive_after`, `maintain()` pings connections idle that long.
 template <class C>

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -872,4 +873,55 @@ TEST_CASE("reset_begin starts the reset when a lease returns, and the reset befo
         { auto l = p.acquire(1s); }
         CHECK(*c.log == std::vector<std::string>{"reset 1", "reset 1"});
     }
+}
+
+namespace {
+/// begin_reset_connector plus reset_ready: the connections listed in `pending` have not had their
+/// reset's answer yet.
+struct ready_probe_connector : begin_reset_connector {
+    std::shared_ptr<std::set<std::uint64_t>> pending = std::make_shared<std::set<std::uint64_t>>();
+    bool reset_ready(keypool::fake::connection& c) { return pending->count(c.id) == 0; }
+};
+static_assert(keypool::connector_has_reset_ready<ready_probe_connector>);
+} // namespace
+
+TEST_CASE("a checkout prefers an idle connection whose begun reset is done over one still waiting for it") {
+    kp_test::fixture f;
+    ready_probe_connector c;
+    keypool::basic_pool<ready_probe_connector, keypool::with_clock<keypool::manual_clock>> p(
+        c, "db", {.max_size = 2, .validate_after_idle = 1h}, f.clock);
+    {
+        auto a = p.acquire(1s); // connection 1
+        auto b = p.acquire(1s); // connection 2
+        REQUIRE(a->id == 1);
+        REQUIRE(b->id == 2);
+    } // b returns first, then a: 1 is the most recently used
+    c.pending->insert(1); // 1's reset answer has not arrived
+    {
+        auto l = p.acquire(1s);
+        CHECK(l->id == 2); // 1 went back; 2 was ready
+    }
+    // 2 is now the most recent and pending too; 1 still pending: neither ready, keep the MRU one.
+    c.pending->insert(2);
+    {
+        auto l = p.acquire(1s);
+        CHECK(l->id == 2);
+    }
+    c.pending->clear();
+    {
+        auto l = p.acquire(1s);
+        CHECK(l->id == 2); // both ready: most recently used first, as always
+    }
+    // try_acquire makes the same choice.
+    c.pending->insert(2);
+    {
+        auto l = p.try_acquire();
+        REQUIRE(l);
+        CHECK(l->id == 1);
+    }
+    const auto s = p.stats();
+    CHECK(s.size == 2);
+    CHECK(s.idle == 2);
+    CHECK(s.connects_ok == 2);
+    CHECK(c.stats().live == 2);
 }

@@ -153,7 +153,7 @@ public:
         // The failed checkout used up the time (e.g. a reset that ran until the deadline).
         if (started != time_point{} && clock_->now() > resolve()) return acquire_timed_out(ec);
         for (;;) {
-            slot* s = pop_fast();
+            slot* s = pop_ready();
             if (!s && !(s = acquire_slow(resolve(), st, ec))) return nullptr;
             if (checkout(s, resolve())) return s;
             // The connection failed checkout and was closed: try another within the deadline.
@@ -167,13 +167,13 @@ public:
     /// time a failed checkout began (see acquire()).
     template <class When>
     KEYPOOL_ALWAYS_INLINE slot* acquire_fast(When when, time_point& started) noexcept {
-        slot* s = pop_fast();
+        slot* s = pop_ready();
         return s && checkout(s, when, &started) ? s : nullptr;
     }
 
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
     slot* try_acquire() noexcept {
-        while (slot* s = pop_fast())
+        while (slot* s = pop_ready())
             if (checkout(s)) return s;
         return nullptr;
     }
@@ -202,8 +202,8 @@ public:
         return true;
     }
 
-    /// One CAS: an idle connection, or nullptr if none is free or callers are queued.
-    slot* pop_idle() noexcept { return pop_fast(); }
+    /// An idle connection, or nullptr if none is free or callers are queued (pop_ready).
+    KEYPOOL_ALWAYS_INLINE slot* pop_idle() noexcept { return pop_ready(); }
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
     /// pool) when a returned connection waits for its reset, e.g. a janitor's poke(). Empty = none.
@@ -684,6 +684,36 @@ private:
             if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
                 return &slots_[i];
         }
+    }
+
+    /// pop_fast(); with a connector that has `reset_ready`, a connection whose begun reset is
+    /// still waiting for its answer is swapped for the next idle one if that one is ready.
+    KEYPOOL_ALWAYS_INLINE slot* pop_ready() noexcept {
+        slot* s = pop_fast();
+        if constexpr (connector_has_reset_ready<Connector>) {
+            if (s && !reset_ready(s)) s = prefer_ready(s);
+        }
+        return s;
+    }
+
+    bool reset_ready(slot* s) noexcept {
+        if (!s->dirty) return true;
+        try {
+            return connector_.reset_ready(*s->conn);
+        } catch (...) {
+            return true; // the checkout's reset finds out
+        }
+    }
+
+    /// `s` (ours) still waits for its reset's answer: take the next idle connection instead if its
+    /// reset is done, and put `s` back on top. Else keep `s` (most recently used first).
+    KEYPOOL_NOINLINE slot* prefer_ready(slot* s) noexcept {
+        slot* t = pop_fast();
+        if (!t) return s;
+        if (!reset_ready(t)) std::swap(s, t); // neither is ready: keep the more recent one
+        // We own a connection (t), so the core stays alive; a queued caller may take s at once.
+        if (slot* rest = push_fast(s)) (void)release_slow(rest);
+        return t;
     }
 
     /// Publishes an idle connection: into this CPU's cache (the connection it held moves to the

@@ -270,6 +270,14 @@ public:
         if (PQsendQuery(pg, o.reset_query.c_str()) == 1) c.reset_stage_ = 1;
     }
 
+    /// False while the reset sent by reset_begin has no answer yet (a poll of the socket, no
+    /// round trip): the pool then hands out another idle connection whose reset is done.
+    bool reset_ready(connection& c) const noexcept {
+        if (c.reset_stage_ != 1) return true;
+        pollfd p{PQsocket(c.pg_), POLLIN, 0};
+        return p.fd < 0 || ::poll(&p, 1, 0) != 0;
+    }
+
     /// A backend that was terminated while the connection sat idle leaves the socket readable (its
     /// FATAL message, then EOF) while PQstatus still says OK. No round trip: poll the socket; if
     /// it has data, let libpq read it and look at the status again.
