@@ -414,9 +414,7 @@ private:
         }
         ++sh.misses;
         if constexpr (Flight::single) {
-            auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
-            entry& e = node->second;
-            e.key = &node->first;
+            entry& e = insert_locked(sh, key);
             lk.unlock();
             return lead(sh, e, key, st, ec);
         } else {
@@ -472,12 +470,7 @@ private:
             }
             std::lock_guard lk(sh.m);
             if (p) {
-                e.pool = std::move(p);
-                e.core = pool_access::core(*e.pool);
-                e.setup = std::move(r->setup);
-                e.st = entry::state::ready;
-                e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
-                ring_.push_back(e);
+                publish_locked(e, std::move(p), std::move(r->setup));
                 ++created_;
             } else if (rec == errc::cancelled && st.stop_requested()) {
                 // The leader gave up; the joiners must not fail for it: drop the entry so the next
@@ -510,20 +503,30 @@ private:
             ++created_;
             std::lock_guard lk(sh.m);
             if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
-            auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
-            entry& e = node->second;
-            e.key = &node->first;
-            e.pool = std::move(p);
-            e.core = pool_access::core(*e.pool);
-            e.setup = std::move(r->setup);
-            e.st = entry::state::ready;
-            e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
-            ring_.push_back(e);
+            entry& e = insert_locked(sh, key);
+            publish_locked(e, std::move(p), std::move(r->setup));
             mine = &e;
         }
         notify_pool_created(obs_, key);
         evict_over_cap(mine);
         return true;
+    }
+
+    /// Under the shard lock: a new entry (state `creating`) in the key's node.
+    static entry& insert_locked(shard& sh, const Key& key) {
+        auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
+        node->second.key = &node->first;
+        return node->second;
+    }
+
+    /// Under ring_m_ and the shard lock: the entry becomes ready with its pool and joins the ring.
+    void publish_locked(entry& e, std::shared_ptr<Pool> p, setup_type setup) {
+        e.pool = std::move(p);
+        e.core = pool_access::core(*e.pool);
+        e.setup = std::move(setup);
+        e.st = entry::state::ready;
+        e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+        ring_.push_back(e);
     }
 
     std::shared_ptr<Pool> make_pool(const target_type& target) {
