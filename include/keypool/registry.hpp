@@ -44,17 +44,28 @@ concept registry_option = pool_option<T> || requires {
                  std::same_as<typename T::axis, detail::flight_axis>;
 };
 
-/// A lease from a registry: a pool lease that also tells the key it was acquired for.
+/// A lease from a registry: a pool lease that also tells the key it was acquired for. A key that
+/// is trivially copyable (an integer, a small struct) is copied into the lease; any other (a
+/// `std::string`, whose copy may allocate) is shared with the registry's own copy, made once per
+/// key, so an acquire allocates nothing whatever the key type.
 template <class Key, class PoolLease>
 class keyed_lease : public PoolLease {
 public:
+    using key_holder = detail::lease_key<Key>;
     keyed_lease() = default;
-    keyed_lease(PoolLease l, Key k) noexcept(std::is_nothrow_move_constructible_v<Key>)
-        : PoolLease(std::move(l)), key_(std::move(k)) {}
-    const Key& key() const noexcept { return key_; }
+    keyed_lease(PoolLease l, key_holder k) noexcept : PoolLease(std::move(l)), key_(std::move(k)) {}
+    /// The key the lease was acquired for (a default-constructed key for an empty lease).
+    const Key& key() const noexcept {
+        if constexpr (detail::key_by_value<Key>) {
+            return key_;
+        } else {
+            static const Key none{};
+            return key_ ? *key_ : none;
+        }
+    }
 
 private:
-    Key key_{};
+    key_holder key_{};
 };
 
 /// One pool per key. `acquire(key)` finds the key's pool (creating it on first use, once even under

@@ -14,6 +14,7 @@
 #include <stop_token>
 #include <system_error>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <boost/container_hash/hash.hpp>
@@ -29,6 +30,29 @@
 #include <keypool/stats.hpp>
 
 namespace keypool::detail {
+
+/// How the acquire path carries a key's per-key values (the key into its lease, the route's
+/// setup into `prepare`): a copy when that is a plain memory copy, else a share of the table's own
+/// copy, made once per key. So a `std::string` key or role name longer than the small-string
+/// buffer costs no allocation per acquire (an atomic increment instead).
+template <class T>
+inline constexpr bool copy_is_plain = std::is_trivially_copyable_v<T> && sizeof(T) <= 32;
+template <class T>
+using held = std::conditional_t<copy_is_plain<T>, T, std::shared_ptr<const T>>;
+template <class T>
+held<T> hold(T v) {
+    if constexpr (copy_is_plain<T>) return v;
+    else return std::make_shared<const T>(std::move(v));
+}
+template <class T>
+const T& held_value(const held<T>& h) noexcept {
+    if constexpr (copy_is_plain<T>) return h;
+    else return *h;
+}
+template <class Key>
+inline constexpr bool key_by_value = copy_is_plain<Key>;
+template <class Key>
+using lease_key = held<Key>;
 
 template <class O, class Key>
 void notify_pool_created(O& o, const Key& k) {
@@ -103,25 +127,27 @@ public:
                 touch(e);
                 if (attempt == 0) ++sh.hits;
                 core_type* core = e.core;
-                setup_type setup = e.setup;
+                held<setup_type> setup = e.setup;
                 if (auto* s = core->pop_idle()) {
+                    lease_key<Key> k = key_of(e);
                     lk.unlock();
                     switch (core->checkout_detached(s, when)) {
                     case core_type::checkout_result::ok:
-                        return prepared(Lease(lease_access::make(core, s), key), setup, ec);
+                        return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
                     }
                 }
                 // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
                 std::shared_ptr<Pool> pin = e.pool;
+                lease_key<Key> k = key_of(e);
                 lk.unlock();
                 auto l = pin->acquire(resolve_deadline(), st, ec);
                 if (!l) {
                     if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
                     return count_error(ec), Lease{};
                 }
-                return prepared(Lease(std::move(l), key), setup, ec);
+                return prepared(Lease(std::move(l), std::move(k)), setup, ec);
             }
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
         }
@@ -137,14 +163,15 @@ public:
             touch(e);
             ++sh.hits;
             core_type* core = e.core;
-            setup_type setup = e.setup;
+            held<setup_type> setup = e.setup;
             auto* s = core->pop_idle();
-            lk.unlock();
             if (!s) return {};
+            lease_key<Key> k = key_of(e);
+            lk.unlock();
             switch (core->checkout_detached(s)) {
             case core_type::checkout_result::ok: {
                 std::error_code ec;
-                return prepared(Lease(lease_access::make(core, s), key), setup, ec);
+                return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
             }
             case core_type::checkout_result::delete_core: delete core; continue;
             case core_type::checkout_result::retry: continue;
@@ -310,8 +337,11 @@ private:
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
         core_type* core = nullptr; // the pool's core, cached: one pointer less to chase
-        [[no_unique_address]] setup_type setup{};
+        [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
         const Key* key = nullptr; // the node's own key
+        struct no_share {};
+        // Leases share it when the key is not copied into them (key_by_value).
+        [[no_unique_address]] std::conditional_t<key_by_value<Key>, no_share, held<Key>> shared_key;
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
         std::shared_ptr<Pool> pool; // ready: the pool; empty otherwise
         std::error_code error;      // failed: why, until failed_until
@@ -356,8 +386,9 @@ private:
         }
     }
 
-    Lease prepared(Lease l, const setup_type& setup, std::error_code& ec) noexcept {
+    Lease prepared(Lease l, const held<setup_type>& held_setup, std::error_code& ec) noexcept {
         if constexpr (!std::is_same_v<setup_type, no_setup>) {
+            const setup_type& setup = held_value<setup_type>(held_setup);
             bool ok = false;
             std::error_code pec;
             try {
@@ -516,14 +547,21 @@ private:
     static entry& insert_locked(shard& sh, const Key& key) {
         auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
         node->second.key = &node->first;
+        if constexpr (!key_by_value<Key>) node->second.shared_key = hold(key);
         return node->second;
+    }
+
+    /// What a lease of `e` holds for its key (under the shard lock).
+    static lease_key<Key> key_of(const entry& e) noexcept {
+        if constexpr (key_by_value<Key>) return *e.key;
+        else return e.shared_key;
     }
 
     /// Under ring_m_ and the shard lock: the entry becomes ready with its pool and joins the ring.
     void publish_locked(entry& e, std::shared_ptr<Pool> p, setup_type setup) {
         e.pool = std::move(p);
         e.core = pool_access::core(*e.pool);
-        e.setup = std::move(setup);
+        e.setup = hold(std::move(setup));
         e.st = entry::state::ready;
         e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
         ring_.push_back(e);
