@@ -17,21 +17,22 @@ namespace {
 thread_local std::uint64_t t_allocations = 0;
 
 /// Allocations this thread made while `f` ran.
-template <class F> std::uint64_t allocations_during(F &&f) {
+template <class F> std::uint64_t allocations_during(F&& f) {
     const std::uint64_t before = t_allocations;
     f();
     return t_allocations - before;
 }
 } // namespace
 
-void *operator new(std::size_t n) {
+__attribute__((noinline)) void* operator new(std::size_t n) {
     ++t_allocations;
-    if (void *p = std::malloc(n ? n : 1))
-        return p;
+    if (void* p = std::malloc(n ? n : 1)) return p;
     throw std::bad_alloc();
 }
-void operator delete(void *p) noexcept { std::free(p); }
-void operator delete(void *p, std::size_t) noexcept { std::free(p); }
+// Not inlined: once GCC inlines a replacement delete into a container's destructor it "sees" a
+// free() of memory that came from new, and -Werror=mismatched-new-delete stops the build.
+__attribute__((noinline)) void operator delete(void* p) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace std::chrono_literals;
 
@@ -42,14 +43,14 @@ std::string long_key(int i) { return "tenant-" + std::to_string(i) + "-with-a-na
 struct long_string_resolver {
     using target_type = std::string;
     using setup_type = keypool::no_setup;
-    std::optional<keypool::route<std::string>> resolve(const std::string &k, std::error_code &) const {
+    std::optional<keypool::route<std::string>> resolve(const std::string& k, std::error_code&) const {
         return keypool::route<std::string>{"db/" + k, {}};
     }
 };
 /// The fake, with a role switch that reuses the session string's buffer (the fake's own prepare
 /// builds a new string each time, which is the connector's cost, not the registry's).
 struct quiet_role_connector : keypool::fake::connector {
-    bool prepare(keypool::fake::connection &c, const keypool::role &r, std::error_code &) {
+    bool prepare(keypool::fake::connection& c, const keypool::role& r, std::error_code&) {
         c.session.assign(r.name);
         return true;
     }
@@ -74,7 +75,7 @@ TEST_CASE("a registry's acquire and release for an existing key allocate nothing
                                 keypool::resolve::function<std::string, keypool::no_setup, std::uint64_t>,
                                 keypool::fake::connector>
             r(keypool::resolve::function<std::string, keypool::no_setup, std::uint64_t>(
-                  [](const std::uint64_t &k, std::error_code &) -> std::optional<keypool::route<std::string>> {
+                  [](const std::uint64_t& k, std::error_code&) -> std::optional<keypool::route<std::string>> {
                       return keypool::route<std::string>{"db" + std::to_string(k), {}};
                   }),
               keypool::fake::connector{}, {.pool = {.max_size = 2}});
@@ -95,7 +96,7 @@ TEST_CASE("a registry's acquire and release for an existing key allocate nothing
         std::vector<std::string> keys;
         for (int k = 0; k < 16; ++k)
             keys.push_back(long_key(k));
-        for (const auto &k : keys)
+        for (const auto& k : keys)
             r.acquire(k, 1s).release();
         const std::uint64_t n = allocations_during([&] {
             for (int i = 0; i < 1000; ++i) {
@@ -119,7 +120,7 @@ TEST_CASE("a registry's acquire and release for an existing key allocate nothing
         for (int k = 0; k < 8; ++k)
             keys.push_back(long_key(k));
         for (int round = 0; round < 2; ++round) // every connection's session buffer grows once
-            for (const auto &k : keys)
+            for (const auto& k : keys)
                 r.acquire(k, 1s).release();
         const std::uint64_t n = allocations_during([&] {
             for (int i = 0; i < 1000; ++i) {
