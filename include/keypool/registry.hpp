@@ -51,12 +51,12 @@ concept registry_option = pool_option<T> || requires {
 template <class Key, class PoolLease>
 class keyed_lease : public PoolLease {
 public:
-    using key_holder = detail::lease_key<Key>;
+    using key_holder = detail::held<Key>;
     keyed_lease() = default;
     keyed_lease(PoolLease l, key_holder k) noexcept : PoolLease(std::move(l)), key_(std::move(k)) {}
     /// The key the lease was acquired for (a default-constructed key for an empty lease).
     const Key& key() const noexcept {
-        if constexpr (detail::key_by_value<Key>) {
+        if constexpr (detail::copy_is_plain<Key>) {
             return key_;
         } else {
             static const Key none{};

@@ -108,9 +108,10 @@ public:
           connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
           rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
         std::uninitialized_default_construct_n(slots_, opt_.max_size); // noexcept: atomics and nullopt
-        for (std::uint32_t i = 0; i < opt_.max_size; ++i) slots_[i].self = i;
-        for (std::uint32_t i = 0; i < opt_.max_size; ++i)
+        for (std::uint32_t i = 0; i < opt_.max_size; ++i) {
+            slots_[i].self = i;
             slots_[i].next.store(i + 1 < opt_.max_size ? i + 1 : none, std::memory_order_relaxed);
+        }
         free_head_ = 0;
     }
     ~pool_core() { std::destroy_n(slots_, opt_.max_size); }
@@ -218,13 +219,12 @@ public:
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
-    /// `when`: the caller's deadline (time_point) or timeout (duration); a connector with
-    /// `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}` for none.
+    /// `now`: the coarse time the caller read (the registry reads it once for its own
+    /// bookkeeping and this). `when`: the caller's deadline (time_point) or timeout (duration); a
+    /// connector with `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}`
+    /// for none.
     template <class When = no_deadline>
-    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, When when = {},
-                                                           time_point* read_at = nullptr) noexcept {
-        const time_point now = clock_->coarse_now();
-        if (read_at) *read_at = now;
+    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, time_point now, When when = {}) noexcept {
         if (now >= s->expires || now - used_at(*s) >= opt_.validate_after_idle) [[unlikely]] {
             if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
@@ -1080,7 +1080,9 @@ private:
     /// pool object alive (so closing cannot be the core's last act).
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr) noexcept {
-        return checkout_detached(s, when, read_at) == checkout_result::ok;
+        const time_point now = clock_->coarse_now();
+        if (read_at) *read_at = now;
+        return checkout_detached(s, now, when) == checkout_result::ok;
     }
 
     KEYPOOL_NOINLINE slot* acquire_timed_out(std::error_code& ec) noexcept {

@@ -49,10 +49,6 @@ const T& held_value(const held<T>& h) noexcept {
     if constexpr (copy_is_plain<T>) return h;
     else return *h;
 }
-template <class Key>
-inline constexpr bool key_by_value = copy_is_plain<Key>;
-template <class Key>
-using lease_key = held<Key>;
 
 template <class O, class Key>
 void notify_pool_created(O& o, const Key& k) {
@@ -120,18 +116,19 @@ public:
             return *deadline;
         };
         for (int attempt = 0;; ++attempt) {
+            const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
             if (it != sh.map.end() && it->second.st == entry::state::ready) {
                 entry& e = it->second;
-                touch(e);
+                touch(e, now);
                 if (attempt == 0) ++sh.hits;
                 core_type* core = e.core;
                 held<setup_type> setup = e.setup;
                 if (auto* s = core->pop_idle()) {
-                    lease_key<Key> k = key_of(e);
+                    held<Key> k = key_of(e);
                     lk.unlock();
-                    switch (core->checkout_detached(s, when)) {
+                    switch (core->checkout_detached(s, now, when)) {
                     case core_type::checkout_result::ok:
                         return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;
@@ -140,7 +137,7 @@ public:
                 }
                 // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
                 std::shared_ptr<Pool> pin = e.pool;
-                lease_key<Key> k = key_of(e);
+                held<Key> k = key_of(e);
                 lk.unlock();
                 auto l = pin->acquire(resolve_deadline(), st, ec);
                 if (!l) {
@@ -156,19 +153,20 @@ public:
     Lease try_acquire(const Key& key) noexcept {
         shard& sh = shard_for(key);
         for (;;) {
+            const time_point now = clock_->coarse_now();
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
             if (it == sh.map.end() || it->second.st != entry::state::ready) return {};
             entry& e = it->second;
-            touch(e);
+            touch(e, now);
             ++sh.hits;
             core_type* core = e.core;
             held<setup_type> setup = e.setup;
             auto* s = core->pop_idle();
             if (!s) return {};
-            lease_key<Key> k = key_of(e);
+            held<Key> k = key_of(e);
             lk.unlock();
-            switch (core->checkout_detached(s)) {
+            switch (core->checkout_detached(s, now)) {
             case core_type::checkout_result::ok: {
                 std::error_code ec;
                 return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
@@ -185,7 +183,7 @@ public:
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
             if (it != sh.map.end() && it->second.st == entry::state::ready) {
-                touch(it->second);
+                touch(it->second, clock_->coarse_now());
                 return it->second.pool;
             }
             if (!create_or_join(sh, lk, it, key, deadline, st, ec)) return nullptr;
@@ -340,8 +338,8 @@ private:
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
         const Key* key = nullptr; // the node's own key
         struct no_share {};
-        // Leases share it when the key is not copied into them (key_by_value).
-        [[no_unique_address]] std::conditional_t<key_by_value<Key>, no_share, held<Key>> shared_key;
+        // Leases share it when the key is not copied into them (copy_is_plain).
+        [[no_unique_address]] std::conditional_t<copy_is_plain<Key>, no_share, held<Key>> shared_key;
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
         std::shared_ptr<Pool> pool; // ready: the pool; empty otherwise
         std::error_code error;      // failed: why, until failed_until
@@ -375,13 +373,13 @@ private:
 
     /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
     /// key does not bounce its cache line) and the coarse last-use time for idle eviction.
-    void touch(entry& e) noexcept {
+    void touch(entry& e, time_point coarse_now) noexcept {
         if constexpr (Eviction::uses_lru)
             if (!e.referenced.load(std::memory_order_relaxed)) e.referenced.store(true, std::memory_order_relaxed);
         if constexpr (Eviction::uses_idle) {
             // Written only when the coarse time moved (every few ms): an unchanged line is not
             // taken from the other cores that use the key.
-            const auto now = clock_->coarse_now().time_since_epoch().count();
+            const auto now = coarse_now.time_since_epoch().count();
             if (e.last_used.load(std::memory_order_relaxed) != now) e.last_used.store(now, std::memory_order_relaxed);
         }
     }
@@ -547,13 +545,13 @@ private:
     static entry& insert_locked(shard& sh, const Key& key) {
         auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
         node->second.key = &node->first;
-        if constexpr (!key_by_value<Key>) node->second.shared_key = hold(key);
+        if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
         return node->second;
     }
 
     /// What a lease of `e` holds for its key (under the shard lock).
-    static lease_key<Key> key_of(const entry& e) noexcept {
-        if constexpr (key_by_value<Key>) return *e.key;
+    static held<Key> key_of(const entry& e) noexcept {
+        if constexpr (copy_is_plain<Key>) return *e.key;
         else return e.shared_key;
     }
 

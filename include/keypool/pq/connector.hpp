@@ -218,40 +218,11 @@ public:
     bool reset(connection& c) const { return reset(c, time_point::max()); }
     bool reset(connection& c, time_point deadline) const {
         deadline = std::min(deadline, own_deadline());
-        PGconn* pg = c.pg_;
         if (!c.usable()) return false;
-        if (c.reset_stage_ != 0) { // reset_begin sent it: read the answer (usually here already)
-            const bool answered = c.reset_stage_ == 2;
-            c.reset_stage_ = 0;
-            std::string state;
-            if (!answered && !collect(pg, deadline, PGRES_COMMAND_OK, &state)) return reset_failed(c, state);
-            c.role_set_ = false;
-            drain_notifications(pg);
-            return c.usable() && PQtransactionStatus(pg) == PQTRANS_IDLE;
-        }
-        drain_notifications(pg);
-        if (PQpipelineStatus(pg) != PQ_PIPELINE_OFF && PQexitPipelineMode(pg) != 1) return false;
-        if (PQisnonblocking(pg)) PQsetnonblocking(pg, 0);
-        switch (PQtransactionStatus(pg)) {
-        case PQTRANS_IDLE: break;
-        case PQTRANS_INTRANS:
-        case PQTRANS_INERROR:
-            if (!command(c, "ROLLBACK", "reset", deadline)) return false;
-            break;
-        case PQTRANS_ACTIVE:
-            if (!finish_running_query(c, deadline)) return false;
-            if (PQtransactionStatus(pg) != PQTRANS_IDLE && !command(c, "ROLLBACK", "reset", deadline)) return false;
-            break;
-        default: return false;
-        }
-        const auto& o = s_->opt;
-        if (!o.reset_query.empty() && !command(c, o.reset_query.c_str(), "reset", deadline)) return false;
-        if (c.role_set_ && o.role_mode == role_switch_mode::session && o.reset_query != "DISCARD ALL" &&
-            !command(c, "RESET ROLE", "reset", deadline))
-            return false;
+        if (!(c.reset_stage_ != 0 ? finish_begun_reset(c, deadline) : undo_session(c, deadline))) return false;
         c.role_set_ = false;
-        drain_notifications(pg);
-        return c.usable() && PQtransactionStatus(pg) == PQTRANS_IDLE;
+        drain_notifications(c.pg_);
+        return c.usable() && PQtransactionStatus(c.pg_) == PQTRANS_IDLE;
     }
 
     /// With `pipelined_reset`, when a lease returns: sends the reset query and returns without
@@ -519,15 +490,45 @@ private:
         return ok;
     }
 
+    /// reset_begin sent the reset query: read its answer (usually here already).
+    bool finish_begun_reset(connection& c, time_point deadline) const {
+        const bool answered = c.reset_stage_ == 2;
+        c.reset_stage_ = 0;
+        std::string state;
+        if (answered || collect(c.pg_, deadline, PGRES_COMMAND_OK, &state)) return true;
+        report_failure(c, "reset", state);
+        return false;
+    }
+
+    /// The whole reset, one round trip after another: leave pipeline mode, end a transaction or a
+    /// running query, run the reset query, and RESET ROLE where the reset query does not.
+    bool undo_session(connection& c, time_point deadline) const {
+        PGconn* pg = c.pg_;
+        drain_notifications(pg);
+        if (PQpipelineStatus(pg) != PQ_PIPELINE_OFF && PQexitPipelineMode(pg) != 1) return false;
+        if (PQisnonblocking(pg)) PQsetnonblocking(pg, 0);
+        switch (PQtransactionStatus(pg)) {
+        case PQTRANS_IDLE: break;
+        case PQTRANS_INTRANS:
+        case PQTRANS_INERROR:
+            if (!command(c, "ROLLBACK", "reset", deadline)) return false;
+            break;
+        case PQTRANS_ACTIVE:
+            if (!finish_running_query(c, deadline)) return false;
+            if (PQtransactionStatus(pg) != PQTRANS_IDLE && !command(c, "ROLLBACK", "reset", deadline)) return false;
+            break;
+        default: return false;
+        }
+        const auto& o = s_->opt;
+        if (!o.reset_query.empty() && !command(c, o.reset_query.c_str(), "reset", deadline)) return false;
+        return !(c.role_set_ && o.role_mode == role_switch_mode::session && o.reset_query != "DISCARD ALL" &&
+                 !command(c, "RESET ROLE", "reset", deadline));
+    }
+
     void report_failure(connection& c, const char* phase, const std::string& sqlstate) const {
         report(phase,
                make_error_code(!sqlstate.empty() ? classify_sqlstate(sqlstate.c_str()) : errc::broken_connection),
                PQerrorMessage(c.pg_), nullptr);
-    }
-
-    bool reset_failed(connection& c, const std::string& sqlstate) const {
-        report_failure(c, "reset", sqlstate);
-        return false;
     }
 
     /// A lease came back with a query still running (sent, results not read): cancel it on the
