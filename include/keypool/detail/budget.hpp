@@ -10,13 +10,15 @@
 #include <mutex>
 
 #include <boost/intrusive/list.hpp>
+#include <boost/smart_ptr/intrusive_ref_counter.hpp>
 
 namespace keypool::detail {
 
 // Lock order: a pool's lock, then m_ (give_back and enqueue run under a pool's lock); the budget
 // never calls into a pool: it only wakes a ticket's owner, who then takes its own pool's lock.
 // trim_m_ is taken with no pool lock held, and trim may lock the registry and other pools.
-class connection_budget {
+// Held by the registry and by each budgeted pool through an 8-byte intrusive pointer.
+class connection_budget : public boost::intrusive_ref_counter<connection_budget, boost::thread_safe_counter> {
 public:
     /// A caller waiting for a token, in arrival order across all pools: fairness across keys.
     struct ticket : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {

@@ -20,6 +20,8 @@
 
 #include <boost/container/small_vector.hpp>
 #include <boost/intrusive/list.hpp>
+#include <boost/smart_ptr/intrusive_ptr.hpp>
+#include <boost/smart_ptr/intrusive_ref_counter.hpp>
 
 #include <keypool/concepts.hpp>
 #include <keypool/error.hpp>
@@ -35,6 +37,12 @@ namespace keypool::detail {
 
 /// Selects basic_pool's constructor that takes options shared with other pools.
 struct shared_options_tag {};
+
+/// Validated options as pools keep them: one reference-counted copy that the many pools of a
+/// registry share (it stays in cache), held through an 8-byte intrusive pointer.
+struct options_block : pool_options, boost::intrusive_ref_counter<options_block, boost::thread_safe_counter> {
+    explicit options_block(const pool_options& o) : pool_options(o) {}
+};
 
 // Invariants (all under m_ unless said otherwise):
 // - head_ packs the idle stack's top slot index (bits 0-15), WAITERS (bit 16), CLOSED (bit 17) and
@@ -62,16 +70,18 @@ public:
     enum class slot_state : std::uint8_t { empty, connecting, idle, in_use };
 
     // The fields a checkout and a release use come first, then the connection, then the fields
-    // only maintain() and the diagnostics read: 192 bytes (three cache lines) with a fake
-    // connection, of which a cycle touches the first two.
-    struct alignas(64) slot {
-        atomic<std::uint32_t> next{none};
-        std::uint32_t self = 0; // its index in slots_ (index_of without a division)
+    // only maintain() reads: 64 bytes beyond the connection, aligned only as the connection is
+    // (a registry pays for max_size slots per key). Who holds a lease, and from where, is kept
+    // beside the slots only when an option asks for it (lease_info).
+    struct slot {
+        atomic<std::uint16_t> next{none};
+        std::uint16_t self = 0; // its index in slots_ (index_of without a division)
         atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
         // Set (to a close_reason + 1) by maintain() for a leased connection that must not come
         // back, e.g. past its lifetime: the release closes it. Read by the owner at release.
         atomic<std::uint8_t> retire{0};
         bool dirty = false;
+        bool leak_reported = false; // maintain()'s: it reported the lease it saw (seen_uses) as a leak
         // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
         atomic<std::uint64_t> uses{0};
         atomic<std::uint64_t> resets{0};
@@ -86,18 +96,19 @@ public:
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint64_t seen_uses = 0;
         time_point seen_in_use_at{};
-        // The current lease: by which thread (detect_self_deadlock) and from where
-        // (leak_threshold). Written by the owner at checkout, read under m_.
-        atomic<std::thread::id> owner{};
-        atomic<std::source_location> site{};
-        std::uint64_t leak_reported = ~std::uint64_t{0}; // maintain()'s: the uses count it reported
         time_point last_pinged{}; // keepalive: the last successful ping
     };
 
-    /// Validated options as pools keep them: shared, so the many pools of a registry hold one
-    /// copy (which stays in cache) instead of one each.
-    using shared_options = std::shared_ptr<const pool_options>;
-    static shared_options share(const pool_options& o) { return std::make_shared<const pool_options>(clamped(o)); }
+    /// The current lease of each slot: by which thread (detect_self_deadlock) and from where
+    /// (leak_threshold). Written by the owner at checkout, read under m_; allocated only when one
+    /// of those options is on.
+    struct lease_info {
+        atomic<std::thread::id> owner{};
+        atomic<std::source_location> site{};
+    };
+
+    using shared_options = boost::intrusive_ptr<const options_block>;
+    static shared_options share(const pool_options& o) { return new options_block(clamped(o)); }
 
     /// `o` comes from share(). Allocate with `new (o->max_size) pool_core(...)`: the slots live
     /// in the same allocation, right after the core (one allocation per pool, and a slot is a
@@ -106,6 +117,7 @@ public:
         : slots_(std::launder(reinterpret_cast<slot*>(this + 1))), opt_(*o), clock_(&clock),
           n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
+          leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
           rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
         std::uninitialized_default_construct_n(slots_, opt_.max_size); // noexcept: atomics and nullopt
         for (std::uint32_t i = 0; i < opt_.max_size; ++i) {
@@ -182,10 +194,7 @@ public:
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
 
     /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
-    void set_budget(std::shared_ptr<connection_budget> b) noexcept {
-        budget_ = b.get();
-        budget_owner_ = std::move(b);
-    }
+    void set_budget(boost::intrusive_ptr<connection_budget> b) noexcept { budget_ = std::move(b); }
 
     /// Closes the least recently used idle connection, if there is one (to free a budget token).
     bool close_one_idle() noexcept {
@@ -236,7 +245,7 @@ public:
             }
         }
         set_used_at(*s, now);
-        if (opt_.detect_self_deadlock) s->owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        if (opt_.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         bump(s->uses);
         return checkout_result::ok;
@@ -244,7 +253,7 @@ public:
 
     /// Where the lease on `s` was acquired (leak_threshold only; called by its owner).
     void record_site(slot* s, const std::source_location& site) noexcept {
-        s->site.store(site, std::memory_order_relaxed);
+        leases_[s->self].site.store(site, std::memory_order_relaxed);
     }
 
     /// The leases out now: age and acquire site.
@@ -256,7 +265,7 @@ public:
             const slot& s = slots_[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
             r.push_back({now - used_at(s),
-                         opt_.leak_threshold ? s.site.load(std::memory_order_relaxed) : std::source_location{}});
+                         opt_.leak_threshold ? leases_[i].site.load(std::memory_order_relaxed) : std::source_location{}});
         }
         return r;
     }
@@ -320,8 +329,10 @@ public:
         {
             std::lock_guard lk(m_);
             if (open_ == 0) return true;
-            if (!drained_) drained_ = std::make_unique<typename Clock::event>(*clock_);
-            drained = drained_.get();
+            trouble* t = trouble_locked();
+            if (!t) return false; // out of memory: cannot wait, so not drained in time
+            if (!t->drained) t->drained.emplace(*clock_);
+            drained = &*t->drained;
         }
         if constexpr (!thread_safe) {
             return false; // nobody else can return a lease while we wait
@@ -364,14 +375,16 @@ public:
             for (std::size_t i = 0; i < opt_.max_size; ++i) {
                 slot& s = slots_[i];
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
-                s.seen_uses = s.uses.load(std::memory_order_relaxed);
+                const std::uint64_t uses = s.uses.load(std::memory_order_relaxed);
+                if (uses != s.seen_uses) s.leak_reported = false; // another lease than last pass's
+                s.seen_uses = uses;
                 s.seen_in_use_at = now;
-                if (opt_.leak_threshold && s.leak_reported != s.seen_uses) {
+                if (opt_.leak_threshold && !s.leak_reported) {
                     const time_point at = used_at(s);
                     if (now - at >= *opt_.leak_threshold) {
-                        s.leak_reported = s.seen_uses;
-                        ++leaks_;
-                        leaks.push_back({now - at, s.site.load(std::memory_order_relaxed)});
+                        s.leak_reported = true;
+                        count(&trouble::leaks);
+                        leaks.push_back({now - at, leases_[i].site.load(std::memory_order_relaxed)});
                     } else {
                         due = std::min(due, at + *opt_.leak_threshold);
                     }
@@ -417,9 +430,9 @@ public:
                 deliver_locked(idle[i]);
             }
             const std::size_t idle_after = keep_count;
-            if (waiters_.empty() && idle_after < opt_.min_idle && !in_backoff_locked(now)) {
+            if (!has_waiters_locked() && idle_after < opt_.min_idle && !in_backoff_locked(now)) {
                 top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
-                                   opt_.max_connecting - std::min(connecting_, opt_.max_connecting)});
+                                   opt_.max_connecting - std::min<std::size_t>(connecting_, opt_.max_connecting)});
                 for (std::size_t i = 0; i < top_up; ++i) {
                     slot* s = try_reserve_locked();
                     if (!s) {
@@ -433,8 +446,8 @@ public:
             }
             grant_permits_locked(now);
             if (top_up > 0) on_close = close_source_.get_token();
-            if (failures_ > 0 && (!waiters_.empty() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
-                due = std::min(due, backoff_until_);
+            if (failures() > 0 && (has_waiters_locked() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
+                due = std::min(due, slow_->backoff_until);
         }
         for (const lease_report& l : leaks) notify_leak(obs_, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
@@ -476,7 +489,7 @@ public:
         // except that a connection opened now could expire before them only if lifetime < idle scan.
         if (top_up > 0 || !to_reset.empty()) {
             std::lock_guard lk(m_);
-            if (failures_ > 0) due = std::min(due, backoff_until_);
+            if (failures() > 0) due = std::min(due, slow_->backoff_until);
             if (opt_.idle_timeout && open_ > opt_.min_idle) due = std::min(due, now + *opt_.idle_timeout);
             if (opt_.max_lifetime) due = std::min(due, now + *opt_.max_lifetime - opt_.lifetime_jitter);
         }
@@ -485,7 +498,7 @@ public:
         // due at once, so the next pass opens the rest. Each pass opens or starts a backoff.
         if (opt_.min_idle > 0 && !refused) {
             std::lock_guard lk(m_);
-            if (!closed_ && waiters_.empty() && open_ < opt_.max_size && connecting_ < opt_.max_connecting &&
+            if (!closed_ && !has_waiters_locked() && open_ < opt_.max_size && connecting_ < opt_.max_connecting &&
                 !in_backoff_locked(now) && idle_count_locked() < opt_.min_idle)
                 due = std::min(due, now);
         }
@@ -499,9 +512,11 @@ public:
         std::lock_guard lk(m_);
         r.size = open_;
         r.connecting = connecting_;
-        r.waiters = waiters_.size();
+        const trouble none_yet{};
+        const trouble& t = slow_ ? *slow_ : none_yet;
+        r.waiters = t.waiters.size();
         r.peak_size = peak_size_;
-        r.peak_waiters = peak_waiters_;
+        r.peak_waiters = t.peak_waiters;
         r.acquires = retired_uses_;
         r.resets = retired_resets_;
         for (std::size_t i = 0; i < opt_.max_size; ++i) {
@@ -512,14 +527,14 @@ public:
             r.acquires += s.uses.load(std::memory_order_relaxed);
             r.resets += s.resets.load(std::memory_order_relaxed);
         }
-        r.waits = waits_;
-        r.wait_time = wait_time_;
-        r.timeouts = timeouts_;
-        r.cancels = cancels_;
-        r.rejected = rejected_;
-        r.leaks = leaks_;
+        r.waits = t.waits;
+        r.wait_time = t.wait_time;
+        r.timeouts = t.timeouts;
+        r.cancels = t.cancels;
+        r.rejected = t.rejected;
+        r.leaks = t.leaks;
         r.connects_ok = connects_ok_;
-        r.connects_failed = connects_failed_;
+        r.connects_failed = t.connects_failed;
         r.closes = closes_;
         return r;
     }
@@ -535,7 +550,7 @@ public:
     /// count such a pool as idle.
     bool busy() const noexcept {
         std::lock_guard lk(m_);
-        if (connecting_ > 0 || !waiters_.empty()) return true;
+        if (connecting_ > 0 || has_waiters_locked()) return true;
         for (std::size_t i = 0; i < opt_.max_size; ++i)
             if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
                 return true;
@@ -544,7 +559,7 @@ public:
 
     std::error_code last_connect_error() const noexcept {
         std::lock_guard lk(m_);
-        return last_connect_error_;
+        return slow_ ? slow_->last_connect_error : std::error_code{};
     }
 
 private:
@@ -581,6 +596,32 @@ private:
         connection_budget::ticket ticket; // evict::size: this waiter's place in the budget queue
     };
     using waiter_list = boost::intrusive::list<waiter, boost::intrusive::constant_time_size<true>>;
+
+    /// What only waiting and failing use, allocated the first time a caller waits, a connect fails
+    /// or an acquire times out (or close(deadline) waits): most pools of a large registry never
+    /// need it, and each would pay ~150 bytes for it. Under m_.
+    struct trouble {
+        waiter_list waiters;
+        std::error_code last_connect_error;
+        unsigned failures = 0; // consecutive failed connects (backoff)
+        time_point backoff_until{};
+        std::optional<typename Clock::event> drained; // made by the first close(deadline)
+        std::uint64_t peak_waiters = 0, waits = 0, timeouts = 0, cancels = 0, rejected = 0, leaks = 0;
+        std::uint64_t connects_failed = 0;
+        std::chrono::nanoseconds wait_time{0};
+    };
+
+    /// slow_, made if missing; nullptr only when out of memory (under m_).
+    trouble* trouble_locked() noexcept {
+        if (!slow_) slow_.reset(new (std::nothrow) trouble);
+        return slow_.get();
+    }
+    /// Counts a rare event (under m_). Out of memory, the count is lost, never the caller's result.
+    void count(std::uint64_t trouble::*counter) noexcept {
+        if (trouble* t = trouble_locked()) ++(t->*counter);
+    }
+    bool has_waiters_locked() const noexcept { return slow_ && !slow_->waiters.empty(); }
+    unsigned failures() const noexcept { return slow_ ? slow_->failures : 0; }
 
     static time_point saturating_add(time_point t, duration d) noexcept {
         return d > time_point::max() - t ? time_point::max() : t + d;
@@ -796,8 +837,9 @@ private:
     // ---- waiters -------------------------------------------------------------------------------
 
     void complete_locked(waiter& w, typename waiter::outcome o, slot* s, std::error_code ec) noexcept {
-        waiters_.erase(waiters_.iterator_to(w));
-        if (waiters_.empty()) {
+        waiter_list& q = slow_->waiters; // a waiter exists: so does slow_
+        q.erase(q.iterator_to(w));
+        if (q.empty()) {
             head_.fetch_and(~waiters_bit);
             if (!closed_) unblock_caches_locked();
         }
@@ -808,14 +850,14 @@ private:
     }
 
     void fail_all_waiters_locked(std::error_code ec) noexcept {
-        while (!waiters_.empty()) complete_locked(waiters_.front(), waiter::outcome::failed, nullptr, ec);
+        while (has_waiters_locked()) complete_locked(slow_->waiters.front(), waiter::outcome::failed, nullptr, ec);
     }
 
     /// Gives a returned or new connection to the oldest waiter, or makes it idle.
     /// Returns true if it was handed to a waiter.
     bool deliver_locked(slot* s) noexcept {
-        if (!waiters_.empty()) {
-            complete_locked(waiters_.front(), waiter::outcome::served, s, {});
+        if (has_waiters_locked()) {
+            complete_locked(slow_->waiters.front(), waiter::outcome::served, s, {});
             return true;
         }
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
@@ -842,7 +884,7 @@ private:
         {
             std::lock_guard lk(m_);
             closed = closed_;
-            if (!closed && !waiters_.empty()) {
+            if (!closed && has_waiters_locked()) {
                 deliver_locked(s);
                 return false;
             }
@@ -859,7 +901,7 @@ private:
                 lk.unlock();
                 return dispose(s, close_reason::closed);
             }
-            if (!waiters_.empty()) {
+            if (has_waiters_locked()) {
                 deliver_locked(s); // it resets at checkout: sooner than the resetter
                 return false;
             }
@@ -924,7 +966,7 @@ private:
     }
 
     void signal_if_drained_locked() noexcept {
-        if (closed_ && open_ == 0 && drained_) drained_->set();
+        if (closed_ && open_ == 0 && slow_ && slow_->drained) slow_->drained->set();
     }
 
     bool can_connect_locked() const noexcept {
@@ -938,25 +980,25 @@ private:
         return std::max(used_at(*s), s->last_pinged) + *opt_.keepalive_after;
     }
 
-    bool in_backoff_locked(time_point now) const noexcept { return failures_ > 0 && now < backoff_until_; }
+    bool in_backoff_locked(time_point now) const noexcept { return failures() > 0 && now < slow_->backoff_until; }
 
     /// Hands connect permits to the oldest waiters while there is room to connect.
     void grant_permits_locked(time_point now) noexcept {
-        if (waiters_.empty() || !can_connect_locked() || in_backoff_locked(now)) return;
-        while (!waiters_.empty()) {
+        if (!has_waiters_locked() || !can_connect_locked() || in_backoff_locked(now)) return;
+        while (has_waiters_locked()) {
             slot* s = try_reserve_locked();
             if (!s) break;
-            complete_locked(waiters_.front(), waiter::outcome::permit, s, {});
+            complete_locked(slow_->waiters.front(), waiter::outcome::permit, s, {});
         }
     }
     void grant_permits_locked() noexcept {
-        if (waiters_.empty() || !can_connect_locked()) return;
-        grant_permits_locked(failures_ > 0 ? clock_->now() : time_point{});
+        if (!has_waiters_locked() || !can_connect_locked()) return;
+        grant_permits_locked(failures() > 0 ? clock_->now() : time_point{});
     }
 
     duration next_backoff_locked() noexcept {
         duration d = opt_.backoff_initial;
-        for (unsigned i = 1; i < failures_ && d < opt_.backoff_max; ++i) d *= 2;
+        for (unsigned i = 1; i < failures() && d < opt_.backoff_max; ++i) d *= 2;
         d = std::min(d, opt_.backoff_max);
         return rng_.between(d / 2, d);
     }
@@ -992,13 +1034,13 @@ private:
         --connecting_;
         if (c) {
             ++connects_ok_;
-            failures_ = 0;
+            if (slow_) slow_->failures = 0;
             s->conn.emplace(std::move(*c));
             set_used_at(*s, end);
             s->retire.store(0, std::memory_order_relaxed);
             s->seen_uses = 0;
             s->seen_in_use_at = {};
-            s->leak_reported = ~std::uint64_t{0};
+            s->leak_reported = false;
             s->expires = expiry_for(end);
             s->dirty = false;
             s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_relaxed);
@@ -1011,7 +1053,8 @@ private:
             grant_permits_locked(); // a connect slot came free
             return true;
         }
-        ++connects_failed_;
+        trouble* t = trouble_locked(); // out of memory: the failure is reported, not counted or backed off
+        if (t) ++t->connects_failed;
         free_locked(s);
         // A connect ended by the caller's own deadline or stop says nothing about the server. One
         // the server refused (any other error) does, even if the caller's deadline passed meanwhile:
@@ -1020,12 +1063,14 @@ private:
                          (end >= deadline && (cec == errc::timeout || cec == errc::cancelled));
         if (own) {
             ec = make_error_code(st.stop_requested() ? errc::cancelled : errc::timeout);
-            if (for_acquire) ++(st.stop_requested() ? cancels_ : timeouts_);
+            if (for_acquire && t) ++(st.stop_requested() ? t->cancels : t->timeouts);
         } else {
             ec = cec;
-            last_connect_error_ = cec;
-            ++failures_;
-            backoff_until_ = end + next_backoff_locked();
+            if (t) {
+                t->last_connect_error = cec;
+                ++t->failures;
+                t->backoff_until = end + next_backoff_locked();
+            }
             // Nothing open and nothing connecting: no waiter can be served before the backoff
             // ends, so tell them the real error now instead of letting them time out.
             if (open_ == 0) fail_all_waiters_locked(cec);
@@ -1088,7 +1133,7 @@ private:
     KEYPOOL_NOINLINE slot* acquire_timed_out(std::error_code& ec) noexcept {
         ec = make_error_code(errc::timeout);
         std::lock_guard lk(m_);
-        ++timeouts_;
+        count(&trouble::timeouts);
         return nullptr;
     }
 
@@ -1119,11 +1164,11 @@ private:
         std::unique_lock lk(m_);
         for (bool trimmed = false;; trimmed = true) {
             if (closed_) return fail(ec, errc::closed);
-            if (!waiters_.empty()) break;
+            if (has_waiters_locked()) break;
             if (slot* s = pop_locked()) return s;
             if (slot* s = steal_cached()) return s;
             if (slot* s = pop_dirty_locked()) return s; // background reset lags: reset it at checkout
-            const time_point now = failures_ > 0 ? clock_->now() : time_point{};
+            const time_point now = failures() > 0 ? clock_->now() : time_point{};
             if (!in_backoff_locked(now)) {
                 if (slot* s = try_reserve_locked()) {
                     lk.unlock();
@@ -1140,7 +1185,7 @@ private:
             }
             // Backing off with nothing open: no connection can appear before the backoff ends.
             if (in_backoff_locked(now) && open_ == 0) {
-                ec = last_connect_error_;
+                ec = slow_->last_connect_error;
                 return nullptr;
             }
             break;
@@ -1148,9 +1193,13 @@ private:
         if constexpr (!thread_safe) {
             return fail(ec, errc::would_deadlock); // no other thread can return a connection
         } else {
-            if (st.stop_requested()) return ++cancels_, fail(ec, errc::cancelled);
-            if (clock_->now() >= deadline) return ++timeouts_, fail(ec, errc::timeout);
-            if (waiters_.size() >= opt_.max_waiters) return ++rejected_, fail(ec, errc::pool_exhausted);
+            if (st.stop_requested()) return count(&trouble::cancels), fail(ec, errc::cancelled);
+            if (clock_->now() >= deadline) return count(&trouble::timeouts), fail(ec, errc::timeout);
+            if (!trouble_locked()) { // the waiter queue lives there
+                ec = std::make_error_code(std::errc::not_enough_memory);
+                return nullptr;
+            }
+            if (slow_->waiters.size() >= opt_.max_waiters) return count(&trouble::rejected), fail(ec, errc::pool_exhausted);
             if (opt_.detect_self_deadlock && open_ >= opt_.max_size && holds_lease_locked())
                 return fail(ec, errc::would_deadlock);
             return wait(lk, deadline, st, ec);
@@ -1163,7 +1212,7 @@ private:
         for (std::size_t i = 0; i < opt_.max_size; ++i) {
             const slot& s = slots_[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) == slot_state::in_use &&
-                s.owner.load(std::memory_order_relaxed) == me)
+                leases_[i].owner.load(std::memory_order_relaxed) == me)
                 return true;
         }
         return false;
@@ -1179,18 +1228,19 @@ private:
     slot* wait(std::unique_lock<typename Sync::mutex_type>& lk, time_point deadline, std::stop_token& st,
                std::error_code& ec) noexcept {
         waiter w(*clock_);
-        waiters_.push_back(w);
+        trouble& t = *slow_; // acquire_slow made it
+        t.waiters.push_back(w);
         head_.fetch_or(waiters_bit);
-        ++waits_;
-        peak_waiters_ = std::max<std::uint64_t>(peak_waiters_, waiters_.size());
+        ++t.waits;
+        t.peak_waiters = std::max<std::uint64_t>(t.peak_waiters, t.waiters.size());
         // Connections pushed before WAITERS was set are still on the stack (and in the per-CPU
         // caches, which the first waiter blocks): hand them out in order.
-        for (slot* c = waiters_.size() == 1 ? block_caches_locked(nullptr) : nullptr; c;) {
+        for (slot* c = t.waiters.size() == 1 ? block_caches_locked(nullptr) : nullptr; c;) {
             slot* next = next_of(c);
             deliver_locked(c);
             c = next;
         }
-        while (!waiters_.empty()) {
+        while (!t.waiters.empty()) {
             slot* s = pop_locked();
             if (!s) break;
             deliver_locked(s);
@@ -1207,7 +1257,7 @@ private:
             std::stop_callback on_stop(st, [&]() noexcept {
                 std::lock_guard g(m_);
                 if (w.is_linked()) {
-                    ++cancels_;
+                    ++t.cancels;
                     complete_locked(w, waiter::outcome::failed, nullptr, make_error_code(errc::cancelled));
                 }
             });
@@ -1215,7 +1265,7 @@ private:
             while (w.result == waiter::outcome::pending) {
                 // Wake at the deadline, or when a connect backoff ends, to ask for a permit.
                 time_point wake = deadline;
-                if (failures_ > 0 && backoff_until_ < wake) wake = backoff_until_;
+                if (t.failures > 0 && t.backoff_until < wake) wake = t.backoff_until;
                 lk.unlock();
                 w.ev.wait_until(wake);
                 lk.lock();
@@ -1232,14 +1282,14 @@ private:
                 }
                 const time_point now = clock_->now();
                 if (now >= deadline) {
-                    ++timeouts_;
+                    ++t.timeouts;
                     complete_locked(w, waiter::outcome::failed, nullptr, make_error_code(errc::timeout));
                     break;
                 }
                 grant_permits_locked(now);
             }
             if (budget_ && budget_->leave(w.ticket)) budget_->give_back(); // granted but not used
-            wait_time_ += clock_->now() - start;
+            t.wait_time += clock_->now() - start;
             lk.unlock(); // the stop callback may be running and waiting for m_
         }
         notify_wait(obs_, clock_->now() - start, w.ec);
@@ -1261,37 +1311,32 @@ private:
     const pool_options& opt_; // *opt_owner_
     const Clock* clock_;
     const std::uint32_t n_caches_; // a power of two, or 0
+    // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
+    // connection takes it and then sets WAITERS in head_, so sharing head_'s line costs nothing.
+    mutable typename Sync::mutex_type m_;
     std::unique_ptr<cpu_cache[]> caches_;
-    connection_budget* budget_ = nullptr; // evict::size only: budget_owner_.get()
+    boost::intrusive_ptr<connection_budget> budget_; // evict::size only
     Connector connector_;                 // (a stateless or pointer-sized connector fits the line too)
 
     const target_type target_;
     shared_options opt_owner_;
     [[no_unique_address]] Observer obs_;
-    std::shared_ptr<connection_budget> budget_owner_;
-    mutable typename Sync::mutex_type m_; // (not on the fast path's line: waiters do not slow it)
     std::uint32_t free_head_ = none;
     std::uint32_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
+    std::uint32_t open_ = 0;          // ≤ max_size ≤ 0xFFFF
+    std::uint32_t connecting_ = 0;
+    bool closed_ = false;
+    bool owner_gone_ = false;
     struct no_signal {};
     [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, std::function<void()>,
                                              no_signal>
         reset_signal_; // reset_at::background only
-    waiter_list waiters_;
-    std::size_t open_ = 0;
-    std::size_t connecting_ = 0;
-    bool closed_ = false;
-    bool owner_gone_ = false;
     std::stop_source close_source_{std::nostopstate}; // made when maintenance first connects
-    std::error_code last_connect_error_;
-    unsigned failures_ = 0;
-    time_point backoff_until_{};
+    std::unique_ptr<trouble> slow_;          // made by the first wait, failure or close(deadline)
+    std::unique_ptr<lease_info[]> leases_;   // detect_self_deadlock or leak_threshold only
     splitmix64 rng_;
-    std::unique_ptr<typename Clock::event> drained_; // made by the first close(deadline)
-    // Counters (under m_).
-    std::uint64_t peak_size_ = 0, peak_waiters_ = 0, waits_ = 0, timeouts_ = 0, cancels_ = 0, rejected_ = 0;
-    std::uint64_t leaks_ = 0;
-    std::uint64_t connects_ok_ = 0, connects_failed_ = 0, retired_uses_ = 0, retired_resets_ = 0;
-    std::chrono::nanoseconds wait_time_{0};
+    // Counters (under m_); the ones only trouble moves are in slow_.
+    std::uint64_t peak_size_ = 0, connects_ok_ = 0, retired_uses_ = 0, retired_resets_ = 0;
     std::array<std::uint64_t, close_reason_count> closes_{};
 };
 

@@ -87,7 +87,7 @@ public:
         for (std::size_t i = 0; i <= shard_mask_; ++i)
             shards_[i].map.reserve(expected / (shard_mask_ + 1) * 5 / 4 + 16);
         if constexpr (Eviction::uses_size) {
-            budget_ = std::make_shared<connection_budget>(opt_.max_connections);
+            budget_ = new connection_budget(opt_.max_connections);
             budget_->set_trim([this](const void* except) { return trim_one(except); });
         }
     }
@@ -670,7 +670,7 @@ private:
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
 
-    std::shared_ptr<connection_budget> budget_; // evict::size only
+    boost::intrusive_ptr<connection_budget> budget_; // evict::size only
     mutable mutex_type ring_m_;
     ring_type ring_;
     std::vector<std::pair<target_type, std::weak_ptr<Pool>>> by_target_;

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include <keypool/detail/cpu.hpp>
+#include <keypool/detail/word_mutex.hpp>
 
 namespace keypool {
 namespace detail {
@@ -59,7 +60,8 @@ struct mutex {
     static constexpr bool thread_safe = true;
     template <class T>
     using atomic = std::atomic<T>;
-    using mutex_type = std::mutex;
+    /// One 32-bit word (std::mutex is 40 bytes): a registry has a pool, so a lock, per key.
+    using mutex_type = detail::word_mutex;
     /// Optional member: the CPU the caller runs on, a hint that picks the pool's per-CPU idle
     /// cache (`pool_options::cpu_caches`). A policy without it gets `detail::current_cpu()`.
     KEYPOOL_ALWAYS_INLINE static unsigned cpu() noexcept { return detail::current_cpu(); }
