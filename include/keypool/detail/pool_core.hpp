@@ -82,7 +82,8 @@ public:
         atomic<std::uint8_t> retire{0};
         bool dirty = false;
         bool leak_reported = false; // maintain()'s: it reported the lease it saw (seen_uses) as a leak
-        // Written only by the slot's current owner (load + store, no read-modify-write); summed by stats().
+        // Written only by the slot's current owner (load + store, no read-modify-write); summed by
+        // stats(). Kept across the slot's connections (a slot's count is the pool's share).
         atomic<std::uint64_t> uses{0};
         atomic<std::uint64_t> resets{0};
         time_point expires = time_point::max();
@@ -114,7 +115,7 @@ public:
     /// in the same allocation, right after the core (one allocation per pool, and a slot is a
     /// fixed distance from the core's first line).
     pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
-        : slots_(std::launder(reinterpret_cast<slot*>(this + 1))), opt_(*o), clock_(&clock),
+        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) + slots_offset()))), opt_(*o), clock_(&clock),
           n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
           leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
@@ -128,12 +129,18 @@ public:
     }
     ~pool_core() { std::destroy_n(slots_, opt_.max_size); }
 
-    static void* operator new(std::size_t size, std::size_t slots) {
-        return ::operator new(size + slots * sizeof(slot), std::align_val_t{alignof(pool_core)});
+    static void* operator new(std::size_t, std::size_t slots) {
+        return ::operator new(slots_offset() + slots * sizeof(slot), std::align_val_t{allocation_alignment()});
     }
-    static void operator delete(void* p) noexcept { ::operator delete(p, std::align_val_t{alignof(pool_core)}); }
+    static void operator delete(void* p) noexcept { ::operator delete(p, std::align_val_t{allocation_alignment()}); }
     static void operator delete(void* p, std::size_t) noexcept { // a constructor threw
-        ::operator delete(p, std::align_val_t{alignof(pool_core)});
+        ::operator delete(p, std::align_val_t{allocation_alignment()});
+    }
+    // The core starts on a cache line (its first line is the fast path's); its size is not rounded
+    // up to one (8 bytes over three lines would cost a fourth per key). The slots follow it.
+    static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
+    static constexpr std::size_t slots_offset() noexcept {
+        return (sizeof(pool_core) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
     }
 
     pool_core(const pool_core&) = delete;
@@ -311,7 +318,7 @@ public:
             std::lock_guard lk(m_);
             if (closed_) return;
             closed_ = true;
-            if (close_source_.stop_possible()) close_source_.request_stop();
+            if (slow_ && slow_->close_source.stop_possible()) slow_->close_source.request_stop();
             idle = take_all_idle_locked(closed_bit);
             fail_all_waiters_locked(make_error_code(errc::closed));
             signal_if_drained_locked();
@@ -430,7 +437,8 @@ public:
                 deliver_locked(idle[i]);
             }
             const std::size_t idle_after = keep_count;
-            if (!has_waiters_locked() && idle_after < opt_.min_idle && !in_backoff_locked(now)) {
+            // (trouble_locked(): the top-up's connects stop with close() through its close_source)
+            if (!has_waiters_locked() && idle_after < opt_.min_idle && !in_backoff_locked(now) && trouble_locked()) {
                 top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
                                    opt_.max_connecting - std::min<std::size_t>(connecting_, opt_.max_connecting)});
                 for (std::size_t i = 0; i < top_up; ++i) {
@@ -442,10 +450,10 @@ public:
                     }
                     idle.push_back(s);
                 }
-                if (top_up > 0 && !close_source_.stop_possible()) close_source_ = std::stop_source{};
+                if (top_up > 0 && !slow_->close_source.stop_possible()) slow_->close_source = std::stop_source{};
             }
             grant_permits_locked(now);
-            if (top_up > 0) on_close = close_source_.get_token();
+            if (top_up > 0) on_close = slow_->close_source.get_token();
             if (failures() > 0 && (has_waiters_locked() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
                 due = std::min(due, slow_->backoff_until);
         }
@@ -517,8 +525,6 @@ public:
         r.waiters = t.waiters.size();
         r.peak_size = peak_size_;
         r.peak_waiters = t.peak_waiters;
-        r.acquires = retired_uses_;
-        r.resets = retired_resets_;
         for (std::size_t i = 0; i < opt_.max_size; ++i) {
             const slot& s = slots_[i];
             auto st = static_cast<slot_state>(s.state.load(std::memory_order_relaxed));
@@ -535,7 +541,7 @@ public:
         r.leaks = t.leaks;
         r.connects_ok = connects_ok_;
         r.connects_failed = t.connects_failed;
-        r.closes = closes_;
+        r.closes = t.closes;
         return r;
     }
 
@@ -597,9 +603,9 @@ private:
     };
     using waiter_list = boost::intrusive::list<waiter, boost::intrusive::constant_time_size<true>>;
 
-    /// What only waiting and failing use, allocated the first time a caller waits, a connect fails
-    /// or an acquire times out (or close(deadline) waits): most pools of a large registry never
-    /// need it, and each would pay ~150 bytes for it. Under m_.
+    /// What only waiting, failing and closing use, allocated the first time a caller waits, a
+    /// connect fails, an acquire times out, a connection closes or close(deadline) waits: most
+    /// pools of a large registry never need it, and each would pay ~200 bytes for it. Under m_.
     struct trouble {
         waiter_list waiters;
         std::error_code last_connect_error;
@@ -609,6 +615,8 @@ private:
         std::uint64_t peak_waiters = 0, waits = 0, timeouts = 0, cancels = 0, rejected = 0, leaks = 0;
         std::uint64_t connects_failed = 0;
         std::chrono::nanoseconds wait_time{0};
+        std::array<std::uint64_t, close_reason_count> closes{}; // an idle pool has closed nothing
+        std::stop_source close_source{std::nostopstate}; // made when maintenance first connects
     };
 
     /// slow_, made if missing; nullptr only when out of memory (under m_).
@@ -1148,11 +1156,7 @@ private:
         notify_close(obs_, why);
         if (why == close_reason::trimmed && budget_) budget_->count_trim();
         std::lock_guard lk(m_);
-        ++closes_[static_cast<std::size_t>(why)];
-        retired_uses_ += s->uses.load(std::memory_order_relaxed);
-        retired_resets_ += s->resets.load(std::memory_order_relaxed);
-        s->uses.store(0, std::memory_order_relaxed);
-        s->resets.store(0, std::memory_order_relaxed);
+        if (trouble* t = trouble_locked()) ++t->closes[static_cast<std::size_t>(why)]; // (out of memory: not counted)
         free_locked(s);
         grant_permits_locked(); // room for a new connection
         return closed_ && owner_gone_ && open_ == 0;
@@ -1306,7 +1310,7 @@ private:
     struct alignas(64) cpu_cache {
         std::atomic<std::uint32_t> word{none};
     };
-    alignas(64) atomic<std::uint64_t> head_{none};
+    atomic<std::uint64_t> head_{none}; // (offset 0 of a 64-byte aligned allocation)
     slot* const slots_; // opt_.max_size of them, after the core in its allocation
     const pool_options& opt_; // *opt_owner_
     const Clock* clock_;
@@ -1331,13 +1335,11 @@ private:
     [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, std::function<void()>,
                                              no_signal>
         reset_signal_; // reset_at::background only
-    std::stop_source close_source_{std::nostopstate}; // made when maintenance first connects
-    std::unique_ptr<trouble> slow_;          // made by the first wait, failure or close(deadline)
+    std::unique_ptr<trouble> slow_;          // made by the first wait, failure, close or close(deadline)
     std::unique_ptr<lease_info[]> leases_;   // detect_self_deadlock or leak_threshold only
     splitmix64 rng_;
     // Counters (under m_); the ones only trouble moves are in slow_.
-    std::uint64_t peak_size_ = 0, connects_ok_ = 0, retired_uses_ = 0, retired_resets_ = 0;
-    std::array<std::uint64_t, close_reason_count> closes_{};
+    std::uint64_t peak_size_ = 0, connects_ok_ = 0;
 };
 
 } // namespace keypool::detail
