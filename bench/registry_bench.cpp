@@ -339,8 +339,8 @@ void memory_per_key(benchmark::State& state) {
             baseline_per_key = double(g_live_bytes.load() - before_base) / keys;
         }
     }
-    // Where the bytes are: per pool (table node with the entry, the pool handle, the core) and per
-    // connection slot (each pool has max_size of them, in the core's allocation).
+    // Where the bytes are: per pool (table node with the entry, the core) and per connection slot
+    // (each pool has max_size of them, in the core's allocation).
     using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>;
     using core = std::remove_pointer_t<decltype(keypool::detail::pool_access::core(std::declval<reg::pool_type&>()))>;
     state.counters["pool_core_bytes"] = static_cast<double>(sizeof(core));
@@ -348,6 +348,10 @@ void memory_per_key(benchmark::State& state) {
     state.counters["slot_bytes_beyond_connection"] =
         static_cast<double>(sizeof(typename core::slot) - sizeof(std::optional<keypool::fake::connection>));
     state.counters["registry_bytes_per_key_excl_connection"] = per_key;
+    // The entry proper (table node with the entry, bucket share, pool core), without the key's
+    // max_size = 2 slots: those are per-connection storage, each slot_bytes (the connection object
+    // inline, slot_bytes_beyond_connection of it the pool's).
+    state.counters["registry_entry_bytes_excl_slots"] = per_key - 2.0 * static_cast<double>(sizeof(typename core::slot));
     state.counters["fake_connection_bytes"] = per_conn;
     state.counters["mutex_map_bytes_per_key"] = baseline_per_key;
 }

@@ -102,16 +102,23 @@ public:
                typename core_type::shared_options options, const clock_type& clock, observer_type observer = {})
         : core_(make_core(std::move(connector), std::move(target), std::move(options), clock, std::move(observer))) {}
 
+private:
+    friend struct detail::pool_access;
+    basic_pool(detail::adopt_core_tag, core_type* core, const clock_type& clock) noexcept
+        : clock_(&clock), core_(core) {
+        core_->add_owner();
+    }
+
+public:
     basic_pool(basic_pool&& o) noexcept : clock_(o.clock_), core_(std::exchange(o.core_, nullptr)) {}
     basic_pool& operator=(basic_pool&&) = delete;
     basic_pool(const basic_pool&) = delete;
     basic_pool& operator=(const basic_pool&) = delete;
 
-    /// Closes the pool (see `close()`); leases still out return into the closed pool.
+    /// Closes the pool (see `close()`); leases still out return into the closed pool. (A pool
+    /// object a registry handed out shares its pool with the registry: the last of them closes it.)
     ~basic_pool() {
-        if (!core_) return;
-        core_->close();
-        if (core_->owner_gone()) delete core_;
+        if (core_ && core_->dropped(core_->drop_owner())) delete core_;
     }
 
     // ---- acquire ----------------------------------------------------------------------------
@@ -213,8 +220,6 @@ public:
     time_point now() const noexcept { return clock_->now(); }
 
 private:
-    friend struct detail::pool_access;
-
     static const clock_type& default_clock() noexcept {
         static const clock_type c{};
         return c;
@@ -268,6 +273,14 @@ namespace detail {
 struct pool_access {
     template <class Pool>
     static auto* core(Pool& p) noexcept { return p.core_; }
+    /// Takes the core out of `p` with its ownership (the registry keeps cores, not pool objects).
+    template <class Pool>
+    static auto* release_core(Pool& p) noexcept { return std::exchange(p.core_, nullptr); }
+    /// A pool object that shares `core` (one more owner of it).
+    template <class Pool, class Core>
+    static std::shared_ptr<Pool> share(Core* core, const typename Pool::clock_type& clock) {
+        return std::shared_ptr<Pool>(new Pool(detail::adopt_core_tag{}, core, clock));
+    }
 };
 } // namespace detail
 

@@ -181,6 +181,47 @@ TEST_CASE("role switch: keys share one pool and each lease runs as its key's rol
     CHECK(ec == errc::invalid_config);
 }
 
+TEST_CASE("role switch: the shared pool closes with the last key that uses it, not before") {
+    kp_test::fixture f;
+    using reg = keypool::basic_registry<std::string, keypool::resolve::role_switch<std::string>,
+                                        keypool::fake::connector, keypool::with_clock<keypool::manual_clock>>;
+    reg r(keypool::resolve::role_switch<std::string>{"app_db"}, f.fake, {.pool = {.max_size = 2}}, f.clock);
+    r.acquire("alice").release();
+    r.acquire("bob").release();
+    REQUIRE(f.fake.live() == 1);
+    CHECK(r.invalidate("alice"));
+    CHECK(f.fake.live() == 1); // bob's entry still uses the pool
+    CHECK(r.stats().pools_active == 1);
+    {
+        auto held = r.pool("bob"); // a pool object handed out owns the pool too
+        CHECK(r.invalidate("bob"));
+        CHECK(f.fake.live() == 1);
+        CHECK(r.stats().pools_active == 0);
+        auto l = held->acquire(); // still a working pool
+        CHECK(l->target == "app_db");
+    }
+    CHECK(f.fake.live() == 0); // its last owner gone: closed
+    // A key asking again gets a new pool (the old one is not found through the target).
+    auto l = r.acquire("carol");
+    CHECK(l->target == "app_db");
+    CHECK(f.fake.stats().connects == 2);
+    CHECK(r.stats().pools_active == 1);
+}
+
+TEST_CASE("pool objects from pool(key) share the key's pool: dropping one closes nothing") {
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 2}});
+    {
+        auto p1 = r.pool("a");
+        auto p2 = r.pool("a");
+        p1->acquire().release();
+        CHECK(p2->stats().idle == 1); // the same pool
+    }
+    CHECK(f.fake.live() == 1);
+    auto l = r.acquire("a");
+    CHECK(f.fake.stats().connects == 1); // the connection p1 opened
+}
+
 TEST_CASE("a refused session setup fails the acquire and returns the connection, which the reset cleans") {
     kp_test::fixture f;
     using reg = keypool::basic_registry<std::string, keypool::resolve::role_switch<std::string>,

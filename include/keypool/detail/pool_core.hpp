@@ -37,6 +37,8 @@ namespace keypool::detail {
 
 /// Selects basic_pool's constructor that takes options shared with other pools.
 struct shared_options_tag {};
+/// Selects basic_pool's constructor that shares an existing core (pool_access::share).
+struct adopt_core_tag {};
 
 /// Validated options as pools keep them: one reference-counted copy that the many pools of a
 /// registry share (it stays in cache), held through an 8-byte intrusive pointer.
@@ -353,7 +355,47 @@ public:
         }
     }
 
-    /// Called by the owner's destructor after close(). True if the caller must delete the core now.
+    /// One more owner: a pool object or a registry entry sharing this core (it starts with one).
+    void add_owner() noexcept {
+        std::lock_guard lk(m_);
+        ++owners_;
+    }
+    /// A registry lists this core among the pools its keys share (role-switch routes), as one
+    /// owner that does not keep the pool open: when only that owner is left, the pool closes.
+    void set_listed() noexcept {
+        std::lock_guard lk(m_);
+        listed_ = true;
+    }
+    /// add_owner() unless the pool is closed or only its listing owns it (then it closed or is
+    /// about to: the registry makes a new pool for the target instead).
+    [[nodiscard]] bool try_add_owner() noexcept {
+        std::lock_guard lk(m_);
+        if (closed_ || (owners_ == 1 && listed_)) return false;
+        ++owners_;
+        return true;
+    }
+    /// True while owners other than a registry's listing remain.
+    bool owned() const noexcept {
+        std::lock_guard lk(m_);
+        return owners_ > (listed_ ? 1U : 0U);
+    }
+    enum class drop_result { keep, close, close_last };
+    /// An owner is done. `close`: only the listing is left, close() now. `close_last`: that was
+    /// the last owner: close(), then owner_gone() says whether to delete the core.
+    [[nodiscard]] drop_result drop_owner() noexcept {
+        std::lock_guard lk(m_);
+        --owners_;
+        if (owners_ == 0) return drop_result::close_last;
+        return owners_ == 1 && listed_ ? drop_result::close : drop_result::keep;
+    }
+    /// What the owner does after drop_owner(); true if the caller must delete the core.
+    [[nodiscard]] bool dropped(drop_result r) noexcept {
+        if (r == drop_result::keep) return false;
+        close();
+        return r == drop_result::close_last && owner_gone();
+    }
+
+    /// Called by the last owner after close(). True if the caller must delete the core now.
     [[nodiscard]] bool owner_gone() noexcept {
         std::lock_guard lk(m_);
         owner_gone_ = true;
@@ -1325,12 +1367,15 @@ private:
     const target_type target_;
     shared_options opt_owner_;
     [[no_unique_address]] Observer obs_;
-    std::uint32_t free_head_ = none;
-    std::uint32_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
-    std::uint32_t open_ = 0;          // ≤ max_size ≤ 0xFFFF
-    std::uint32_t connecting_ = 0;
+    // Slot indices and counts: max_size ≤ 65534, so 16 bits each.
+    std::uint16_t free_head_ = none;
+    std::uint16_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset
+    std::uint16_t open_ = 0;
+    std::uint16_t connecting_ = 0;
     bool closed_ = false;
     bool owner_gone_ = false;
+    bool listed_ = false;      // set_listed()
+    std::uint32_t owners_ = 1; // pool objects and registry entries (add_owner / drop_owner)
     struct no_signal {};
     [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, std::function<void()>,
                                              no_signal>

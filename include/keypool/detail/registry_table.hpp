@@ -77,6 +77,37 @@ public:
     using atomic = typename Sync::template atomic<T>;
     using mutex_type = typename Sync::mutex_type;
 
+    /// One owner of a pool core (pool_core::add_owner): an entry's pool, or one being closed. The
+    /// registry keeps cores, not pool objects (a pool object would cost an allocation per key);
+    /// pool() hands out pool objects that share the core. The last owner closes the pool.
+    class core_ref {
+    public:
+        core_ref() = default;
+        explicit core_ref(core_type* adopted) noexcept : c_(adopted) {}
+        core_ref(core_ref&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+        core_ref& operator=(core_ref&& o) noexcept {
+            if (this != &o) {
+                reset();
+                c_ = std::exchange(o.c_, nullptr);
+            }
+            return *this;
+        }
+        ~core_ref() { reset(); }
+        core_ref share() const noexcept {
+            c_->add_owner();
+            return core_ref(c_);
+        }
+        void reset() noexcept {
+            if (core_type* c = std::exchange(c_, nullptr); c && c->dropped(c->drop_owner())) delete c;
+        }
+        core_type* get() const noexcept { return c_; }
+        core_type* operator->() const noexcept { return c_; }
+        explicit operator bool() const noexcept { return c_ != nullptr; }
+
+    private:
+        core_type* c_ = nullptr;
+    };
+
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
           obs_(std::move(obs)), pool_options_(core_type::share(opt_.pool)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
@@ -124,7 +155,7 @@ public:
                 entry& e = it->second;
                 touch(e, now);
                 if (attempt == 0) ++sh.hits;
-                core_type* core = e.core;
+                core_type* core = e.core.get();
                 held<setup_type> setup = e.setup;
                 if (auto* s = core->pop_idle()) {
                     held<Key> k = key_of(e);
@@ -137,15 +168,15 @@ public:
                     }
                 }
                 // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
-                std::shared_ptr<Pool> pin = e.pool;
+                core_ref pin = e.core.share();
                 held<Key> k = key_of(e);
                 lk.unlock();
-                auto l = pin->acquire(resolve_deadline(), st, ec);
-                if (!l) {
+                auto* s = pin->acquire(resolve_deadline(), st, ec);
+                if (!s) {
                     if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
                     return count_error(ec), Lease{};
                 }
-                return prepared(Lease(std::move(l), std::move(k)), setup, ec);
+                return prepared(Lease(lease_access::make(pin.get(), s), std::move(k)), setup, ec);
             }
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
         }
@@ -161,7 +192,7 @@ public:
             entry& e = it->second;
             touch(e, now);
             ++sh.hits;
-            core_type* core = e.core;
+            core_type* core = e.core.get();
             held<setup_type> setup = e.setup;
             auto* s = core->pop_idle();
             if (!s) return {};
@@ -185,7 +216,7 @@ public:
             auto it = sh.map.find(key);
             if (it != sh.map.end() && it->second.st == entry::state::ready) {
                 touch(it->second, clock_->coarse_now());
-                return it->second.pool;
+                return pool_access::share<Pool>(it->second.core.get(), *clock_);
             }
             if (!create_or_join(sh, lk, it, key, deadline, st, ec)) return nullptr;
         }
@@ -194,7 +225,7 @@ public:
     // ---- housekeeping ------------------------------------------------------------------------
 
     bool invalidate(const Key& key) {
-        std::shared_ptr<Pool> dead;
+        core_ref dead;
         {
             std::lock_guard rl(ring_m_);
             shard& sh = shard_for(key);
@@ -205,7 +236,7 @@ public:
                 ring_.erase(ring_.iterator_to(it->second));
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
-            dead = std::move(it->second.pool);
+            dead = std::move(it->second.core);
             sh.map.erase(it);
         }
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
@@ -217,8 +248,8 @@ public:
     /// target may well exist), its entry becomes a remembered failure for `failure_backoff`, as a
     /// failed resolution does, and the pool retires (counted and reported as `invalidated`). Without
     /// this, every made-up tenant id would keep a pool, and under `evict::lru` push out real ones.
-    void forget_missing(const Key& key, const Pool* pool, std::error_code why) {
-        std::shared_ptr<Pool> dead;
+    void forget_missing(const Key& key, const core_type* pool, std::error_code why) {
+        core_ref dead;
         std::unique_ptr<pending> pend(new (std::nothrow) pending);
         if (!pend) return; // out of memory: the pool stays, as it would while in use
         {
@@ -228,11 +259,10 @@ public:
             auto it = sh.map.find(key);
             if (it == sh.map.end()) return;
             entry& e = it->second;
-            if (e.st != entry::state::ready || e.pool.get() != pool || e.core->busy()) return;
+            if (e.st != entry::state::ready || e.core.get() != pool || e.core->busy()) return;
             ring_.erase(ring_.iterator_to(e));
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
-            dead = std::move(e.pool); // closed outside the locks
-            e.core = nullptr;
+            dead = std::move(e.core); // closed outside the locks
             e.st = entry::state::failed;
             pend->error = why;
             pend->failed_until = clock_->now() + opt_.failure_backoff;
@@ -275,7 +305,7 @@ public:
     }
 
     void close() noexcept {
-        std::vector<std::shared_ptr<Pool>> dead;
+        std::vector<core_ref> dead;
         {
             std::lock_guard rl(ring_m_);
             closed_.store(true);
@@ -289,25 +319,27 @@ public:
                         continue;
                     }
                     if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
-                    if (e.pool) dead.push_back(std::move(e.pool));
+                    if (e.core) dead.push_back(std::move(e.core));
                     it = shards_[i].map.erase(it);
                 }
             }
+            for (auto& t : by_target_) dead.push_back(std::move(t.second));
+            by_target_.clear();
         }
-        for (auto& p : dead) p->close();
+        for (auto& p : dead) p->close(); // (shared pool objects handed out stay valid, closed)
     }
 
     registry_stats stats() const {
         registry_stats r;
-        std::set<const Pool*> seen;
+        std::set<const core_type*> seen;
         {
             std::lock_guard rl(ring_m_);
             r.keys_active = ring_.size();
             r.pools_created = created_;
             r.evicted = evicted_;
             for (const entry& e : ring_) {
-                if (!seen.insert(e.pool.get()).second) continue;
-                add(r.pools, e.pool->stats());
+                if (!seen.insert(e.core.get()).second) continue;
+                add(r.pools, e.core->stats());
             }
         }
         r.pools_active = seen.size();
@@ -345,21 +377,20 @@ private:
         state st = state::creating;
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
-        core_type* core = nullptr; // the pool's core, cached: one pointer less to chase
+        core_ref core; // ready: the pool (an owner of its core); empty otherwise
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
         const Key* key = nullptr; // the node's own key
         struct no_share {};
         // Leases share it when the key is not copied into them (copy_is_plain).
         [[no_unique_address]] std::conditional_t<copy_is_plain<Key>, no_share, held<Key>> shared_key;
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
-        std::shared_ptr<Pool> pool; // ready: the pool; empty otherwise
         std::unique_ptr<pending> pend; // creating (flight::shared) and failed only
     };
     /// An entry taken out of the table: its key (for the observer) and its pool, which closes when
     /// the last reference goes (outside all locks).
     struct retired {
         Key key;
-        std::shared_ptr<Pool> pool;
+        core_ref pool;
     };
 
     struct alignas(64) shard {
@@ -497,7 +528,7 @@ private:
             rec = make_error_code(errc::invalid_config);
         }
         if (!r && !rec) rec = make_error_code(errc::key_not_found);
-        std::shared_ptr<Pool> p;
+        core_ref p;
         {
             std::lock_guard rl(ring_m_);
             if (r && !closed_.load()) {
@@ -569,19 +600,19 @@ private:
     }
 
     /// Under ring_m_ and the shard lock: the entry becomes ready with its pool and joins the ring.
-    void publish_locked(entry& e, std::shared_ptr<Pool> p, setup_type setup) {
-        e.pool = std::move(p);
-        e.core = pool_access::core(*e.pool);
+    void publish_locked(entry& e, core_ref p, setup_type setup) {
+        e.core = std::move(p);
         e.setup = hold(std::move(setup));
         e.st = entry::state::ready;
         e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
         ring_.push_back(e);
     }
 
-    std::shared_ptr<Pool> make_pool(const target_type& target) {
-        auto p = std::make_shared<Pool>(shared_options_tag{}, connector_, target, pool_options_, *clock_, obs_);
-        if (budget_) pool_access::core(*p)->set_budget(budget_);
-        return p;
+    core_ref make_pool(const target_type& target) {
+        Pool p(shared_options_tag{}, connector_, target, pool_options_, *clock_, obs_); // validates
+        core_ref c(pool_access::release_core(p));
+        if (budget_) c->set_budget(budget_);
+        return c;
     }
 
     /// evict::size: closes the idle connection of the least recently used pool that has one,
@@ -589,27 +620,28 @@ private:
     bool trim_one(const void* except) {
         std::lock_guard rl(ring_m_);
         for (entry& e : ring_) {
-            if (e.core == except) continue;
+            if (e.core.get() == except) continue;
             if (e.core->close_one_idle()) return true; // counted as the pool's close_reason::trimmed
         }
         return false;
     }
 
     /// A pool for `target`: the live one other keys already share, or a new one.
-    std::shared_ptr<Pool> shared_pool_locked(const target_type& target) {
+    core_ref shared_pool_locked(const target_type& target) {
         if constexpr (!std::is_same_v<setup_type, no_setup>) {
-            // Keys differ only by their setup: they share the target's physical pool.
+            // Keys differ only by their setup: they share the target's physical pool. by_target_
+            // lists it as an owner that does not keep it open (set_listed): the last key's entry
+            // (or pool object handed out) to go closes it, and the listing is dropped here.
             for (auto it = by_target_.begin(); it != by_target_.end();) {
-                if (it->second.expired()) {
-                    it = by_target_.erase(it);
-                } else if (it->first == target) {
-                    return it->second.lock();
-                } else {
+                if (it->first == target && it->second->try_add_owner()) return core_ref(it->second.get());
+                if (it->first == target || !it->second->owned())
+                    it = by_target_.erase(it); // closed, nobody else owns it: deleted here
+                else
                     ++it;
-                }
             }
             auto p = make_pool(target);
-            by_target_.emplace_back(target, p);
+            p->set_listed();
+            by_target_.emplace_back(target, p.share());
             return p;
         } else {
             return make_pool(target);
@@ -623,7 +655,7 @@ private:
         shard& sh = shard_for(*e.key);
         std::lock_guard lk(sh.m);
         auto it = sh.map.find(*e.key);
-        retired r{it->first, std::move(it->second.pool)};
+        retired r{it->first, std::move(it->second.core)};
         sh.map.erase(it);
         return r;
     }
@@ -655,12 +687,12 @@ private:
         }
     }
 
-    std::vector<std::shared_ptr<Pool>> live_pools() {
-        std::vector<std::shared_ptr<Pool>> v;
-        std::set<const Pool*> seen;
+    std::vector<core_ref> live_pools() {
+        std::vector<core_ref> v;
+        std::set<const core_type*> seen;
         std::lock_guard rl(ring_m_);
         for (entry& e : ring_)
-            if (seen.insert(e.pool.get()).second) v.push_back(e.pool);
+            if (seen.insert(e.core.get()).second) v.push_back(e.core.share());
         return v;
     }
 
@@ -686,7 +718,7 @@ private:
     boost::intrusive_ptr<connection_budget> budget_; // evict::size only
     mutable mutex_type ring_m_;
     ring_type ring_;
-    std::vector<std::pair<target_type, std::weak_ptr<Pool>>> by_target_;
+    std::vector<std::pair<target_type, core_ref>> by_target_; // role-switch routes: shared pools
     atomic<bool> closed_{false}; // set once, under ring_m_
     std::uint64_t created_ = 0;
     std::array<std::uint64_t, evict_reason_count> evicted_{};

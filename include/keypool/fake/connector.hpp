@@ -18,6 +18,9 @@
 #include <system_error>
 #include <utility>
 
+#include <boost/smart_ptr/intrusive_ptr.hpp>
+#include <boost/smart_ptr/intrusive_ref_counter.hpp>
+
 #include <keypool/error.hpp>
 #include <keypool/policies/clock.hpp>
 #include <keypool/resolver.hpp>
@@ -143,7 +146,7 @@ public:
     using target_type = std::string;
 
     /// Delays and deadlines run on the real steady clock.
-    connector() : st_(std::make_shared<state>()) {}
+    connector() : st_(new state) {}
     /// Delays and deadlines run on `clock`, which must outlive every copy of the connector.
     explicit connector(const manual_clock& clock) : connector() { st_->clock = &clock; }
 
@@ -287,7 +290,7 @@ public:
     }
 
 private:
-    struct state {
+    struct state : boost::intrusive_ref_counter<state, boost::thread_safe_counter> {
         std::mutex m;
         const manual_clock* clock = nullptr;
         std::deque<outcome> script;
@@ -330,7 +333,9 @@ private:
         return {};
     }
 
-    std::shared_ptr<state> st_;
+    // One pointer (not a shared_ptr's two): every pool keeps a copy of its connector, and a
+    // registry has a pool per key.
+    boost::intrusive_ptr<state> st_;
 };
 
 } // namespace keypool::fake
