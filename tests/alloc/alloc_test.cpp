@@ -29,6 +29,13 @@ __attribute__((noinline)) void* operator new(std::size_t n) {
     if (void* p = std::malloc(n ? n : 1)) return p;
     throw std::bad_alloc();
 }
+// The pool allocates some rare-path state with `new (std::nothrow)`: it must come from the same
+// malloc as the deletes below (under ASan, its own nothrow new would not).
+__attribute__((noinline)) void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+    ++t_allocations;
+    return std::malloc(n ? n : 1);
+}
+__attribute__((noinline)) void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 // Not inlined: once GCC inlines a replacement delete into a container's destructor it "sees" a
 // free() of memory that came from new, and -Werror=mismatched-new-delete stops the build.
 __attribute__((noinline)) void operator delete(void* p) noexcept { std::free(p); }
