@@ -232,7 +232,8 @@ private:
         if (auto ec = validate(*o, msg)) throw error(ec, msg);
         clock_ = &clock;
         const std::size_t slots = o->max_size;
-        return new (slots) core_type(std::move(c), std::move(t), std::move(o), clock, std::move(obs));
+        return new (typename core_type::slot_count{slots}) core_type(std::move(c), std::move(t), std::move(o), clock,
+                                                                      std::move(obs));
     }
 
     /// The throwing acquire after its fast path found nothing: out of line, so the fast path

@@ -113,11 +113,16 @@ public:
     using shared_options = boost::intrusive_ptr<const options_block>;
     static shared_options share(const pool_options& o) { return new options_block(clamped(o)); }
 
-    /// `o` comes from share(). Allocate with `new (o->max_size) pool_core(...)`: the slots live
-    /// in the same allocation, right after the core (one allocation per pool, and a slot is a
-    /// fixed distance from the core's first line).
+    /// How many slots a core is allocated with: `new (slot_count{n}) pool_core(...)`, n = max_size.
+    struct slot_count {
+        std::size_t n;
+    };
+
+    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size}) pool_core(...)`: the
+    /// slots live in the same allocation, right before the core (one allocation per pool).
     pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
-        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) + slots_offset()))), opt_(*o), clock_(&clock),
+        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size)))),
+          opt_(*o), clock_(&clock),
           n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
           leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
@@ -131,18 +136,29 @@ public:
     }
     ~pool_core() { std::destroy_n(slots_, opt_.max_size); }
 
-    static void* operator new(std::size_t, std::size_t slots) {
-        return ::operator new(slots_offset() + slots * sizeof(slot), std::align_val_t{allocation_alignment()});
+    // One allocation: [slot 0 .. slot n-1][padding to a cache line][core]. Slot 0, the one an
+    // idle pool hands out (most recently used first), starts on a cache line, so its hot fields
+    // and a small connection share two lines; the core starts on one too (its first line is the
+    // fast path's), and neither is rounded up to whole lines (with max_size = 2 and the fake's
+    // 160-byte slots there is no padding at all).
+    static void* operator new(std::size_t size, slot_count c) {
+        void* block = ::operator new(core_offset(c.n) + size, std::align_val_t{allocation_alignment()});
+        return static_cast<unsigned char*>(block) + core_offset(c.n);
     }
-    static void operator delete(void* p) noexcept { ::operator delete(p, std::align_val_t{allocation_alignment()}); }
-    static void operator delete(void* p, std::size_t) noexcept { // a constructor threw
-        ::operator delete(p, std::align_val_t{allocation_alignment()});
+    static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
+        ::operator delete(static_cast<unsigned char*>(p) - core_offset(c.n), std::align_val_t{allocation_alignment()});
     }
-    // The core starts on a cache line (its first line is the fast path's); its size is not rounded
-    // up to one (8 bytes over three lines would cost a fourth per key). The slots follow it.
+    // A destroying delete: `delete core` reads the slot count before the destructor runs.
+    static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
+        const std::size_t n = p->opt_.max_size;
+        unsigned char* block = reinterpret_cast<unsigned char*>(p) - core_offset(n);
+        p->~pool_core();
+        ::operator delete(block, std::align_val_t{allocation_alignment()});
+    }
     static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
-    static constexpr std::size_t slots_offset() noexcept {
-        return (sizeof(pool_core) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
+    static constexpr std::size_t core_offset(std::size_t slots) noexcept {
+        const std::size_t a = allocation_alignment();
+        return (slots * sizeof(slot) + a - 1) / a * a;
     }
 
     pool_core(const pool_core&) = delete;
@@ -1353,7 +1369,7 @@ private:
         std::atomic<std::uint32_t> word{none};
     };
     atomic<std::uint64_t> head_{none}; // (offset 0 of a 64-byte aligned allocation)
-    slot* const slots_; // opt_.max_size of them, after the core in its allocation
+    slot* const slots_; // opt_.max_size of them, before the core in its allocation
     const pool_options& opt_; // *opt_owner_
     const Clock* clock_;
     const std::uint32_t n_caches_; // a power of two, or 0
