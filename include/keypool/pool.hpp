@@ -118,7 +118,7 @@ public:
     /// Closes the pool (see `close()`); leases still out return into the closed pool. (A pool
     /// object a registry handed out shares its pool with the registry: the last of them closes it.)
     ~basic_pool() {
-        if (core_ && core_->dropped(core_->drop_owner())) delete core_;
+        if (core_ && core_->drop_owner()) delete core_;
     }
 
     // ---- acquire ----------------------------------------------------------------------------

@@ -395,20 +395,18 @@ public:
         std::lock_guard lk(m_);
         return owners_ > (listed_ ? 1U : 0U);
     }
-    enum class drop_result { keep, close, close_last };
-    /// An owner is done. `close`: only the listing is left, close() now. `close_last`: that was
-    /// the last owner: close(), then owner_gone() says whether to delete the core.
-    [[nodiscard]] drop_result drop_owner() noexcept {
-        std::lock_guard lk(m_);
-        --owners_;
-        if (owners_ == 0) return drop_result::close_last;
-        return owners_ == 1 && listed_ ? drop_result::close : drop_result::keep;
-    }
-    /// What the owner does after drop_owner(); true if the caller must delete the core.
-    [[nodiscard]] bool dropped(drop_result r) noexcept {
-        if (r == drop_result::keep) return false;
+    /// An owner is done. If only the listing is left, the pool closes now; if none is left, it
+    /// closes and true means the caller must delete the core (no connection is out).
+    [[nodiscard]] bool drop_owner() noexcept {
+        bool last = false, close_now = false;
+        {
+            std::lock_guard lk(m_);
+            last = --owners_ == 0;
+            close_now = last || (owners_ == 1 && listed_);
+        }
+        if (!close_now) return false;
         close();
-        return r == drop_result::close_last && owner_gone();
+        return last && owner_gone();
     }
 
     /// Called by the last owner after close(). True if the caller must delete the core now.

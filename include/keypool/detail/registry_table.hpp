@@ -98,7 +98,7 @@ public:
             return core_ref(c_);
         }
         void reset() noexcept {
-            if (core_type* c = std::exchange(c_, nullptr); c && c->dropped(c->drop_owner())) delete c;
+            if (core_type* c = std::exchange(c_, nullptr); c && c->drop_owner()) delete c;
         }
         core_type* get() const noexcept { return c_; }
         core_type* operator->() const noexcept { return c_; }
