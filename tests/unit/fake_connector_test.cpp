@@ -127,4 +127,37 @@ TEST_CASE("a killed connection is reported dead by alive and fails its reset") {
     CHECK(c.stats().alive_checks == 4);
 }
 
+// The counters and the kill flag live inside the connection (no second allocation on the pool's
+// fast path); the connector follows the connection when it moves.
+TEST_CASE("a moved connection keeps its counters and can still be killed, and one dropped unclosed stays live") {
+    keypool::fake::connector c;
+    std::error_code ec;
+    auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    REQUIRE(x);
+    CHECK(c.reset(*x));
+    keypool::fake::connection moved = std::move(*x);
+    x.reset(); // the moved-from object goes: the connector must not follow it
+    CHECK(c.stats().resets == 1);
+    CHECK(c.reset(moved));
+    CHECK(c.stats().resets == 2);
+    c.kill(moved.id);
+    CHECK_FALSE(c.alive(moved));
+    keypool::fake::connection assigned;
+    assigned = std::move(moved);
+    CHECK_FALSE(c.alive(assigned)); // the kill moved with it
+    CHECK(c.stats().alive_checks == 2);
+    {
+        auto y = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+        CHECK(c.reset(*y));
+    } // destroyed without close: still open as far as the connector knows (a leak), counts kept
+    auto s = c.stats();
+    CHECK(s.live == 2);
+    CHECK(s.resets == 3);
+    c.close(assigned);
+    s = c.stats();
+    CHECK(s.live == 1);
+    CHECK(s.resets == 3);
+    CHECK(s.alive_checks == 2);
+}
+
 } // TEST_SUITE

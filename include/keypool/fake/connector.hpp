@@ -100,31 +100,6 @@ struct outcome {
     }
 };
 
-namespace detail {
-/// Per-connection state shared with the connector: the kill flag and counters. Only the
-/// connection's current owner calls reset/alive, so the counters need no read-modify-write.
-struct connection_state {
-    std::atomic<bool> dead{false};
-    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0}, pings{0};
-    static void bump(std::atomic<std::uint64_t>& a) noexcept {
-        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
-};
-} // namespace detail
-
-/// One fake connection: an id, the target it was opened for, and session state that use sets
-/// and reset clears (like Go's fakedb).
-struct connection {
-    std::uint64_t id = 0;
-    std::string target;
-    std::string session; ///< empty = clean
-    std::shared_ptr<detail::connection_state> state; ///< shared with the connector (kill, counters)
-
-    /// Marks the session dirty, as a query that changes session state would.
-    void use(std::string state = "used") { session = std::move(state); }
-    bool dirty() const noexcept { return !session.empty(); }
-};
-
 /// What the connector has seen since it was built.
 struct counters {
     std::uint64_t connect_attempts = 0;
@@ -138,6 +113,105 @@ struct counters {
     std::uint64_t live = 0;             ///< opened and not yet closed
 };
 
+struct connection;
+
+namespace detail {
+/// A connection's kill flag and counters, kept inside the connection (reset and alive touch only
+/// the connection, as a real connector's would: no second allocation to miss in the cache). Only
+/// the connection's current owner calls reset/alive, so the counters need no read-modify-write.
+struct connection_state {
+    std::atomic<bool> dead{false};
+    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0}, pings{0};
+    static void bump(std::atomic<std::uint64_t>& a) noexcept {
+        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+    void copy_from(const connection_state& o) noexcept {
+        dead.store(o.dead.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        for (auto m : {&connection_state::resets, &connection_state::reset_failures,
+                       &connection_state::alive_checks, &connection_state::pings})
+            (this->*m).store((o.*m).load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    void add_to(counters& c) const noexcept {
+        c.resets += resets.load(std::memory_order_relaxed);
+        c.reset_failures += reset_failures.load(std::memory_order_relaxed);
+        c.alive_checks += alive_checks.load(std::memory_order_relaxed);
+        c.pings += pings.load(std::memory_order_relaxed);
+    }
+};
+
+/// An open connection as its connector sees it: where its state is now (the connection moves),
+/// or, once the connection object was destroyed without a close, the state it had then.
+struct live_record {
+    connection_state* at = nullptr;
+    connection_state orphaned;
+};
+
+/// What copies of one fake connector share.
+struct connector_state : boost::intrusive_ref_counter<connector_state, boost::thread_safe_counter> {
+    std::mutex m;
+    const manual_clock* clock = nullptr;
+    std::deque<outcome> script;
+    std::atomic<std::size_t> failing_resets{0};
+    std::shared_ptr<gate> close_gate;
+    std::set<std::string> rejected_roles;
+    std::map<std::uint64_t, live_record> live; // under m; nodes never move
+    std::uint64_t next_id = 0;
+    counters count;
+};
+} // namespace detail
+
+/// One fake connection: an id, the target it was opened for, and session state that use sets
+/// and reset clears (like Go's fakedb). Move-only: its connector tracks where it is.
+struct connection {
+    std::string session; ///< empty = clean
+    std::uint64_t id = 0;
+    std::string target;
+
+    /// Marks the session dirty, as a query that changes session state would.
+    void use(std::string state = "used") { session = std::move(state); }
+    bool dirty() const noexcept { return !session.empty(); }
+
+    connection() = default;
+    connection(connection&& o) noexcept : session(std::move(o.session)), id(o.id), target(std::move(o.target)) {
+        take(o);
+    }
+    connection& operator=(connection&& o) noexcept {
+        if (this != &o) {
+            leave();
+            session = std::move(o.session);
+            id = o.id;
+            target = std::move(o.target);
+            take(o);
+        }
+        return *this;
+    }
+    ~connection() { leave(); }
+
+private:
+    friend class connector;
+    // Moves `o`'s registration (and counters) here.
+    void take(connection& o) noexcept {
+        owner_ = std::move(o.owner_);
+        if (!owner_) return;
+        std::lock_guard lk(owner_->m);
+        state_.copy_from(o.state_);
+        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.at = &state_;
+    }
+    // Destroyed (or overwritten) without a close: the connector keeps it as live, with its counts.
+    void leave() noexcept {
+        if (!owner_) return;
+        std::lock_guard lk(owner_->m);
+        if (auto it = owner_->live.find(id); it != owner_->live.end() && it->second.at == &state_) {
+            it->second.orphaned.copy_from(state_);
+            it->second.at = &it->second.orphaned;
+        }
+        owner_.reset();
+    }
+
+    detail::connection_state state_;
+    boost::intrusive_ptr<detail::connector_state> owner_; // null: closed, moved from, or made empty
+};
+
 /// The fake connector. Copies share one state, so a test keeps a copy to script and inspect the
 /// one inside a pool. Thread-safety: all members.
 class connector {
@@ -146,7 +220,7 @@ public:
     using target_type = std::string;
 
     /// Delays and deadlines run on the real steady clock.
-    connector() : st_(new state) {}
+    connector() : st_(new detail::connector_state) {}
     /// Delays and deadlines run on `clock`, which must outlive every copy of the connector.
     explicit connector(const manual_clock& clock) : connector() { st_->clock = &clock; }
 
@@ -174,11 +248,11 @@ public:
     /// Kills the connection with this id: `alive` and `reset` report false from now on.
     void kill(std::uint64_t id) {
         std::lock_guard lk(st_->m);
-        if (auto it = st_->live.find(id); it != st_->live.end()) it->second->dead = true;
+        if (auto it = st_->live.find(id); it != st_->live.end()) it->second.at->dead = true;
     }
     void kill_all() {
         std::lock_guard lk(st_->m);
-        for (auto& [id, cs] : st_->live) cs->dead = true;
+        for (auto& [id, r] : st_->live) r.at->dead = true;
     }
 
     // ---- inspection ---------------------------------------------------------------------------
@@ -186,7 +260,7 @@ public:
         std::lock_guard lk(st_->m);
         counters c = st_->count;
         c.live = st_->live.size();
-        for (auto& [id, cs] : st_->live) add_counts(c, *cs);
+        for (auto& [id, r] : st_->live) r.at->add_to(c);
         return c;
     }
     std::uint64_t live() const { return stats().live; }
@@ -217,26 +291,31 @@ public:
             }
         }
         ec = st_->clock ? play(*st_->clock, o, start, deadline, stop) : play(steady_clock{}, o, start, deadline, stop);
-        std::lock_guard lk(st_->m);
-        if (ec) {
-            ++st_->count.connect_failures;
-            return std::nullopt;
+        std::optional<connection> c;
+        {
+            std::lock_guard lk(st_->m);
+            if (ec) {
+                ++st_->count.connect_failures;
+                return std::nullopt;
+            }
+            ++st_->count.connects;
+            c.emplace();
+            c->id = ++st_->next_id;
+            c->target = target;
+            c->owner_ = st_;
+            st_->live[c->id].at = &c->state_;
         }
-        ++st_->count.connects;
-        const std::uint64_t id = ++st_->next_id;
-        auto cs = std::make_shared<detail::connection_state>();
-        st_->live.emplace(id, cs);
-        return connection{id, target, {}, std::move(cs)};
+        return c; // (a move re-registers it, under m)
     }
 
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
     bool reset(connection& c) {
-        detail::connection_state::bump(c.state->resets);
-        bool fail = c.state->dead.load(std::memory_order_relaxed);
+        detail::connection_state::bump(c.state_.resets);
+        bool fail = c.state_.dead.load(std::memory_order_relaxed);
         for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
             fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
         if (fail) {
-            detail::connection_state::bump(c.state->reset_failures);
+            detail::connection_state::bump(c.state_.reset_failures);
             return false;
         }
         if (!c.session.empty()) c.session.clear();
@@ -244,14 +323,14 @@ public:
     }
 
     bool alive(connection& c) {
-        detail::connection_state::bump(c.state->alive_checks);
-        return !c.state->dead.load(std::memory_order_relaxed);
+        detail::connection_state::bump(c.state_.alive_checks);
+        return !c.state_.dead.load(std::memory_order_relaxed);
     }
 
     /// The keepalive round trip: fails for a killed connection, like `alive`.
     bool ping(connection& c) {
-        detail::connection_state::bump(c.state->pings);
-        return !c.state->dead.load(std::memory_order_relaxed);
+        detail::connection_state::bump(c.state_.pings);
+        return !c.state_.dead.load(std::memory_order_relaxed);
     }
 
     void close(connection& c) {
@@ -264,9 +343,10 @@ public:
         std::lock_guard lk(st_->m);
         ++st_->count.closes;
         if (auto it = st_->live.find(c.id); it != st_->live.end()) {
-            add_counts(st_->count, *it->second);
+            it->second.at->add_to(st_->count);
             st_->live.erase(it);
         }
+        if (c.owner_ == st_) c.owner_.reset(); // (the state outlives this: st_ holds it)
     }
 
     std::uint64_t native_handle(connection& c) const noexcept { return c.id; }
@@ -290,25 +370,6 @@ public:
     }
 
 private:
-    struct state : boost::intrusive_ref_counter<state, boost::thread_safe_counter> {
-        std::mutex m;
-        const manual_clock* clock = nullptr;
-        std::deque<outcome> script;
-        std::atomic<std::size_t> failing_resets{0};
-        std::shared_ptr<gate> close_gate;
-        std::set<std::string> rejected_roles;
-        std::map<std::uint64_t, std::shared_ptr<detail::connection_state>> live;
-        std::uint64_t next_id = 0;
-        counters count;
-    };
-
-    static void add_counts(counters& c, const detail::connection_state& cs) {
-        c.resets += cs.resets.load(std::memory_order_relaxed);
-        c.reset_failures += cs.reset_failures.load(std::memory_order_relaxed);
-        c.alive_checks += cs.alive_checks.load(std::memory_order_relaxed);
-        c.pings += cs.pings.load(std::memory_order_relaxed);
-    }
-
     template <class Clock>
     static std::error_code play(const Clock& clock, const outcome& o, time_point start, time_point deadline,
                                 std::stop_token stop) {
@@ -335,7 +396,7 @@ private:
 
     // One pointer (not a shared_ptr's two): every pool keeps a copy of its connector, and a
     // registry has a pool per key.
-    boost::intrusive_ptr<state> st_;
+    boost::intrusive_ptr<detail::connector_state> st_;
 };
 
 } // namespace keypool::fake
