@@ -128,26 +128,36 @@ public:
     [[nodiscard]] lease acquire(const Key& key, duration timeout,
                                 std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(table_.acquire(key, timeout, {}, ec), ec, site);
+        lease l = table_.acquire(key, timeout, {}, ec);
+        checked(l, ec, site);
+        return l;
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        return checked(table_.acquire(key, deadline, std::move(stop), ec), ec, site);
+        lease l = table_.acquire(key, deadline, std::move(stop), ec);
+        checked(l, ec, site);
+        return l;
     }
     [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        return sited(table_.acquire(key, timeout, {}, ec), site);
+        lease l = table_.acquire(key, timeout, {}, ec);
+        sited(l, site);
+        return l;
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        return sited(table_.acquire(key, deadline, std::move(stop), ec), site);
+        lease l = table_.acquire(key, deadline, std::move(stop), ec);
+        sited(l, site);
+        return l;
     }
 
     /// Never blocks: a lease if the key's pool exists and has an idle connection, else empty.
     [[nodiscard]] lease try_acquire(const Key& key,
                                     std::source_location site = std::source_location::current()) noexcept {
-        return sited(table_.try_acquire(key), site);
+        lease l = table_.try_acquire(key);
+        sited(l, site);
+        return l;
     }
 
     /// Acquires a connection for `key`, calls `fn(connection&)` and returns what it returns. The
@@ -200,13 +210,13 @@ private:
         if (auto ec = validate(o, msg)) throw error(ec, msg);
         return o;
     }
-    static lease checked(lease l, std::error_code ec, const std::source_location& site) {
+    // In place, so the lease is built once, in the caller's return slot (no moves on the way).
+    static void checked(lease& l, std::error_code ec, const std::source_location& site) {
         if (!l) throw error(ec, "keypool: registry acquire failed");
-        return sited(std::move(l), site);
+        sited(l, site);
     }
-    static lease sited(lease l, const std::source_location& site) noexcept {
+    static void sited(lease& l, const std::source_location& site) noexcept {
         detail::lease_access::record_site(l, site);
-        return l;
     }
 
     table_type table_;

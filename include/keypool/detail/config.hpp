@@ -5,7 +5,9 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define KEYPOOL_ALWAYS_INLINE inline __attribute__((always_inline))
 #define KEYPOOL_NOINLINE __attribute__((noinline))
+#define KEYPOOL_PREFETCH_WRITE(p) __builtin_prefetch((p), 1)
 #else
 #define KEYPOOL_ALWAYS_INLINE inline
 #define KEYPOOL_NOINLINE
+#define KEYPOOL_PREFETCH_WRITE(p) ((void)(p))
 #endif

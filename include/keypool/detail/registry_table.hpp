@@ -153,30 +153,36 @@ public:
             auto it = sh.map.find(key);
             if (it != sh.map.end() && it->second.st == entry::state::ready) {
                 entry& e = it->second;
+                core_type* core = e.core.get();
+                core_type::prefetch(core, pool_options_->max_size);
                 touch(e, now);
                 if (attempt == 0) ++sh.hits;
-                core_type* core = e.core.get();
                 held<setup_type> setup = e.setup;
                 if (auto* s = core->pop_idle()) {
-                    held<Key> k = key_of(e);
+                    held<Key> k = key_of(e, key);
                     lk.unlock();
                     switch (core->checkout_detached(s, now, when)) {
-                    case core_type::checkout_result::ok:
-                        return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
+                    case core_type::checkout_result::ok: {
+                        Lease l(lease_access::make(core, s), std::move(k));
+                        prepare(l, setup, ec);
+                        return l;
+                    }
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
                     }
                 }
                 // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
                 core_ref pin = e.core.share();
-                held<Key> k = key_of(e);
+                held<Key> k = key_of(e, key);
                 lk.unlock();
                 auto* s = pin->acquire(resolve_deadline(), st, ec);
                 if (!s) {
                     if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
                     return count_error(ec), Lease{};
                 }
-                return prepared(Lease(lease_access::make(pin.get(), s), std::move(k)), setup, ec);
+                Lease l(lease_access::make(pin.get(), s), std::move(k));
+                prepare(l, setup, ec);
+                return l;
             }
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
         }
@@ -196,12 +202,14 @@ public:
             held<setup_type> setup = e.setup;
             auto* s = core->pop_idle();
             if (!s) return {};
-            held<Key> k = key_of(e);
+            held<Key> k = key_of(e, key);
             lk.unlock();
             switch (core->checkout_detached(s, now)) {
             case core_type::checkout_result::ok: {
                 std::error_code ec;
-                return prepared(Lease(lease_access::make(core, s), std::move(k)), setup, ec);
+                Lease l(lease_access::make(core, s), std::move(k));
+                prepare(l, setup, ec);
+                return l;
             }
             case core_type::checkout_result::delete_core: delete core; continue;
             case core_type::checkout_result::retry: continue;
@@ -424,7 +432,9 @@ private:
         }
     }
 
-    Lease prepared(Lease l, const held<setup_type>& held_setup, std::error_code& ec) noexcept {
+    /// Runs the route's per-lease setup on `l`'s connection; on failure `l` ends empty and `ec`
+    /// says why. In place: the lease is built once, in the caller's return slot.
+    void prepare(Lease& l, const held<setup_type>& held_setup, std::error_code& ec) noexcept {
         if constexpr (!std::is_same_v<setup_type, no_setup>) {
             const setup_type& setup = held_value<setup_type>(held_setup);
             bool ok = false;
@@ -443,12 +453,12 @@ private:
                     l.release();
                 else
                     l.discard();
+                l = Lease{}; // empty, its key too
                 count_error(ec);
-                return Lease{};
             }
+        } else {
+            (void)l, (void)held_setup, (void)ec;
         }
-        (void)ec;
-        return l;
     }
 
     void count_error(std::error_code ec) noexcept {
@@ -593,9 +603,10 @@ private:
         return node->second;
     }
 
-    /// What a lease of `e` holds for its key (under the shard lock).
-    static held<Key> key_of(const entry& e) noexcept {
-        if constexpr (copy_is_plain<Key>) return *e.key;
+    /// What a lease of `e`, found for `key`, holds for its key (under the shard lock): a plain key
+    /// is the caller's (equal, and already in a register), any other the entry's shared copy.
+    static held<Key> key_of(const entry& e, const Key& key) noexcept {
+        if constexpr (copy_is_plain<Key>) return (void)e, key;
         else return e.shared_key;
     }
 
