@@ -135,9 +135,48 @@ public:
 
     // ---- acquire ---------------------------------------------------------------------------
 
+    /// The fast path, inlined into the caller: the key's pool is ready and has an idle connection
+    /// that passes checkout. Anything else (a missing key, no idle connection, a failed checkout)
+    /// goes to acquire_slow(), which looks the key up again: a few instructions more on paths
+    /// that create a pool or wait, and a fast path with nothing to set up for them.
     template <class When>
-    Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
+    KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
         if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
+        shard& sh = shard_for(key);
+        const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
+        sh.m.lock();
+        auto it = sh.map.find(key);
+        if (it != sh.map.end() && it->second.st == entry::state::ready) [[likely]] {
+            entry& e = it->second;
+            core_type* core = e.core.get();
+            core_type::prefetch(core, pool_options_->max_size);
+            touch(e, now);
+            ++sh.hits;
+            if (auto* s = core->pop_idle()) [[likely]] {
+                held<setup_type> setup = e.setup;
+                held<Key> k = key_of(e, key);
+                sh.m.unlock();
+                const auto r = core->checkout_detached(s, now, when);
+                if (r == core_type::checkout_result::ok) [[likely]] {
+                    Lease l(lease_access::make(core, s), std::move(k));
+                    prepare(l, setup, ec);
+                    return l;
+                }
+                if (r == core_type::checkout_result::delete_core) delete core;
+                return acquire_slow(key, when, std::move(st), ec);
+            }
+            sh.m.unlock();
+            return acquire_slow(key, when, std::move(st), ec);
+        }
+        sh.m.unlock();
+        return acquire_slow(key, when, std::move(st), ec, false);
+    }
+
+    /// acquire() when its fast path found no usable idle connection. `counted`: whether the
+    /// fast path already counted its lookup as a hit.
+    template <class When>
+    KEYPOOL_NOINLINE Lease acquire_slow(const Key& key, When when, std::stop_token st, std::error_code& ec,
+                                        bool counted = true) noexcept {
         shard& sh = shard_for(key);
         std::optional<time_point> deadline;
         auto resolve_deadline = [&] {
@@ -147,16 +186,16 @@ public:
             }
             return *deadline;
         };
-        for (int attempt = 0;; ++attempt) {
+        for (;;) {
             const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
             if (it != sh.map.end() && it->second.st == entry::state::ready) {
                 entry& e = it->second;
                 core_type* core = e.core.get();
-                core_type::prefetch(core, pool_options_->max_size);
                 touch(e, now);
-                if (attempt == 0) ++sh.hits;
+                if (!counted) ++sh.hits;
+                counted = true;
                 held<setup_type> setup = e.setup;
                 if (auto* s = core->pop_idle()) {
                     held<Key> k = key_of(e, key);
@@ -171,7 +210,7 @@ public:
                     case core_type::checkout_result::retry: continue;
                     }
                 }
-                // Slow path: keep the pool alive while we wait on it, even if the entry is retired.
+                // Keep the pool alive while we wait on it, even if the entry is retired.
                 core_ref pin = e.core.share();
                 held<Key> k = key_of(e, key);
                 lk.unlock();
@@ -184,6 +223,7 @@ public:
                 prepare(l, setup, ec);
                 return l;
             }
+            counted = true; // a miss is counted where the entry is made
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
         }
     }
