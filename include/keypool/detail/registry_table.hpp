@@ -20,11 +20,11 @@
 
 #include <boost/container_hash/hash.hpp>
 #include <boost/intrusive/list.hpp>
-#include <boost/unordered_map.hpp>
 
 #include <keypool/error.hpp>
 #include <keypool/lease.hpp>
 #include <keypool/detail/budget.hpp>
+#include <keypool/detail/key_table.hpp>
 #include <keypool/options.hpp>
 #include <keypool/pool.hpp>
 #include <keypool/resolver.hpp>
@@ -359,17 +359,16 @@ public:
             closed_.store(true);
             for (std::size_t i = 0; i <= shard_mask_; ++i) {
                 std::lock_guard lk(shards_[i].m);
-                for (auto it = shards_[i].map.begin(); it != shards_[i].map.end();) {
-                    entry& e = it->second;
+                shards_[i].map.erase_if([&](auto& node) {
+                    entry& e = node.second;
                     if (e.st == entry::state::creating) {
                         wake_joiners_locked(e); // they see closed_; the leader finishes the entry
-                        ++it;
-                        continue;
+                        return false;
                     }
                     if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
                     if (e.core) dead.push_back(std::move(e.core));
-                    it = shards_[i].map.erase(it);
-                }
+                    return true;
+                });
             }
             for (auto& t : by_target_) dead.push_back(std::move(t.second));
             by_target_.clear();
@@ -443,7 +442,7 @@ private:
 
     struct alignas(64) shard {
         mutable mutex_type m;
-        boost::unordered_map<Key, entry, boost::hash<Key>> map;
+        key_table<Key, entry, boost::hash<Key>> map;
         std::uint64_t hits = 0, misses = 0, joins = 0;
     };
 
@@ -637,7 +636,7 @@ private:
 
     /// Under the shard lock: a new entry (state `creating`) in the key's node.
     static entry& insert_locked(shard& sh, const Key& key) {
-        auto node = sh.map.emplace(std::piecewise_construct, std::forward_as_tuple(key), std::tuple<>{}).first;
+        auto node = sh.map.emplace(key);
         node->second.key = &node->first;
         if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
         return node->second;
