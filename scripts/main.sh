@@ -68,3 +68,9 @@ if ((${#jsons[@]} > 0)); then
   if [[ $mode == full ]]; then plots=docs/img; fi
   python3 bench/plot.py "$plots" "${jsons[@]}"
 fi
+
+# --full, with valgrind installed: W3's instructions and cache misses per cycle (deterministic).
+if [[ $mode == full ]] && command -v valgrind >/dev/null; then
+  echo "== W3 under callgrind's cache simulator (scripts/cache-profile.sh)"
+  bash scripts/cache-profile.sh "$dir" | tee "$results/cache-profile.txt"
+fi
