@@ -36,6 +36,7 @@
 
 #include <benchmark/benchmark.h>
 #include <keypool/keypool.hpp>
+#include "baselines/mutex_map_pool.hpp"
 #include "baselines/process.hpp"
 
 // Counts live heap bytes (a size header per allocation), for the bytes-per-key figure.
@@ -88,30 +89,7 @@ namespace {
 
 using key_t = std::uint64_t;
 
-/// Baseline: one global mutex around an unordered_map of per-key idle vectors.
-class mutex_map_pool {
-public:
-    explicit mutex_map_pool(std::size_t keys) {
-        for (key_t k = 0; k < keys; ++k) map_[k] = {&conns_[k % conns_.size()], &conns_[(k + 1) % conns_.size()]};
-    }
-    int* acquire(key_t k) {
-        std::lock_guard lk(m_);
-        auto& v = map_.find(k)->second;
-        if (v.empty()) return nullptr;
-        int* c = v.back();
-        v.pop_back();
-        return c;
-    }
-    void release(key_t k, int* c) {
-        std::lock_guard lk(m_);
-        map_.find(k)->second.push_back(c);
-    }
-
-private:
-    std::mutex m_;
-    std::unordered_map<key_t, std::vector<int*>> map_;
-    std::vector<int> conns_ = std::vector<int>(64);
-};
+using keypool_bench::mutex_map_pool;
 
 struct key_resolver {
     using target_type = std::string;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <keypool/keypool.hpp>
+#include "../baselines/mutex_map_pool.hpp"
 
 namespace {
 
@@ -29,30 +30,7 @@ struct key_resolver {
     }
 };
 
-/// The same baseline as registry_bench's mutex_map_pool.
-class mutex_map_pool {
-public:
-    explicit mutex_map_pool(std::size_t keys) {
-        for (key_type k = 0; k < keys; ++k) map_[k] = {&conns_[k % conns_.size()], &conns_[(k + 1) % conns_.size()]};
-    }
-    int* acquire(key_type k) {
-        std::lock_guard lk(m_);
-        auto& v = map_.find(k)->second;
-        if (v.empty()) return nullptr;
-        int* c = v.back();
-        v.pop_back();
-        return c;
-    }
-    void release(key_type k, int* c) {
-        std::lock_guard lk(m_);
-        map_.find(k)->second.push_back(c);
-    }
-
-private:
-    std::mutex m_;
-    std::unordered_map<key_type, std::vector<int*>> map_;
-    std::vector<int> conns_ = std::vector<int>(64);
-};
+using keypool_bench::mutex_map_pool;
 
 using registry = keypool::registry<key_type, key_resolver, keypool::fake::connector>;
 
