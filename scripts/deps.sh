@@ -8,7 +8,7 @@ packages=(
   build-essential cmake g++ clang libclang-rt-14-dev pkg-config
   libboost-dev doctest-dev libpq-dev libbenchmark-dev
   postgresql pgbouncer python3 git ca-certificates gnuplot-nox
-  libcpp-httplib-dev wrk
+  libcpp-httplib-dev wrk valgrind
 )
 
 missing=()

@@ -198,14 +198,15 @@ private:
         if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.at = &state_;
     }
     // Destroyed (or overwritten) without a close: the connector keeps it as live, with its counts.
+    // The last reference to the connector's state may be ours: it goes after the unlock.
     void leave() noexcept {
         if (!owner_) return;
-        std::lock_guard lk(owner_->m);
-        if (auto it = owner_->live.find(id); it != owner_->live.end() && it->second.at == &state_) {
+        const boost::intrusive_ptr<detail::connector_state> owner = std::move(owner_);
+        std::lock_guard lk(owner->m);
+        if (auto it = owner->live.find(id); it != owner->live.end() && it->second.at == &state_) {
             it->second.orphaned.copy_from(state_);
             it->second.at = &it->second.orphaned;
         }
-        owner_.reset();
     }
 
     detail::connection_state state_;
