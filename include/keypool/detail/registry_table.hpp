@@ -158,9 +158,7 @@ public:
                 sh.m.unlock();
                 const auto r = core->checkout_detached(s, now, when);
                 if (r == core_type::checkout_result::ok) [[likely]] {
-                    Lease l(lease_access::make(core, s), std::move(k));
-                    prepare(l, setup, ec);
-                    return l;
+                    return leased(core, s, std::move(k), setup, ec);
                 }
                 if (r == core_type::checkout_result::delete_core) delete core;
                 return acquire_slow(key, when, std::move(st), ec);
@@ -201,11 +199,7 @@ public:
                     held<Key> k = key_of(e, key);
                     lk.unlock();
                     switch (core->checkout_detached(s, now, when)) {
-                    case core_type::checkout_result::ok: {
-                        Lease l(lease_access::make(core, s), std::move(k));
-                        prepare(l, setup, ec);
-                        return l;
-                    }
+                    case core_type::checkout_result::ok: return leased(core, s, std::move(k), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
                     }
@@ -219,9 +213,7 @@ public:
                     if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
                     return count_error(ec), Lease{};
                 }
-                Lease l(lease_access::make(pin.get(), s), std::move(k));
-                prepare(l, setup, ec);
-                return l;
+                return leased(pin.get(), s, std::move(k), setup, ec);
             }
             counted = true; // a miss is counted where the entry is made
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
@@ -247,9 +239,7 @@ public:
             switch (core->checkout_detached(s, now)) {
             case core_type::checkout_result::ok: {
                 std::error_code ec;
-                Lease l(lease_access::make(core, s), std::move(k));
-                prepare(l, setup, ec);
-                return l;
+                return leased(core, s, std::move(k), setup, ec);
             }
             case core_type::checkout_result::delete_core: delete core; continue;
             case core_type::checkout_result::retry: continue;
@@ -471,8 +461,17 @@ private:
         }
     }
 
+    /// The lease on `s` (checked out of `core`) for key `k`, with the route's setup run on it: an
+    /// empty lease and `ec` set if the setup failed. Built once, in the caller's return slot.
+    Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
+                 std::error_code& ec) noexcept {
+        Lease l(lease_access::make(core, s), std::move(k));
+        prepare(l, setup, ec);
+        return l;
+    }
+
     /// Runs the route's per-lease setup on `l`'s connection; on failure `l` ends empty and `ec`
-    /// says why. In place: the lease is built once, in the caller's return slot.
+    /// says why.
     void prepare(Lease& l, const held<setup_type>& held_setup, std::error_code& ec) noexcept {
         if constexpr (!std::is_same_v<setup_type, no_setup>) {
             const setup_type& setup = held_value<setup_type>(held_setup);
