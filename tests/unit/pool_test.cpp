@@ -66,6 +66,19 @@ TEST_CASE("acquire opens a connection and its return makes it idle") {
     CHECK(f.fake.live() == 1);
 }
 
+TEST_CASE("a slot's 32-bit use count carries into the pool's 64-bit total when it wraps") {
+    std::atomic<std::uint32_t> count{0xFFFFFFFEU};
+    std::atomic<std::uint64_t> carry{0};
+    keypool::detail::tally(count, carry);
+    CHECK(count == 0xFFFFFFFFU);
+    CHECK(carry == 0);
+    keypool::detail::tally(count, carry); // wraps: the total (count + carry) goes on to 2^32
+    CHECK(count == 0);
+    CHECK(carry == std::uint64_t{1} << 32);
+    keypool::detail::tally(count, carry);
+    CHECK(carry + count == (std::uint64_t{1} << 32) + 1);
+}
+
 TEST_CASE("idle connections are reused most recently used first") {
     fixture f;
     auto p = f.make({.max_size = 4});

@@ -46,6 +46,17 @@ struct options_block : pool_options, boost::intrusive_ref_counter<options_block,
     explicit options_block(const pool_options& o) : pool_options(o) {}
 };
 
+/// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write
+/// but on the 32-bit count's wrap (every 2^32), which carries 2^32 into the pool's 64-bit total.
+/// A reader sums count + carry (pool_core::stats).
+template <class Count32, class Count64>
+KEYPOOL_ALWAYS_INLINE void tally(Count32& count, Count64& carry) noexcept {
+    const std::uint32_t v = count.load(std::memory_order_relaxed) + 1;
+    count.store(v, std::memory_order_relaxed);
+    if (v == 0) [[unlikely]]
+        carry.fetch_add(std::uint64_t{1} << 32, std::memory_order_relaxed);
+}
+
 // Invariants (all under m_ unless said otherwise):
 // - head_ packs the idle stack's top slot index (bits 0-15), WAITERS (bit 16), CLOSED (bit 17) and
 //   an ABA tag (bits 18-63). The fast paths touch only head_ and the slot they own.
@@ -85,9 +96,11 @@ public:
         bool dirty = false;
         bool leak_reported = false; // maintain()'s: it reported the lease it saw (seen_uses) as a leak
         // Written only by the slot's current owner (load + store, no read-modify-write); summed by
-        // stats(). Kept across the slot's connections (a slot's count is the pool's share).
-        atomic<std::uint64_t> uses{0};
-        atomic<std::uint64_t> resets{0};
+        // stats(). Kept across the slot's connections (a slot's count is the pool's share). 32
+        // bits, the carry in the core (tally()): the header stays 32 bytes, so a connection's
+        // first 32 bytes share the slot's first cache line (a reset touches only that line).
+        atomic<std::uint32_t> uses{0};
+        atomic<std::uint32_t> resets{0};
         time_point expires = time_point::max();
         // When the connection was last checked out (the fast path reads the clock once per cycle,
         // at checkout), as time_since_epoch().count(): while leased it is the lease's start (read
@@ -97,7 +110,7 @@ public:
         std::optional<connection_type> conn;
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
-        std::uint64_t seen_uses = 0;
+        std::uint32_t seen_uses = 0;
         time_point seen_in_use_at{};
         time_point last_pinged{}; // keepalive: the last successful ping
     };
@@ -276,7 +289,7 @@ public:
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
-                bump(s->resets);
+                tally(s->resets, carried_resets_);
                 if (!reset_connection(s, now, when)) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
@@ -284,7 +297,7 @@ public:
         set_used_at(*s, now);
         if (opt_.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
-        bump(s->uses);
+        tally(s->uses, carried_uses_);
         return checkout_result::ok;
     }
 
@@ -318,7 +331,7 @@ public:
         if (const std::uint8_t r = s->retire.load(std::memory_order_relaxed)) [[unlikely]]
             return dispose(s, static_cast<close_reason>(r - 1));
         if constexpr (std::is_same_v<Reset, reset_at::release>) {
-            bump(s->resets);
+            tally(s->resets, carried_resets_);
             if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
         } else {
             if constexpr (connector_has_reset_begin<Connector>) begin_reset(s);
@@ -450,7 +463,7 @@ public:
             for (std::size_t i = 0; i < opt_.max_size; ++i) {
                 slot& s = slots_[i];
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
-                const std::uint64_t uses = s.uses.load(std::memory_order_relaxed);
+                const std::uint32_t uses = s.uses.load(std::memory_order_relaxed);
                 if (uses != s.seen_uses) s.leak_reported = false; // another lease than last pass's
                 s.seen_uses = uses;
                 s.seen_in_use_at = now;
@@ -528,7 +541,7 @@ public:
         for (const lease_report& l : leaks) notify_leak(obs_, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
-            bump(s->resets);
+            tally(s->resets, carried_resets_);
             if (reset_connection(s)) {
                 s->last_pinged = clock_->now(); // a reset is a round trip: it counts as a keepalive
                 due = std::min(due, keepalive_due(s));
@@ -601,6 +614,8 @@ public:
             r.acquires += s.uses.load(std::memory_order_relaxed);
             r.resets += s.resets.load(std::memory_order_relaxed);
         }
+        r.acquires += carried_uses_.load(std::memory_order_relaxed);
+        r.resets += carried_resets_.load(std::memory_order_relaxed);
         r.waits = t.waits;
         r.wait_time = t.wait_time;
         r.timeouts = t.timeouts;
@@ -721,10 +736,6 @@ private:
         s.last_used.store(t.time_since_epoch().count(), std::memory_order_relaxed);
     }
 
-    template <class A>
-    static void bump(A& a) noexcept {
-        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
 
     /// Links an owned slot in front of a chain (through `next`); returns the new head.
     slot* prepend(slot* s, slot* chain) noexcept {
@@ -1411,6 +1422,7 @@ private:
     splitmix64 rng_;
     // Counters (under m_); the ones only trouble moves are in slow_.
     std::uint64_t peak_size_ = 0, connects_ok_ = 0;
+    atomic<std::uint64_t> carried_uses_{0}, carried_resets_{0}; // tally()'s carries
 };
 
 } // namespace keypool::detail

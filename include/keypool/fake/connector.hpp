@@ -119,31 +119,54 @@ namespace detail {
 /// A connection's kill flag and counters, kept inside the connection (reset and alive touch only
 /// the connection, as a real connector's would: no second allocation to miss in the cache). Only
 /// the connection's current owner calls reset/alive, so the counters need no read-modify-write.
-struct connection_state {
+/// Two parts: what every reset touches (`hot_state`) comes first in the connection, with its
+/// session, so that a pool slot's first cache line holds all of it (pool_core's slot header is 32
+/// bytes); the rest (`cold_state`) after.
+inline void bump(std::atomic<std::uint64_t>& a) noexcept {
+    a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+inline void copy(std::atomic<std::uint64_t>& to, const std::atomic<std::uint64_t>& from) noexcept {
+    to.store(from.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+struct hot_state {
     std::atomic<bool> dead{false};
-    std::atomic<std::uint64_t> resets{0}, reset_failures{0}, alive_checks{0}, pings{0};
-    static void bump(std::atomic<std::uint64_t>& a) noexcept {
-        a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
-    void copy_from(const connection_state& o) noexcept {
+    std::atomic<std::uint64_t> resets{0};
+    void copy_from(const hot_state& o) noexcept {
         dead.store(o.dead.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        for (auto m : {&connection_state::resets, &connection_state::reset_failures,
-                       &connection_state::alive_checks, &connection_state::pings})
-            (this->*m).store((o.*m).load(std::memory_order_relaxed), std::memory_order_relaxed);
+        copy(resets, o.resets);
     }
-    void add_to(counters& c) const noexcept {
-        c.resets += resets.load(std::memory_order_relaxed);
-        c.reset_failures += reset_failures.load(std::memory_order_relaxed);
-        c.alive_checks += alive_checks.load(std::memory_order_relaxed);
-        c.pings += pings.load(std::memory_order_relaxed);
+};
+struct cold_state {
+    std::atomic<std::uint64_t> reset_failures{0}, alive_checks{0}, pings{0};
+    void copy_from(const cold_state& o) noexcept {
+        copy(reset_failures, o.reset_failures);
+        copy(alive_checks, o.alive_checks);
+        copy(pings, o.pings);
     }
 };
 
 /// An open connection as its connector sees it: where its state is now (the connection moves),
 /// or, once the connection object was destroyed without a close, the state it had then.
 struct live_record {
-    connection_state* at = nullptr;
-    connection_state orphaned;
+    hot_state* hot = nullptr;
+    cold_state* cold = nullptr;
+    struct : hot_state, cold_state {} orphaned;
+
+    void point_at(hot_state& h, cold_state& c) noexcept {
+        hot = &h;
+        cold = &c;
+    }
+    void orphan() noexcept {
+        orphaned.hot_state::copy_from(*hot);
+        orphaned.cold_state::copy_from(*cold);
+        point_at(orphaned, orphaned);
+    }
+    void add_to(counters& c) const noexcept {
+        c.resets += hot->resets.load(std::memory_order_relaxed);
+        c.reset_failures += cold->reset_failures.load(std::memory_order_relaxed);
+        c.alive_checks += cold->alive_checks.load(std::memory_order_relaxed);
+        c.pings += cold->pings.load(std::memory_order_relaxed);
+    }
 };
 
 /// What copies of one fake connector share.
@@ -163,6 +186,10 @@ struct connector_state : boost::intrusive_ref_counter<connector_state, boost::th
 /// One fake connection: an id, the target it was opened for, and session state that use sets
 /// and reset clears (like Go's fakedb). Move-only: its connector tracks where it is.
 struct connection {
+private:
+    detail::hot_state hot_; // first: see detail::hot_state
+
+public:
     std::string session; ///< empty = clean
     std::uint64_t id = 0;
     std::string target;
@@ -194,8 +221,9 @@ private:
         owner_ = std::move(o.owner_);
         if (!owner_) return;
         std::lock_guard lk(owner_->m);
-        state_.copy_from(o.state_);
-        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.at = &state_;
+        hot_.copy_from(o.hot_);
+        cold_.copy_from(o.cold_);
+        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.point_at(hot_, cold_);
     }
     // Destroyed (or overwritten) without a close: the connector keeps it as live, with its counts.
     // The last reference to the connector's state may be ours: it goes after the unlock.
@@ -203,13 +231,10 @@ private:
         if (!owner_) return;
         const boost::intrusive_ptr<detail::connector_state> owner = std::move(owner_);
         std::lock_guard lk(owner->m);
-        if (auto it = owner->live.find(id); it != owner->live.end() && it->second.at == &state_) {
-            it->second.orphaned.copy_from(state_);
-            it->second.at = &it->second.orphaned;
-        }
+        if (auto it = owner->live.find(id); it != owner->live.end() && it->second.hot == &hot_) it->second.orphan();
     }
 
-    detail::connection_state state_;
+    detail::cold_state cold_;
     boost::intrusive_ptr<detail::connector_state> owner_; // null: closed, moved from, or made empty
 };
 
@@ -249,11 +274,11 @@ public:
     /// Kills the connection with this id: `alive` and `reset` report false from now on.
     void kill(std::uint64_t id) {
         std::lock_guard lk(st_->m);
-        if (auto it = st_->live.find(id); it != st_->live.end()) it->second.at->dead = true;
+        if (auto it = st_->live.find(id); it != st_->live.end()) it->second.hot->dead = true;
     }
     void kill_all() {
         std::lock_guard lk(st_->m);
-        for (auto& [id, r] : st_->live) r.at->dead = true;
+        for (auto& [id, r] : st_->live) r.hot->dead = true;
     }
 
     // ---- inspection ---------------------------------------------------------------------------
@@ -261,7 +286,7 @@ public:
         std::lock_guard lk(st_->m);
         counters c = st_->count;
         c.live = st_->live.size();
-        for (auto& [id, r] : st_->live) r.at->add_to(c);
+        for (auto& [id, r] : st_->live) r.add_to(c);
         return c;
     }
     std::uint64_t live() const { return stats().live; }
@@ -304,19 +329,19 @@ public:
             c->id = ++st_->next_id;
             c->target = target;
             c->owner_ = st_;
-            st_->live[c->id].at = &c->state_;
+            st_->live[c->id].point_at(c->hot_, c->cold_);
         }
         return c; // (a move re-registers it, under m)
     }
 
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
     bool reset(connection& c) {
-        detail::connection_state::bump(c.state_.resets);
-        bool fail = c.state_.dead.load(std::memory_order_relaxed);
+        detail::bump(c.hot_.resets);
+        bool fail = c.hot_.dead.load(std::memory_order_relaxed);
         for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
             fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
         if (fail) {
-            detail::connection_state::bump(c.state_.reset_failures);
+            detail::bump(c.cold_.reset_failures);
             return false;
         }
         if (!c.session.empty()) c.session.clear();
@@ -324,14 +349,14 @@ public:
     }
 
     bool alive(connection& c) {
-        detail::connection_state::bump(c.state_.alive_checks);
-        return !c.state_.dead.load(std::memory_order_relaxed);
+        detail::bump(c.cold_.alive_checks);
+        return !c.hot_.dead.load(std::memory_order_relaxed);
     }
 
     /// The keepalive round trip: fails for a killed connection, like `alive`.
     bool ping(connection& c) {
-        detail::connection_state::bump(c.state_.pings);
-        return !c.state_.dead.load(std::memory_order_relaxed);
+        detail::bump(c.cold_.pings);
+        return !c.hot_.dead.load(std::memory_order_relaxed);
     }
 
     void close(connection& c) {
@@ -344,7 +369,7 @@ public:
         std::lock_guard lk(st_->m);
         ++st_->count.closes;
         if (auto it = st_->live.find(c.id); it != st_->live.end()) {
-            it->second.at->add_to(st_->count);
+            it->second.add_to(st_->count);
             st_->live.erase(it);
         }
         if (c.owner_ == st_) c.owner_.reset(); // (the state outlives this: st_ holds it)
