@@ -49,12 +49,15 @@ public:
 };
 } // namespace detail
 
-/// The `keypool` error category (a function-local static: one instance per program even in a
-/// header-only library, since inline functions share their statics).
-inline const std::error_category& category() noexcept {
-    static const detail::category_impl instance;
-    return instance;
-}
+namespace detail {
+/// One instance per program (an inline variable), built at compile time (constinit: no guard
+/// to check on each call, which a function-local static costs every acquire that makes an
+/// error_code).
+inline constinit const category_impl category_instance{};
+} // namespace detail
+
+/// The `keypool` error category.
+inline const std::error_category& category() noexcept { return detail::category_instance; }
 
 inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
 

@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
 // detail::key_table, the registry shard's hash table: lookups, growth without moving nodes,
-// erasure, and keys whose integer hashes differ only in their high bits.
+// erasure, keys whose integer hashes differ only in their high bits, and the table's own node
+// storage (one cache line per node that fits, freed nodes reused, node_of).
 #include <cstdint>
+#include <memory>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -9,6 +13,19 @@
 #include <keypool/detail/key_table.hpp>
 
 using keypool::detail::key_table;
+
+namespace {
+/// A key whose copy throws for negative values.
+struct picky {
+    int v;
+    picky(int x) : v(x) {}
+    picky(const picky& o) : v(o.v) {
+        if (v < 0) throw std::runtime_error("no copies of negative keys");
+    }
+    bool operator==(const picky& o) const { return v == o.v; }
+    friend std::size_t hash_value(const picky& p) { return static_cast<std::size_t>(p.v); }
+};
+} // namespace
 
 TEST_SUITE("key_table") {
 
@@ -70,4 +87,54 @@ TEST_CASE("key_table: erase_if removes exactly the nodes it is asked to, while i
     for (int k = 0; k < 100; ++k) CHECK((t.find(k) != t.end()) == (k % 2 == 1));
 }
 
+
+TEST_CASE("key_table: a node that fits in a cache line gets one of its own; freed nodes are reused") {
+    struct value {
+        std::uint64_t a[5] = {};
+    }; // 8-byte key + hook + 40 bytes: 64
+    key_table<std::uint64_t, value> t;
+    std::vector<std::uintptr_t> at;
+    for (std::uint64_t k = 0; k < 300; ++k) {
+        auto n = t.emplace(k);
+        n->second.a[4] = k;
+        at.push_back(reinterpret_cast<std::uintptr_t>(n));
+    }
+    const std::set<std::uintptr_t> distinct(at.begin(), at.end());
+    CHECK(distinct.size() == at.size());
+    for (std::uintptr_t a : at) CHECK(a % 64 == 0);
+    // Erased nodes' storage comes back for new keys (no new chunk while some is free).
+    std::set<std::uintptr_t> freed;
+    for (std::uint64_t k = 0; k < 300; k += 3) {
+        freed.insert(reinterpret_cast<std::uintptr_t>(t.find(k)));
+        CHECK(t.erase(k));
+    }
+    for (std::uint64_t k = 1000; k < 1100; ++k) CHECK(freed.count(reinterpret_cast<std::uintptr_t>(t.emplace(k))) == 1);
+    for (std::uint64_t k = 0; k < 300; ++k) {
+        if (k % 3 == 0) {
+            CHECK(t.find(k) == t.end());
+        } else {
+            REQUIRE(t.find(k) != t.end());
+            CHECK(t.find(k)->second.a[4] == k);
+        }
+    }
+    CHECK(t.size() == 300);
+}
+
+TEST_CASE("key_table: node_of finds the node from its value") {
+    key_table<std::string, int> t;
+    auto n = t.emplace("tenant-with-a-name-longer-than-sso");
+    n->second = 7;
+    CHECK(&key_table<std::string, int>::node_of(n->second) == n);
+    CHECK(key_table<std::string, int>::node_of(t.find("tenant-with-a-name-longer-than-sso")->second).first ==
+          "tenant-with-a-name-longer-than-sso");
+}
+
+TEST_CASE("key_table: a key whose constructor throws leaves the table as it was") {
+    key_table<picky, int> t;
+    for (int k = 0; k < 10; ++k) t.emplace(picky{k})->second = k;
+    CHECK_THROWS_AS(t.emplace(picky{-1}), std::runtime_error);
+    CHECK(t.size() == 10);
+    for (int k = 10; k < 20; ++k) t.emplace(picky{k})->second = k; // the storage came back
+    for (int k = 0; k < 20; ++k) CHECK(t.find(picky{k})->second == k);
+}
 } // TEST_SUITE

@@ -46,15 +46,15 @@ struct options_block : pool_options, boost::intrusive_ref_counter<options_block,
     explicit options_block(const pool_options& o) : pool_options(o) {}
 };
 
-/// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write
-/// but on the 32-bit count's wrap (every 2^32), which carries 2^32 into the pool's 64-bit total.
-/// A reader sums count + carry (pool_core::stats).
-template <class Count32, class Count64>
-KEYPOOL_ALWAYS_INLINE void tally(Count32& count, Count64& carry) noexcept {
+/// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write.
+/// `on_wrap()` runs when the 32-bit count wraps (every 2^32) and must carry 2^32 into a total
+/// that readers add to the count (pool_core::carry, stats).
+template <class Count32, class OnWrap>
+KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
     const std::uint32_t v = count.load(std::memory_order_relaxed) + 1;
     count.store(v, std::memory_order_relaxed);
     if (v == 0) [[unlikely]]
-        carry.fetch_add(std::uint64_t{1} << 32, std::memory_order_relaxed);
+        on_wrap();
 }
 
 // Invariants (all under m_ unless said otherwise):
@@ -97,7 +97,7 @@ public:
         bool leak_reported = false; // maintain()'s: it reported the lease it saw (seen_uses) as a leak
         // Written only by the slot's current owner (load + store, no read-modify-write); summed by
         // stats(). Kept across the slot's connections (a slot's count is the pool's share). 32
-        // bits, the carry in the core (tally()): the header stays 32 bytes, so a connection's
+        // bits, wraps carried into slow_ (tally, carry): the header stays 32 bytes, so a connection's
         // first 32 bytes share the slot's first cache line (a reset touches only that line).
         atomic<std::uint32_t> uses{0};
         atomic<std::uint32_t> resets{0};
@@ -137,7 +137,7 @@ public:
         : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size)))),
           opt_(*o), clock_(&clock),
           n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
-          connector_(std::move(c)), target_(std::move(t)), opt_owner_(std::move(o)), obs_(std::move(obs)),
+          connector_(std::move(c)), target_(std::move(t)), obs_(std::move(obs)),
           leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
           rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
         std::uninitialized_default_construct_n(slots_, opt_.max_size); // noexcept: atomics and nullopt
@@ -146,8 +146,12 @@ public:
             slots_[i].next.store(i + 1 < opt_.max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
+        (void)o.detach(); // opt_ keeps o's reference (released by the destructor)
     }
-    ~pool_core() { std::destroy_n(slots_, opt_.max_size); }
+    ~pool_core() {
+        std::destroy_n(slots_, opt_.max_size);
+        intrusive_ptr_release(&static_cast<const options_block&>(opt_));
+    }
 
     // One allocation: [slot 0 .. slot n-1][padding to a cache line][core]. Slot 0, the one an
     // idle pool hands out (most recently used first), starts on a cache line, so its hot fields
@@ -289,7 +293,7 @@ public:
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
-                tally(s->resets, carried_resets_);
+                tally(s->resets, [this] { carry(&trouble::resets_carried); });
                 if (!reset_connection(s, now, when)) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
@@ -297,7 +301,7 @@ public:
         set_used_at(*s, now);
         if (opt_.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
-        tally(s->uses, carried_uses_);
+        tally(s->uses, [this] { carry(&trouble::uses_carried); });
         return checkout_result::ok;
     }
 
@@ -331,7 +335,7 @@ public:
         if (const std::uint8_t r = s->retire.load(std::memory_order_relaxed)) [[unlikely]]
             return dispose(s, static_cast<close_reason>(r - 1));
         if constexpr (std::is_same_v<Reset, reset_at::release>) {
-            tally(s->resets, carried_resets_);
+            tally(s->resets, [this] { carry(&trouble::resets_carried); });
             if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
         } else {
             if constexpr (connector_has_reset_begin<Connector>) begin_reset(s);
@@ -541,7 +545,7 @@ public:
         for (const lease_report& l : leaks) notify_leak(obs_, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
-            tally(s->resets, carried_resets_);
+            tally(s->resets, [this] { carry(&trouble::resets_carried); });
             if (reset_connection(s)) {
                 s->last_pinged = clock_->now(); // a reset is a round trip: it counts as a keepalive
                 due = std::min(due, keepalive_due(s));
@@ -614,8 +618,8 @@ public:
             r.acquires += s.uses.load(std::memory_order_relaxed);
             r.resets += s.resets.load(std::memory_order_relaxed);
         }
-        r.acquires += carried_uses_.load(std::memory_order_relaxed);
-        r.resets += carried_resets_.load(std::memory_order_relaxed);
+        r.acquires += t.uses_carried;
+        r.resets += t.resets_carried;
         r.waits = t.waits;
         r.wait_time = t.wait_time;
         r.timeouts = t.timeouts;
@@ -697,6 +701,7 @@ private:
         std::optional<typename Clock::event> drained; // made by the first close(deadline)
         std::uint64_t peak_waiters = 0, waits = 0, timeouts = 0, cancels = 0, rejected = 0, leaks = 0;
         std::uint64_t connects_failed = 0;
+        std::uint64_t uses_carried = 0, resets_carried = 0; // the slots' 32-bit counts' wraps (carry)
         std::chrono::nanoseconds wait_time{0};
         std::array<std::uint64_t, close_reason_count> closes{}; // an idle pool has closed nothing
         std::stop_source close_source{std::nostopstate}; // made when maintenance first connects
@@ -710,6 +715,12 @@ private:
     /// Counts a rare event (under m_). Out of memory, the count is lost, never the caller's result.
     void count(std::uint64_t trouble::*counter) noexcept {
         if (trouble* t = trouble_locked()) ++(t->*counter);
+    }
+    /// A slot's 32-bit count wrapped (tally): 2^32 more in the pool's total. Called by the slot's
+    /// owner, never under m_. Out of memory, the carry is lost, never the caller's result.
+    KEYPOOL_NOINLINE void carry(std::uint64_t trouble::*total) noexcept {
+        std::lock_guard lk(m_);
+        if (trouble* t = trouble_locked()) t->*total += std::uint64_t{1} << 32;
     }
     bool has_waiters_locked() const noexcept { return slow_ && !slow_->waiters.empty(); }
     unsigned failures() const noexcept { return slow_ ? slow_->failures : 0; }
@@ -1391,7 +1402,7 @@ private:
     };
     atomic<std::uint64_t> head_{none}; // (offset 0 of a 64-byte aligned allocation)
     slot* const slots_; // opt_.max_size of them, before the core in its allocation
-    const pool_options& opt_; // *opt_owner_
+    const pool_options& opt_; // an options_block: the core holds one of its references
     const Clock* clock_;
     const std::uint32_t n_caches_; // a power of two, or 0
     // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
@@ -1402,7 +1413,6 @@ private:
     Connector connector_;                 // (a stateless or pointer-sized connector fits the line too)
 
     const target_type target_;
-    shared_options opt_owner_;
     [[no_unique_address]] Observer obs_;
     // Slot indices and counts: max_size ≤ 65534, so 16 bits each.
     std::uint16_t free_head_ = none;
@@ -1422,7 +1432,6 @@ private:
     splitmix64 rng_;
     // Counters (under m_); the ones only trouble moves are in slow_.
     std::uint64_t peak_size_ = 0, connects_ok_ = 0;
-    atomic<std::uint64_t> carried_uses_{0}, carried_resets_{0}; // tally()'s carries
 };
 
 } // namespace keypool::detail

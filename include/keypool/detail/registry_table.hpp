@@ -416,7 +416,6 @@ private:
         atomic<duration::rep> last_used{0};
         core_ref core; // ready: the pool (an owner of its core); empty otherwise
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
-        const Key* key = nullptr; // the node's own key
         struct no_share {};
         // Leases share it when the key is not copied into them (copy_is_plain).
         [[no_unique_address]] std::conditional_t<copy_is_plain<Key>, no_share, held<Key>> shared_key;
@@ -430,9 +429,11 @@ private:
         core_ref pool;
     };
 
+    using table_type = key_table<Key, entry, boost::hash<Key>>;
+
     struct alignas(64) shard {
         mutable mutex_type m;
-        key_table<Key, entry, boost::hash<Key>> map;
+        table_type map;
         std::uint64_t hits = 0, misses = 0, joins = 0;
     };
 
@@ -636,7 +637,6 @@ private:
     /// Under the shard lock: a new entry (state `creating`) in the key's node.
     static entry& insert_locked(shard& sh, const Key& key) {
         auto node = sh.map.emplace(key);
-        node->second.key = &node->first;
         if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
         return node->second;
     }
@@ -701,11 +701,11 @@ private:
     retired unlink_locked(entry& e, evict_reason why) {
         ring_.erase(ring_.iterator_to(e));
         ++evicted_[static_cast<std::size_t>(why)];
-        shard& sh = shard_for(*e.key);
+        auto& node = table_type::node_of(e);
+        shard& sh = shard_for(node.first);
         std::lock_guard lk(sh.m);
-        auto it = sh.map.find(*e.key);
-        retired r{it->first, std::move(it->second.core)};
-        sh.map.erase(it);
+        retired r{node.first, std::move(e.core)};
+        sh.map.erase(&node);
         return r;
     }
 

@@ -21,6 +21,7 @@
 #include <boost/smart_ptr/intrusive_ptr.hpp>
 #include <boost/smart_ptr/intrusive_ref_counter.hpp>
 
+#include <keypool/detail/config.hpp>
 #include <keypool/error.hpp>
 #include <keypool/policies/clock.hpp>
 #include <keypool/resolver.hpp>
@@ -337,13 +338,9 @@ public:
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
     bool reset(connection& c) {
         detail::bump(c.hot_.resets);
-        bool fail = c.hot_.dead.load(std::memory_order_relaxed);
-        for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
-            fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
-        if (fail) {
-            detail::bump(c.cold_.reset_failures);
-            return false;
-        }
+        if (c.hot_.dead.load(std::memory_order_relaxed) || st_->failing_resets.load(std::memory_order_relaxed) != 0)
+            [[unlikely]]
+            return reset_faulty(c);
         if (!c.session.empty()) c.session.clear();
         return true;
     }
@@ -396,6 +393,19 @@ public:
     }
 
 private:
+    // reset() of a killed connection, or while resets are set to fail (fail_next_resets).
+    KEYPOOL_NOINLINE bool reset_faulty(connection& c) {
+        bool fail = c.hot_.dead.load(std::memory_order_relaxed);
+        for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
+            fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
+        if (!fail) {
+            if (!c.session.empty()) c.session.clear();
+            return true;
+        }
+        detail::bump(c.cold_.reset_failures);
+        return false;
+    }
+
     template <class Clock>
     static std::error_code play(const Clock& clock, const outcome& o, time_point start, time_point deadline,
                                 std::stop_token stop) {
