@@ -336,7 +336,7 @@ public:
     }
 
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
-    bool reset(connection& c) {
+    KEYPOOL_ALWAYS_INLINE bool reset(connection& c) {
         detail::bump(c.hot_.resets);
         if (c.hot_.dead.load(std::memory_order_relaxed) || st_->failing_resets.load(std::memory_order_relaxed) != 0)
             [[unlikely]]
@@ -345,7 +345,7 @@ public:
         return true;
     }
 
-    bool alive(connection& c) {
+    KEYPOOL_ALWAYS_INLINE bool alive(connection& c) {
         detail::bump(c.cold_.alive_checks);
         return !c.hot_.dead.load(std::memory_order_relaxed);
     }
