@@ -154,10 +154,9 @@ public:
     }
 
     // One allocation: [slot 0 .. slot n-1][padding to a cache line][core]. Slot 0, the one an
-    // idle pool hands out (most recently used first), starts on a cache line, so its hot fields
-    // and a small connection share two lines; the core starts on one too (its first line is the
-    // fast path's), and neither is rounded up to whole lines (with max_size = 2 and the fake's
-    // 192-byte slots there is no padding at all).
+    // idle pool hands out (most recently used first), starts on a cache line, so its 32-byte
+    // header and a connection's first 32 bytes share one; the core starts on one too (its first
+    // line is the fast path's), and neither is rounded up to whole lines.
     static void* operator new(std::size_t size, slot_count c) {
         void* block = ::operator new(core_offset(c.n) + size, std::align_val_t{allocation_alignment()});
         return static_cast<unsigned char*>(block) + core_offset(c.n);
