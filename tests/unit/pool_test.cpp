@@ -9,6 +9,8 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../support/helpers.hpp"
@@ -78,6 +80,16 @@ TEST_CASE("a slot's 32-bit use count carries into the pool's 64-bit total when i
     CHECK(carried == std::uint64_t{1} << 32);
     keypool::detail::tally(count, carry);
     CHECK(carried + count == (std::uint64_t{1} << 32) + 1);
+}
+
+TEST_CASE("a slot's header is 32 bytes: a connection's first 32 bytes share its first cache line") {
+    // What a checkout, a reset and a release touch of a slot (docs/design.md, "A reset touches
+    // one line of the slot"); the fake connection keeps its reset state in those 32 bytes.
+    using core = std::remove_pointer_t<decltype(keypool::detail::pool_access::core(
+        std::declval<keypool::pool<keypool::fake::connector>&>()))>;
+    typename core::slot s;
+    const auto offset = reinterpret_cast<const unsigned char*>(&s.conn) - reinterpret_cast<const unsigned char*>(&s);
+    CHECK(offset == 32);
 }
 
 TEST_CASE("idle connections are reused most recently used first") {

@@ -258,9 +258,10 @@ public:
 
     /// Starts loading what a checkout of `c` (made with `max_size` slots) touches: the core's
     /// first line and slot 0's first (its 32-byte header and the connection's first 32 bytes;
-    /// slot 0 is the slot an idle pool hands out when one connection serves it). Computed from the address alone, so a caller that has just found
-    /// the core's pointer (the registry) waits for these misses side by side, not one after the
-    /// other (the slot's address is otherwise known only once the core's line has arrived).
+    /// slot 0 is the slot an idle pool hands out when one connection serves it). Computed from
+    /// the address alone, so a caller that has just found the core's pointer (the registry) waits
+    /// for these misses side by side, not one after the other (the slot's address is otherwise
+    /// known only once the core's line has arrived).
     static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, std::size_t max_size) noexcept {
         const auto* slot0 = reinterpret_cast<const unsigned char*>(c) - core_offset(max_size);
         KEYPOOL_PREFETCH_WRITE(c);
