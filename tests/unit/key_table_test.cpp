@@ -88,7 +88,7 @@ TEST_CASE("key_table: erase_if removes exactly the nodes it is asked to, while i
 }
 
 
-TEST_CASE("key_table: a node that fits in a cache line gets one of its own; freed nodes are reused") {
+TEST_CASE("key_table: a node that fits in a cache line gets one of its own, and freed nodes are reused") {
     struct value {
         std::uint64_t a[5] = {};
     }; // 8-byte key + hook + 40 bytes: 64
