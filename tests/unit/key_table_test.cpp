@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: BSL-1.0
 // detail::key_table, the registry shard's hash table: lookups, growth without moving nodes,
-// erasure, keys whose integer hashes differ only in their high bits, and the table's own node
-// storage (one cache line per node that fits, freed nodes reused, node_of).
+// erasure, keys whose integer hashes differ only in their high bits, the table's own node
+// storage (one cache line per node that fits, freed nodes reused, node_of), and what a lock-free
+// reader relies on: an erased node stays intact until a grace period has passed.
 #include <cstdint>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -102,12 +106,15 @@ TEST_CASE("key_table: a node that fits in a cache line gets one of its own, and 
     const std::set<std::uintptr_t> distinct(at.begin(), at.end());
     CHECK(distinct.size() == at.size());
     for (std::uintptr_t a : at) CHECK(a % 64 == 0);
-    // Erased nodes' storage comes back for new keys (no new chunk while some is free).
+    // Erased nodes' storage comes back for new keys once a grace period has passed (no new chunk
+    // while some is free).
     std::set<std::uintptr_t> freed;
     for (std::uint64_t k = 0; k < 300; k += 3) {
         freed.insert(reinterpret_cast<std::uintptr_t>(t.find(k)));
         CHECK(t.erase(k));
     }
+    keypool::detail::rcu.synchronize();
+    CHECK(t.reclaim() == 100);
     for (std::uint64_t k = 1000; k < 1100; ++k) CHECK(freed.count(reinterpret_cast<std::uintptr_t>(t.emplace(k))) == 1);
     for (std::uint64_t k = 0; k < 300; ++k) {
         if (k % 3 == 0) {
@@ -136,5 +143,84 @@ TEST_CASE("key_table: a key whose constructor throws leaves the table as it was"
     CHECK(t.size() == 10);
     for (int k = 10; k < 20; ++k) t.emplace(picky{k})->second = k; // the storage came back
     for (int k = 0; k < 20; ++k) CHECK(t.find(picky{k})->second == k);
+}
+
+TEST_CASE("key_table: an erased node stays intact, key, value and link, until a grace period has passed") {
+    using keypool::detail::rcu;
+    key_table<std::string, int> t;
+    for (int k = 0; k < 8; ++k) t.emplace("tenant-" + std::to_string(k) + "-with-a-long-name")->second = k;
+    auto n = t.find("tenant-3-with-a-long-name");
+    REQUIRE(n != t.end());
+    auto* after = n->next.load();
+    auto reader = std::make_unique<keypool::detail::rcu_section>(); // a lookup on this thread
+    CHECK(t.find_shared("tenant-3-with-a-long-name") == n);
+    t.erase(n);
+    CHECK(t.find_shared("tenant-3-with-a-long-name") == t.end());
+    CHECK(t.size() == 7);
+    keypool::detail::rcu_domain::grace_period gp(rcu);
+    CHECK_FALSE(gp.done()); // the reader may still be on the node
+    CHECK(t.reclaim() == 0);
+    CHECK(t.retired() == 1);
+    // What the reader may still read is untouched, and a new key does not get its storage.
+    CHECK(n->first == "tenant-3-with-a-long-name");
+    CHECK(n->second == 3);
+    CHECK(n->next.load() == after);
+    for (int k = 100; k < 200; ++k) CHECK(t.emplace("k" + std::to_string(k)) != n);
+    reader.reset(); // the reader leaves
+    CHECK(gp.done());
+    CHECK(t.reclaim() == 1);
+    CHECK(t.retired() == 3); // the bucket arrays the 100 new keys outgrew (after the grace period began)
+    rcu.synchronize();
+    CHECK(t.reclaim() == 0);
+    CHECK(t.retired() == 0);
+    CHECK(t.find("tenant-3-with-a-long-name") == t.end());
+    CHECK(t.find("tenant-4-with-a-long-name")->second == 4);
+}
+
+TEST_CASE("key_table: a lookup without the lock while the table grows finds every key already in it") {
+    // One writer grows the table (rehashes relink every node) while a reader looks keys up
+    // inside read sections: a key inserted before the reader started is found, or (rarely,
+    // while its node moves) reported missing, never confused with another; under
+    // ThreadSanitizer this also checks that readers and the writer do not race.
+    key_table<std::uint64_t, std::uint64_t> t;
+    std::mutex m; // the shard lock
+    {
+        std::lock_guard lk(m);
+        for (std::uint64_t k = 0; k < 64; ++k) t.emplace(k)->second = k * 7;
+    }
+    std::atomic<bool> stop{false}, started{false};
+    std::uint64_t found = 0, wrong = 0;
+    std::thread reader([&] {
+        for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+            {
+                keypool::detail::rcu_section s;
+                const std::uint64_t k = i % 64;
+                if (auto n = t.find_shared(k)) {
+                    ++found;
+                    if (n->first != k || n->second != k * 7) ++wrong;
+                }
+            }
+            started.store(true, std::memory_order_release);
+        }
+    });
+    while (!started.load(std::memory_order_acquire)) std::this_thread::yield(); // one lookup before any change
+    for (std::uint64_t k = 64; k < 20000; ++k) {
+        std::lock_guard lk(m);
+        t.emplace(k)->second = k * 7;
+        if (k % 3 == 0) {
+            t.erase(k);
+            t.reclaim();
+        }
+    }
+    keypool::detail::rcu.synchronize();
+    {
+        std::lock_guard lk(m);
+        t.reclaim();
+        CHECK(t.retired() == 0);
+    }
+    stop = true;
+    reader.join();
+    CHECK(wrong == 0);
+    CHECK(found > 0);
 }
 } // TEST_SUITE

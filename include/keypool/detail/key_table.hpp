@@ -1,48 +1,59 @@
 // SPDX-License-Identifier: BSL-1.0
-// key_table: the registry shard's hash table, key -> value, one node per key that never moves.
+// key_table: the registry shard's hash table, key -> value, one node per key that never moves,
+// readable without the shard's lock inside an rcu section.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <tuple>
 #include <new>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include <boost/container_hash/hash.hpp>
 #include <boost/intrusive/parent_from_member.hpp>
-#include <boost/intrusive/unordered_set.hpp>
+
+#include <keypool/detail/rcu.hpp>
 
 namespace keypool::detail {
 
-/// A hash map from Key to T for one registry shard, on Boost.Intrusive's unordered_set:
+/// A chained hash map from Key to T for one registry shard. Writers hold the shard's lock;
+/// find_shared() reads it without the lock, inside an rcu_section, while writers change it:
 ///
-/// - a bucket is the head of its own list, so a lookup reads the bucket, then the node (two
-///   dependent cache misses). std::unordered_map and Boost 1.74's unordered_map keep one list
-///   through all nodes and point each bucket at the node *before* its first: bucket, previous
-///   node, node (three), on the path of every acquire once the keys outgrow the cache;
-/// - nodes never move (entries are linked into the eviction ring and leases point at their keys);
-/// - nodes come from the table's own chunks, one cache line each when a node fits in one (an
-///   8-byte key and the registry's 48-byte entry: 64 bytes), so a lookup's node is one miss, not
-///   two for the three nodes in four that a 16-byte aligned 80-byte node straddled; freed nodes
-///   are reused, chunks are returned when the table goes;
-/// - no stored hash: the chain compares keys (for an integer key as cheap as a hash), a rehash
-///   hashes each key again (under the shard lock, ≈ 1e6 / 64 keys per shard at most).
+/// - a bucket is the head of its own list of nodes; the links are atomics, a node is linked only
+///   once it is fully built (release) and unlinked by one store, so a lock-free reader walks
+///   either the old or the new chain. A rehash relinks each node once into the new buckets: a
+///   reader on an old chain may miss its key then (it takes the locked path), never loops;
+/// - an erased node is unlinked at once but neither destroyed nor reused until a grace period
+///   that began after its erasure has passed (reclaim()): a reader may still be on it, reading
+///   its key and value and following its link. Old bucket arrays wait the same way. So a reader
+///   may read a node's key and the value's fields that do not change while it is linked without
+///   a data race; fields that do change must be atomics;
+/// - nodes never move (entries are linked into the eviction ring and leases point at their keys)
+///   and come from the table's own chunks, one cache line each when a node fits in one (an
+///   8-byte link, an 8-byte key and the registry's 48-byte entry: 64 bytes);
+/// - no stored hash: the chain compares keys, a rehash hashes each key again (under the shard's
+///   lock, ≈ 1e6 / 64 keys per shard at most).
 ///
 /// Power-of-two buckets, indexed by a fully mixed hash (boost::hash of an integer is the integer
 /// itself). It doubles its buckets when it holds more nodes than buckets; reserve() sizes it up
-/// front so a growing registry does not rehash under the shard lock. Not thread-safe: the shard's
-/// lock guards it. An iterator is a node pointer (`->first`, `->second`); end() is nullptr.
-template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equal_to<Key>>
+/// front so a growing registry does not rehash under the shard lock. An iterator is a node
+/// pointer (`->first`, `->second`); end() is nullptr.
+///
+/// `Concurrent` false (sync::none): no lock-free readers, so an erased node is destroyed at once.
+template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equal_to<Key>, bool Concurrent = true>
 class key_table {
-    using hook = boost::intrusive::unordered_set_base_hook<boost::intrusive::store_hash<false>>;
-
 public:
-    struct node : hook, std::pair<const Key, T> {
+    struct node;
+    struct node_link {
+        std::atomic<node*> next{nullptr};
+    };
+    struct node : node_link, std::pair<const Key, T> {
         explicit node(const Key& k) : std::pair<const Key, T>(std::piecewise_construct, std::forward_as_tuple(k), std::tuple<>{}) {}
     };
     using iterator = node*;
@@ -52,25 +63,43 @@ public:
         return static_cast<node&>(*boost::intrusive::get_parent_from_member(&v, &std::pair<const Key, T>::second));
     }
 
-    key_table() : buckets_(new bucket_type[min_buckets]), set_(bucket_traits(buckets_.get(), min_buckets)) {}
+    key_table() : buckets_(make_buckets(min_buckets)) {}
     ~key_table() {
-        set_.clear_and_dispose(disposer{this});
+        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        for (std::size_t i = 0; i <= b->mask; ++i)
+            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
+                node* next = n->next.load(std::memory_order_relaxed);
+                destroy(n);
+                n = next;
+            }
+        free_buckets(b);
+        for (auto& [n, stamp] : limbo_) destroy(n);
+        for (auto& [a, stamp] : old_buckets_) free_buckets(a);
         for (unsigned char* c : chunks_) ::operator delete(c, std::align_val_t{line});
     }
     key_table(const key_table&) = delete;
     key_table& operator=(const key_table&) = delete;
 
-    std::size_t size() const noexcept { return set_.size(); }
+    std::size_t size() const noexcept { return size_; }
     iterator end() const noexcept { return nullptr; }
 
-    iterator find(const Key& k) noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        auto it = set_.find(k, hasher{}, key_equal{});
-        return it == set_.end() ? nullptr : &*it;
+    /// Under the shard's lock.
+    iterator find(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) { return find_shared(k); }
+
+    /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
+    /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
+    KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
+        const bucket_array* b = buckets_.load(std::memory_order_acquire);
+        for (node* n = b->heads[mix(Hash{}(k)) & b->mask].load(std::memory_order_acquire); n;
+             n = n->next.load(std::memory_order_acquire))
+            if (Eq{}(k, n->first)) return n;
+        return nullptr;
     }
 
     /// Inserts a node for `k` with a value-initialised T; `k` must not be in the table.
     iterator emplace(const Key& k) {
-        if (set_.size() >= set_.bucket_count()) grow(set_.bucket_count() * 2);
+        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        if (size_ > b->mask) b = grow(2 * (b->mask + 1));
         void* mem = allocate_node();
         node* n;
         try {
@@ -79,30 +108,59 @@ public:
             free_node(mem);
             throw;
         }
-        set_.insert(*n);
+        auto& head = b->heads[mix(Hash{}(n->first)) & b->mask];
+        n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        head.store(n, std::memory_order_release); // publishes the built node
+        ++size_;
         return n;
     }
 
-    void erase(iterator n) noexcept { set_.erase_and_dispose(set_.iterator_to(*n), disposer{this}); }
+    /// Unlinks `n`; it is destroyed by the first reclaim() after a grace period.
+    void erase(iterator n) noexcept {
+        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        std::atomic<node*>* at = &b->heads[mix(Hash{}(n->first)) & b->mask];
+        while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
+        at->store(n->next.load(std::memory_order_relaxed), std::memory_order_release);
+        --size_;
+        retire(n);
+    }
     bool erase(const Key& k) {
         iterator n = find(k);
         if (n) erase(n);
         return n != nullptr;
     }
 
-    /// Calls `f(node&)` for every node; erases (and destroys) those for which it returns true.
+    /// Calls `f(node&)` for every node; erases those for which it returns true.
     template <class F>
     void erase_if(F f) {
-        for (auto it = set_.begin(); it != set_.end();) {
-            node& n = *it++;
-            if (f(n)) erase(&n);
-        }
+        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        for (std::size_t i = 0; i <= b->mask; ++i)
+            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
+                node* next = n->next.load(std::memory_order_relaxed);
+                if (f(*n)) erase(n);
+                n = next;
+            }
     }
 
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
-        if (n > set_.bucket_count()) grow(std::bit_ceil(n));
+        if (n > buckets_.load(std::memory_order_relaxed)->mask + 1) grow(std::bit_ceil(n));
     }
+
+    /// Destroys the erased nodes and frees the old bucket arrays no reader can still be on (a
+    /// grace period began after they were unlinked). Returns how many nodes it destroyed.
+    std::size_t reclaim() noexcept {
+        std::size_t done = 0;
+        std::erase_if(limbo_, [&](auto& p) {
+            if (!rcu.passed(p.second)) return false;
+            destroy(p.first);
+            return ++done, true;
+        });
+        std::erase_if(old_buckets_, [](auto& p) { return rcu.passed(p.second) ? (free_buckets(p.first), true) : false; });
+        return done;
+    }
+    /// Erased nodes not yet destroyed.
+    std::size_t retired() const noexcept { return limbo_.size() + old_buckets_.size(); }
 
 private:
     static constexpr std::size_t line = 64;
@@ -110,20 +168,67 @@ private:
     static constexpr std::size_t stride =
         sizeof(node) <= line ? line : (sizeof(node) + alignof(node) - 1) / alignof(node) * alignof(node);
     static_assert(alignof(node) <= line);
+    static constexpr std::size_t min_buckets = 16;
 
-    struct disposer {
-        key_table* t;
-        void operator()(node* n) const noexcept {
-            n->~node();
-            t->free_node(n);
-        }
+    struct bucket_array {
+        std::size_t mask; // buckets - 1
+        std::atomic<node*> heads[1]; // (`mask + 1` of them: allocated past the end)
     };
+    static bucket_array* make_buckets(std::size_t n) {
+        void* mem = ::operator new(offsetof(bucket_array, heads) + n * sizeof(std::atomic<node*>), std::align_val_t{line});
+        auto* b = static_cast<bucket_array*>(mem);
+        b->mask = n - 1;
+        for (std::size_t i = 0; i < n; ++i) new (&b->heads[i]) std::atomic<node*>(nullptr);
+        return b;
+    }
+    static void free_buckets(bucket_array* b) noexcept { ::operator delete(b, std::align_val_t{line}); }
+
+    // Relinks every node into a fresh array, then publishes it; the old one waits in old_buckets_.
+    bucket_array* grow(std::size_t n) {
+        old_buckets_.reserve(old_buckets_.size() + 1);
+        bucket_array* fresh = make_buckets(n);
+        bucket_array* old = buckets_.load(std::memory_order_relaxed);
+        for (std::size_t i = 0; i <= old->mask; ++i)
+            for (node* p = old->heads[i].load(std::memory_order_relaxed); p;) {
+                node* next = p->next.load(std::memory_order_relaxed);
+                auto& head = fresh->heads[mix(Hash{}(p->first)) & fresh->mask];
+                p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
+                head.store(p, std::memory_order_relaxed); // (fresh is published below)
+                p = next;
+            }
+        buckets_.store(fresh, std::memory_order_release);
+        if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
+        else free_buckets(old);
+        return fresh;
+    }
+
+    void retire(node* n) noexcept {
+        if constexpr (!Concurrent) return destroy(n);
+        const std::uint64_t stamp = rcu.stamp();
+        try {
+            limbo_.push_back({n, stamp});
+        } catch (...) { // out of memory: wait here for the readers instead
+            rcu.synchronize();
+            destroy(n);
+        }
+    }
+    void destroy(node* n) noexcept {
+        n->~node();
+        free_node(n);
+    }
 
     // Free node storage is linked through its first pointer. A new chunk holds an eighth of the
     // table's nodes (4 to 256): at most ~1/8 of a line of slack per key, few chunks when big.
     void* allocate_node() {
+        if (!free_ && !limbo_.empty()) {
+            // Erasures a caller did not follow with a grace period (the registry's own removals
+            // do): wait for one here once there are many, so erased nodes cannot pile up. (Safe
+            // under the shard's lock: read sections take no lock.)
+            if (limbo_.size() >= 64) rcu.synchronize();
+            reclaim();
+        }
         if (!free_) {
-            const std::size_t n = std::clamp<std::size_t>(set_.size() / 8, 4, 256);
+            const std::size_t n = std::clamp<std::size_t>(size_ / 8, 4, 256);
             chunks_.reserve(chunks_.size() + 1);
             auto* c = static_cast<unsigned char*>(::operator new(n * stride, std::align_val_t{line}));
             chunks_.push_back(c);
@@ -138,37 +243,19 @@ private:
         free_ = p;
     }
     // Bits of every byte of the key's hash reach the bucket index (MurmurHash3's finaliser).
-    struct hasher {
-        std::size_t operator()(const Key& k) const noexcept(noexcept(Hash{}(k))) { return mix(Hash{}(k)); }
-        std::size_t operator()(const node& n) const noexcept(noexcept(Hash{}(n.first))) { return mix(Hash{}(n.first)); }
-        static std::size_t mix(std::uint64_t h) noexcept {
-            h ^= h >> 33;
-            h *= 0xff51afd7ed558ccdULL;
-            h ^= h >> 33;
-            h *= 0xc4ceb9fe1a85ec53ULL;
-            h ^= h >> 33;
-            return static_cast<std::size_t>(h);
-        }
-    };
-    struct key_equal {
-        bool operator()(const Key& a, const node& b) const { return Eq{}(a, b.first); }
-        bool operator()(const node& a, const node& b) const { return Eq{}(a.first, b.first); }
-    };
-    using set_type = boost::intrusive::unordered_set<node, boost::intrusive::hash<hasher>, boost::intrusive::equal<key_equal>,
-                                                     boost::intrusive::power_2_buckets<true>,
-                                                     boost::intrusive::constant_time_size<true>>;
-    using bucket_type = typename set_type::bucket_type;
-    using bucket_traits = typename set_type::bucket_traits;
-    static constexpr std::size_t min_buckets = 16;
-
-    void grow(std::size_t buckets) {
-        std::unique_ptr<bucket_type[]> fresh(new bucket_type[buckets]);
-        set_.rehash(bucket_traits(fresh.get(), buckets)); // relinks the nodes: no node moves
-        buckets_ = std::move(fresh);
+    static std::size_t mix(std::uint64_t h) noexcept {
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+        h *= 0xc4ceb9fe1a85ec53ULL;
+        h ^= h >> 33;
+        return static_cast<std::size_t>(h);
     }
 
-    std::unique_ptr<bucket_type[]> buckets_;
-    set_type set_;
+    std::atomic<bucket_array*> buckets_;
+    std::size_t size_ = 0;
+    std::vector<std::pair<node*, std::uint64_t>> limbo_;             // erased, destroyed after a grace period
+    std::vector<std::pair<bucket_array*, std::uint64_t>> old_buckets_; // replaced, freed after one
     std::vector<unsigned char*> chunks_;
     void* free_ = nullptr;
 };

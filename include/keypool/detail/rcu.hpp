@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: BSL-1.0
+// rcu: read-side sections that write nothing shared, and grace periods that wait for them. The
+// registry's lookups run in such a section without taking the shard's lock; what a lookup may
+// still be reading (a table node, an old bucket array, a pool core) is freed only after a grace
+// period that began after it was unlinked.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+#include <utility>
+
+#include <boost/container/small_vector.hpp>
+
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <keypool/detail/config.hpp>
+
+#if defined(__SANITIZE_THREAD__)
+#define KEYPOOL_RCU_FENCED_ONLY 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KEYPOOL_RCU_FENCED_ONLY 1
+#endif
+#endif
+
+namespace keypool::detail {
+
+/// A full barrier. ThreadSanitizer does not model standalone fences (GCC refuses them under
+/// -fsanitize=thread): there, a seq_cst read-modify-write of `any` stands in (a full barrier on
+/// x86 and AArch64, and an operation TSan orders).
+template <class T>
+KEYPOOL_ALWAYS_INLINE void rcu_full_fence([[maybe_unused]] std::atomic<T>& any) noexcept {
+#if defined(KEYPOOL_RCU_FENCED_ONLY)
+    any.fetch_add(0, std::memory_order_seq_cst);
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+/// One thread's read-side state: `seq` is odd while the thread is inside a section. Only its
+/// thread writes it; grace periods read it. Records are never freed: a thread that exits gives its
+/// record back and a later thread takes it (`index` stays unique among live threads).
+struct alignas(64) rcu_record {
+    std::atomic<std::uint64_t> seq{0};
+    bool fenced = true;  // this process cannot use membarrier: a section starts with a full fence
+    unsigned index = 0;  // 0, 1, 2 ... in order of creation
+    std::atomic<bool> taken{false};
+    rcu_record* next = nullptr; // all records, newest first (a push-only list)
+};
+
+inline constinit thread_local rcu_record* rcu_self = nullptr;
+
+/// Gives the thread's record back when the thread exits (made on the record's first use only, so
+/// the read side's access to rcu_self stays a plain thread-local load).
+struct rcu_thread_exit {
+    ~rcu_thread_exit() {
+        if (rcu_record* r = std::exchange(rcu_self, nullptr)) r->taken.store(false, std::memory_order_release);
+    }
+};
+inline thread_local rcu_thread_exit rcu_exit_guard;
+
+/// The process's read-side sections and grace periods (one domain: the records are per thread).
+///
+/// Two ways to order a section's start against a grace period's check of it:
+/// - membarrier (Linux ≥ 4.14, `MEMBARRIER_CMD_PRIVATE_EXPEDITED`): a section starts with a plain
+///   store and a compiler barrier; a grace period makes every running thread of the process
+///   execute a full barrier (≈ 1 µs here) before it reads the records. Sections are frequent,
+///   grace periods rare (the registry's evictions, invalidations and closes).
+/// - fenced (no membarrier, e.g. a seccomp filter, or ThreadSanitizer builds, which do not see a
+///   barrier made by the kernel): a section starts with a seq_cst fence (≈ 10 ns).
+///
+/// A grace period snapshots the records that are inside a section and is over once each of them
+/// has left it (its `seq` changed). Sections are short and never block on a lock a grace period's
+/// caller holds: callers of synchronize() must hold no lock a section takes and be outside a section.
+class rcu_domain {
+public:
+    constexpr rcu_domain() = default;
+
+    /// The calling thread's record, taken or made on first use.
+    KEYPOOL_NOINLINE rcu_record* register_thread() {
+        (void)&rcu_exit_guard; // constructs it: its destructor runs at thread exit
+        const bool fence = mode() != membarrier;
+        for (rcu_record* r = head_.load(std::memory_order_acquire); r; r = r->next) {
+            bool expected = false;
+            if (!r->taken.load(std::memory_order_relaxed) &&
+                r->taken.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+                r->fenced = fence;
+                return rcu_self = r;
+            }
+        }
+        auto* r = new rcu_record; // never freed: grace periods may read it at any time
+        r->taken.store(true, std::memory_order_relaxed);
+        r->fenced = fence;
+        r->index = records_.fetch_add(1, std::memory_order_relaxed);
+        rcu_record* h = head_.load(std::memory_order_relaxed);
+        do r->next = h;
+        while (!head_.compare_exchange_weak(h, r, std::memory_order_release, std::memory_order_relaxed));
+        return rcu_self = r;
+    }
+
+    /// Call after unlinking something a section may be reading: free it once passed(stamp).
+    std::uint64_t stamp() noexcept {
+        rcu_full_fence(started_);
+        return started_.load(std::memory_order_seq_cst);
+    }
+    /// Whether a grace period that began after `stamp()` returned it has ended.
+    bool passed(std::uint64_t stamp) const noexcept { return completed_.load(std::memory_order_acquire) > stamp; }
+
+    /// One grace period, observable without blocking (tests) or waited for (synchronize()).
+    class grace_period {
+    public:
+        explicit grace_period(rcu_domain& d) : d_(d) {
+            index_ = d.started_.fetch_add(1, std::memory_order_seq_cst) + 1;
+            d.heavy_barrier();
+            for (rcu_record* r = d.head_.load(std::memory_order_acquire); r; r = r->next) {
+                const std::uint64_t s = r->seq.load(std::memory_order_acquire);
+                if (s & 1) inside_.push_back({r, s});
+            }
+        }
+        /// True once every section that was open when the grace period began has ended.
+        bool done() noexcept {
+            while (!inside_.empty()) {
+                auto& [r, s] = inside_.back();
+                if (r->seq.load(std::memory_order_acquire) == s) return false;
+                inside_.pop_back();
+            }
+            std::uint64_t c = d_.completed_.load(std::memory_order_relaxed);
+            while (c < index_ && !d_.completed_.compare_exchange_weak(c, index_, std::memory_order_release,
+                                                                      std::memory_order_relaxed)) {
+            }
+            return true;
+        }
+        void wait() noexcept {
+            for (unsigned spins = 0; !done(); ++spins)
+                if (spins >= 64) std::this_thread::yield(); // the reader may have been preempted
+        }
+
+    private:
+        rcu_domain& d_;
+        std::uint64_t index_;
+        boost::container::small_vector<std::pair<rcu_record*, std::uint64_t>, 8> inside_;
+    };
+
+    /// Waits until every section open now has ended.
+    void synchronize() noexcept { grace_period(*this).wait(); }
+
+private:
+    enum mode_value : int { unknown, membarrier, fenced };
+    int mode() noexcept {
+        int m = mode_.load(std::memory_order_acquire);
+        if (m != unknown) return m;
+        int want = fenced;
+#if defined(__linux__) && !defined(KEYPOOL_RCU_FENCED_ONLY)
+        if (::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0) want = membarrier;
+#endif
+        mode_.compare_exchange_strong(m, want, std::memory_order_acq_rel);
+        return mode_.load(std::memory_order_acquire);
+    }
+    void heavy_barrier() noexcept {
+#if defined(__linux__) && !defined(KEYPOOL_RCU_FENCED_ONLY)
+        if (mode() == membarrier && ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) return;
+#endif
+        rcu_full_fence(started_);
+    }
+
+    std::atomic<rcu_record*> head_{nullptr};
+    std::atomic<unsigned> records_{0};
+    std::atomic<std::uint64_t> started_{0}, completed_{0};
+    std::atomic<int> mode_{unknown};
+};
+
+inline constinit rcu_domain rcu{};
+
+/// A read-side section on the calling thread, from construction to leave() or destruction.
+/// Sections do not nest.
+class rcu_section {
+public:
+    KEYPOOL_ALWAYS_INLINE rcu_section() noexcept : r_(self()) {
+        rcu_record* r = r_;
+        const std::uint64_t s = r->seq.load(std::memory_order_relaxed);
+        r->seq.store(s + 1, std::memory_order_relaxed);
+        if (r->fenced) rcu_full_fence(r->seq);
+        else std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    KEYPOOL_ALWAYS_INLINE void leave() noexcept {
+        if (r_) {
+            r_->seq.store(r_->seq.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+            r_ = nullptr;
+        }
+    }
+    KEYPOOL_ALWAYS_INLINE ~rcu_section() { leave(); }
+    rcu_section(const rcu_section&) = delete;
+    rcu_section& operator=(const rcu_section&) = delete;
+
+    /// The thread's record index (unique among live threads): a slot in per-thread counters.
+    unsigned index() const noexcept { return r_->index; }
+
+private:
+    KEYPOOL_ALWAYS_INLINE static rcu_record* self() noexcept {
+        rcu_record* r = rcu_self;
+        if (!r) [[unlikely]] r = rcu.register_thread();
+        return r;
+    }
+    rcu_record* r_;
+};
+
+} // namespace keypool::detail
