@@ -320,6 +320,31 @@ TEST_CASE("invalidate closes idle connections now, leased ones on return, and re
     CHECK(s.evicted_for(evict_reason::invalidated) == 1);
 }
 
+TEST_CASE("invalidate keeps the pool open until every lock-free lookup that may have found it is over") {
+    // A lookup takes no lock: it runs in a read section (detail/rcu.hpp) and may pop from the pool
+    // it found just as another thread invalidates the key. The invalidating thread unlinks the
+    // entry at once but drops its pool only after a grace period, so the pool (and its core's
+    // memory) stays valid for that lookup. The section here stands for a lookup in progress.
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 2}});
+    r.acquire("acme").release();
+    REQUIRE(f.fake.live() == 1);
+    auto lookup = std::make_unique<keypool::detail::rcu_section>();
+    std::atomic<bool> done{false};
+    std::thread invalidator([&] {
+        CHECK(r.invalidate("acme"));
+        done = true;
+    });
+    REQUIRE(eventually([&] { return r.stats().keys_active == 0; })); // unlinked: new lookups miss it
+    CHECK(f.fake.live() == 1); // ... but the pool it had is still open
+    CHECK_FALSE(done.load());
+    lookup.reset(); // the lookup ends
+    invalidator.join();
+    CHECK(done.load());
+    CHECK(f.fake.live() == 0); // now it is closed
+    CHECK(r.stats().evicted_for(evict_reason::invalidated) == 1);
+}
+
 TEST_CASE("single flight: 64 concurrent first requests create exactly one pool") {
     fixture f;
     f.resolver.st->gate = std::make_shared<keypool::fake::gate>();

@@ -19,12 +19,14 @@
 #include <vector>
 
 #include <boost/container_hash/hash.hpp>
+#include <boost/container/small_vector.hpp>
 #include <boost/intrusive/list.hpp>
 
 #include <keypool/error.hpp>
 #include <keypool/lease.hpp>
 #include <keypool/detail/budget.hpp>
 #include <keypool/detail/key_table.hpp>
+#include <keypool/detail/rcu.hpp>
 #include <keypool/options.hpp>
 #include <keypool/pool.hpp>
 #include <keypool/resolver.hpp>
@@ -103,6 +105,8 @@ public:
         core_type* get() const noexcept { return c_; }
         core_type* operator->() const noexcept { return c_; }
         explicit operator bool() const noexcept { return c_ != nullptr; }
+        /// Gives up ownership without dropping it.
+        [[nodiscard]] core_type* release() noexcept { return std::exchange(c_, nullptr); }
 
     private:
         core_type* c_ = nullptr;
@@ -144,29 +148,34 @@ public:
         if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
         shard& sh = shard_for(key);
         const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
-        sh.m.lock();
-        auto it = sh.map.find(key);
-        if (it != sh.map.end() && it->second.st == entry::state::ready) [[likely]] {
-            entry& e = it->second;
-            core_type* core = e.core.get();
-            core_type::prefetch(core, pool_options_->max_size);
-            touch(e, now);
-            ++sh.hits;
-            if (auto* s = core->pop_idle()) [[likely]] {
-                held<setup_type> setup = e.setup;
-                held<Key> k = key_of(e, key);
-                sh.m.unlock();
-                const auto r = core->checkout_detached(s, now, when);
-                if (r == core_type::checkout_result::ok) [[likely]] {
-                    return leased(core, s, std::move(k), setup, ec);
+        {
+            // No lock: the section keeps the node, and the pool core it names, from being freed
+            // while we use them (see detail/rcu.hpp); a lookup writes nothing shared but the
+            // pool's idle stack.
+            read_section rs;
+            auto it = sh.map.find_shared(key);
+            if (it && it->second.st == entry::state::ready) [[likely]] {
+                entry& e = it->second;
+                if (core_type* core = e.core.get()) [[likely]] { // (empty once forget_missing took it)
+                    core_type::prefetch(core, pool_options_->max_size);
+                    touch(e, now);
+                    count_hit(sh, rs);
+                    if (auto* s = core->pop_idle()) [[likely]] {
+                        held<setup_type> setup = e.setup;
+                        held<Key> k = key_of(e, key);
+                        rs.leave(); // the connection we hold keeps the core alive from here
+                        const auto r = core->checkout_detached(s, now, when);
+                        if (r == core_type::checkout_result::ok) [[likely]] {
+                            return leased(core, s, std::move(k), setup, ec);
+                        }
+                        if (r == core_type::checkout_result::delete_core) delete core;
+                        return acquire_slow(key, when, std::move(st), ec);
+                    }
+                    rs.leave();
+                    return acquire_slow(key, when, std::move(st), ec);
                 }
-                if (r == core_type::checkout_result::delete_core) delete core;
-                return acquire_slow(key, when, std::move(st), ec);
             }
-            sh.m.unlock();
-            return acquire_slow(key, when, std::move(st), ec);
         }
-        sh.m.unlock();
         return acquire_slow(key, when, std::move(st), ec, false);
     }
 
@@ -188,7 +197,7 @@ public:
             const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready) {
+            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.core) {
                 entry& e = it->second;
                 core_type* core = e.core.get();
                 touch(e, now);
@@ -226,7 +235,7 @@ public:
             const time_point now = clock_->coarse_now();
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second.st != entry::state::ready) return {};
+            if (it == sh.map.end() || it->second.st != entry::state::ready || !it->second.core) return {};
             entry& e = it->second;
             touch(e, now);
             ++sh.hits;
@@ -252,7 +261,7 @@ public:
         for (;;) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready) {
+            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.core) {
                 touch(it->second, clock_->coarse_now());
                 return pool_access::share<Pool>(it->second.core.get(), *clock_);
             }
@@ -264,9 +273,9 @@ public:
 
     bool invalidate(const Key& key) {
         core_ref dead;
+        shard& sh = shard_for(key);
         {
             std::lock_guard rl(ring_m_);
-            shard& sh = shard_for(key);
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
             if (it == sh.map.end() || it->second.st == entry::state::creating) return false;
@@ -274,9 +283,10 @@ public:
                 ring_.erase(ring_.iterator_to(it->second));
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
-            dead = std::move(it->second.core);
+            dead = it->second.core.take();
             sh.map.erase(it);
         }
+        quiesce({&sh});
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
         return true; // `dead` goes out of scope here, outside the locks: the pool closes
     }
@@ -290,9 +300,9 @@ public:
         core_ref dead;
         std::unique_ptr<pending> pend(new (std::nothrow) pending);
         if (!pend) return; // out of memory: the pool stays, as it would while in use
+        shard& sh = shard_for(key);
         {
             std::lock_guard rl(ring_m_);
-            shard& sh = shard_for(key);
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
             if (it == sh.map.end()) return;
@@ -300,12 +310,13 @@ public:
             if (e.st != entry::state::ready || e.core.get() != pool || e.core->busy()) return;
             ring_.erase(ring_.iterator_to(e));
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
-            dead = std::move(e.core); // closed outside the locks
+            dead = e.core.take(); // closed outside the locks, after a grace period
             e.st = entry::state::failed;
             pend->error = why;
             pend->failed_until = clock_->now() + opt_.failure_backoff;
             e.pend = std::move(pend);
         }
+        quiesce({&sh});
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
     }
 
@@ -327,6 +338,7 @@ public:
                     dead.push_back(unlink_locked(e, evict_reason::idle));
                 }
             }
+            quiesce_retired(dead);
             for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::idle);
             return dead.size();
         }
@@ -356,7 +368,7 @@ public:
                         return false;
                     }
                     if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
-                    if (e.core) dead.push_back(std::move(e.core));
+                    if (e.core) dead.push_back(e.core.take());
                     return true;
                 });
             }
@@ -364,6 +376,7 @@ public:
             by_target_.clear();
         }
         for (auto& p : dead) p->close(); // (shared pool objects handed out stay valid, closed)
+        quiesce_all(); // before `dead` goes: lock-free lookups may still use them
     }
 
     registry_stats stats() const {
@@ -381,6 +394,8 @@ public:
         }
         r.pools_active = seen.size();
         if (budget_) r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
+        if constexpr (Sync::thread_safe)
+            for (unsigned i = 0; i < hit_slots; ++i) r.hits += hits_[i].n.load(std::memory_order_relaxed);
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             r.hits += shards_[i].hits;
@@ -405,16 +420,57 @@ private:
         time_point failed_until{};
     };
 
+    /// An entry's state, read by lock-free lookups: a lookup that sees `ready` (acquire) sees the
+    /// pool and setup published before it (release), under the shard's lock.
+    class state_cell {
+    public:
+        enum class state : std::uint8_t { creating, ready, failed };
+        operator state() const noexcept { return v_.load(std::memory_order_acquire); }
+        state_cell& operator=(state s) noexcept {
+            v_.store(s, std::memory_order_release);
+            return *this;
+        }
+
+    private:
+        atomic<state> v_{state::creating};
+    };
+
+    /// An entry's pool: one owner of its core, read by lock-free lookups. Taken out (take()) under
+    /// the shard's lock; the taker drops it only after a grace period (quiesce()), so a lookup that
+    /// read the pointer just before may still use the core.
+    class core_cell {
+    public:
+        core_cell() = default;
+        core_cell(const core_cell&) = delete;
+        core_cell& operator=(const core_cell&) = delete;
+        ~core_cell() { (void)take(); }
+        core_type* get() const noexcept { return c_.load(std::memory_order_acquire); }
+        core_type* operator->() const noexcept { return get(); }
+        explicit operator bool() const noexcept { return get() != nullptr; }
+        core_ref share() const noexcept {
+            core_type* c = get();
+            c->add_owner();
+            return core_ref(c);
+        }
+        void set(core_ref p) noexcept { c_.store(p.release(), std::memory_order_release); }
+        [[nodiscard]] core_ref take() noexcept { return core_ref(c_.exchange(nullptr, std::memory_order_acq_rel)); }
+
+    private:
+        atomic<core_type*> c_{nullptr};
+    };
+
     // An entry lives inside its hash-table node, after the key (the table is node-based, so it
     // never moves): finding a key and using its pool touches the bucket, then the node, then the
     // pool — no separately allocated entry in between. The hot path reads st, core, setup and
     // writes referenced/last_used: they come first. The ring hook is touched only by eviction.
+    // Lock-free lookups read st and core (atomics) and, once st is ready, setup and shared_key,
+    // which do not change while the node is linked.
     struct entry {
-        enum class state : std::uint8_t { creating, ready, failed };
-        state st = state::creating;
+        using state = typename state_cell::state;
+        state_cell st;
         atomic<bool> referenced{true};
         atomic<duration::rep> last_used{0};
-        core_ref core; // ready: the pool (an owner of its core); empty otherwise
+        core_cell core; // ready: the pool (an owner of its core); empty otherwise
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
         struct no_share {};
         // Leases share it when the key is not copied into them (copy_is_plain).
@@ -422,20 +478,76 @@ private:
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
         std::unique_ptr<pending> pend; // creating (flight::shared) and failed only
     };
-    /// An entry taken out of the table: its key (for the observer) and its pool, which closes when
-    /// the last reference goes (outside all locks).
+    struct shard;
+    /// An entry taken out of the table: its key (for the observer), its pool, which closes when
+    /// the last reference goes (outside all locks, after a grace period), and its shard.
     struct retired {
         Key key;
         core_ref pool;
+        shard* from;
     };
 
-    using table_type = key_table<Key, entry, boost::hash<Key>>;
+    using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe>;
 
     struct alignas(64) shard {
         mutable mutex_type m;
         table_type map;
-        std::uint64_t hits = 0, misses = 0, joins = 0;
+        std::uint64_t hits = 0, misses = 0, joins = 0; // (hits on the locked paths; count_hit's are apart)
     };
+
+    /// The lock-free lookup's read-side section (nothing for sync::none: no other thread).
+    struct no_section {
+        void leave() noexcept {}
+        unsigned index() const noexcept { return 0; }
+    };
+    using read_section = std::conditional_t<Sync::thread_safe, rcu_section, no_section>;
+
+    /// Hits of lock-free lookups, one counter per thread (by its rcu record's index), each on its
+    /// own line and written only by its thread: no read-modify-write and no line shared between
+    /// threads on the fast path. Threads past the first hit_slots - 1 share the last counter.
+    static constexpr unsigned hit_slots = 64;
+    struct alignas(64) hit_counter {
+        atomic<std::uint64_t> n{0};
+    };
+    KEYPOOL_ALWAYS_INLINE void count_hit(shard& sh, const read_section& rs) noexcept {
+        if constexpr (!Sync::thread_safe) {
+            (void)rs;
+            ++sh.hits;
+        } else {
+            (void)sh;
+            if (const unsigned i = rs.index(); i < hit_slots - 1) [[likely]]
+                hits_[i].n.store(hits_[i].n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+            else
+                hits_[hit_slots - 1].n.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+
+    /// After unlinking entries (or taking their pools) under the locks: waits for a grace period,
+    /// so no lock-free lookup still uses them, then destroys the shards' erased nodes. Called
+    /// with no lock held and outside any read section; the caller drops the pools it took after.
+    void quiesce(std::initializer_list<shard*> touched) noexcept { quiesce(touched.begin(), touched.end()); }
+    template <class It>
+    void quiesce(It first, It last) noexcept {
+        if constexpr (Sync::thread_safe) rcu.synchronize();
+        for (; first != last; ++first) {
+            std::lock_guard lk((*first)->m);
+            (*first)->map.reclaim();
+        }
+    }
+    void quiesce_all() noexcept {
+        if constexpr (Sync::thread_safe) rcu.synchronize();
+        for (std::size_t i = 0; i <= shard_mask_; ++i) {
+            std::lock_guard lk(shards_[i].m);
+            shards_[i].map.reclaim();
+        }
+    }
+    void quiesce_retired(const std::vector<retired>& dead) noexcept {
+        if (dead.empty()) return;
+        boost::container::small_vector<shard*, 8> touched;
+        for (const retired& d : dead)
+            if (std::find(touched.begin(), touched.end(), d.from) == touched.end()) touched.push_back(d.from);
+        quiesce(touched.begin(), touched.end());
+    }
 
     using ring_type =
         boost::intrusive::list<entry,
@@ -650,7 +762,7 @@ private:
 
     /// Under ring_m_ and the shard lock: the entry becomes ready with its pool and joins the ring.
     void publish_locked(entry& e, core_ref p, setup_type setup) {
-        e.core = std::move(p);
+        e.core.set(std::move(p));
         e.setup = hold(std::move(setup));
         e.st = entry::state::ready;
         e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
@@ -704,7 +816,7 @@ private:
         auto& node = table_type::node_of(e);
         shard& sh = shard_for(node.first);
         std::lock_guard lk(sh.m);
-        retired r{node.first, std::move(e.core)};
+        retired r{node.first, e.core.take(), &sh};
         sh.map.erase(&node);
         return r;
     }
@@ -732,6 +844,7 @@ private:
                     dead.push_back(unlink_locked(e, evict_reason::lru));
                 }
             }
+            quiesce_retired(dead);
             for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::lru);
         }
     }
@@ -763,6 +876,7 @@ private:
     const typename core_type::shared_options pool_options_; // one copy for every pool
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
+    std::unique_ptr<hit_counter[]> hits_{Sync::thread_safe ? new hit_counter[hit_slots] : nullptr};
 
     boost::intrusive_ptr<connection_budget> budget_; // evict::size only
     mutable mutex_type ring_m_;
