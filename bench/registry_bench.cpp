@@ -8,7 +8,7 @@
 //   keys 10,000, thread 1, also one row per eviction policy: keypool_evict_lru, _idle, _size and
 //     _all (lru + idle + size), with max_connections = keys so the size budget holds every key's
 //     idle connection;
-//   keys 1,000,000, thread 1: keypool and mutex_map only. Populating a million keys takes seconds
+//   keys 1,000,000, threads 1 and 2: keypool and mutex_map only. Populating a million keys takes seconds
 //     and ≈ 1.4 GB, so these rows run only with KEYPOOL_BENCH_1E6=1 in the environment.
 //
 // BM_registry_growth_latency_<keys>/<impl>/iterations:1/real_time/threads:<T>: a fresh registry (or
@@ -372,8 +372,10 @@ void register_all() {
     if (big) {
         constexpr std::size_t keys = 1'000'000;
         const std::string scenario = "BM_registry_keyed_" + std::to_string(keys);
-        add(scenario, "mutex_map", baseline, keys, 1);
-        add(scenario, "keypool", keypool_registry<lru_idle>, keys, 1);
+        for (int threads : {1, 2}) {
+            add(scenario, "mutex_map", baseline, keys, threads);
+            add(scenario, "keypool", keypool_registry<lru_idle>, keys, threads);
+        }
     }
 }
 
