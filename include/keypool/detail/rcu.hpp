@@ -162,10 +162,19 @@ private:
         return mode_.load(std::memory_order_acquire);
     }
     void heavy_barrier() noexcept {
-#if defined(__linux__) && !defined(KEYPOOL_RCU_FENCED_ONLY)
-        if (mode() == membarrier && ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) return;
-#endif
         rcu_full_fence(started_);
+#if defined(__linux__) && !defined(KEYPOOL_RCU_FENCED_ONLY)
+        if (mode() != membarrier) return;
+        // Sections entered without a fence: only a barrier on every thread orders them. The
+        // expedited command cannot fail once registered (the kernel documents no such case);
+        // should it, MEMBARRIER_CMD_GLOBAL (every CPU passes a scheduler barrier, milliseconds)
+        // is slower but as strong, and it is retried until one of the two succeeds.
+        for (unsigned tries = 0;; ++tries) {
+            if (::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0) return;
+            if (::syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0) return;
+            if (tries >= 16) std::this_thread::yield();
+        }
+#endif
     }
 
     std::atomic<rcu_record*> head_{nullptr};
