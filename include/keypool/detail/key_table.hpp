@@ -66,12 +66,7 @@ public:
     key_table() : buckets_(make_buckets(min_buckets)) {}
     ~key_table() {
         bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        for (std::size_t i = 0; i <= b->mask; ++i)
-            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
-                node* next = n->next.load(std::memory_order_relaxed);
-                destroy(n);
-                n = next;
-            }
+        each_node(b, [this](node* n) { destroy(n); });
         free_buckets(b);
         for (auto& [n, stamp] : limbo_) destroy(n);
         for (auto& [a, stamp] : old_buckets_) free_buckets(a);
@@ -133,13 +128,9 @@ public:
     /// Calls `f(node&)` for every node; erases those for which it returns true.
     template <class F>
     void erase_if(F f) {
-        bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        for (std::size_t i = 0; i <= b->mask; ++i)
-            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
-                node* next = n->next.load(std::memory_order_relaxed);
-                if (f(*n)) erase(n);
-                n = next;
-            }
+        each_node(buckets_.load(std::memory_order_relaxed), [&](node* n) {
+            if (f(*n)) erase(n);
+        });
     }
 
     /// Room for `n` keys without growing.
@@ -159,7 +150,7 @@ public:
         std::erase_if(old_buckets_, [](auto& p) { return rcu.passed(p.second) ? (free_buckets(p.first), true) : false; });
         return done;
     }
-    /// Erased nodes not yet destroyed.
+    /// Erased nodes and replaced bucket arrays not yet freed.
     std::size_t retired() const noexcept { return limbo_.size() + old_buckets_.size(); }
 
 private:
@@ -182,20 +173,27 @@ private:
         return b;
     }
     static void free_buckets(bucket_array* b) noexcept { ::operator delete(b, std::align_val_t{line}); }
+    // Calls f(node*) for every node linked in `b` (writers only); f may unlink or relink it.
+    template <class F>
+    static void each_node(bucket_array* b, F&& f) {
+        for (std::size_t i = 0; i <= b->mask; ++i)
+            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
+                node* next = n->next.load(std::memory_order_relaxed);
+                f(n);
+                n = next;
+            }
+    }
 
     // Relinks every node into a fresh array, then publishes it; the old one waits in old_buckets_.
     bucket_array* grow(std::size_t n) {
         old_buckets_.reserve(old_buckets_.size() + 1);
         bucket_array* fresh = make_buckets(n);
         bucket_array* old = buckets_.load(std::memory_order_relaxed);
-        for (std::size_t i = 0; i <= old->mask; ++i)
-            for (node* p = old->heads[i].load(std::memory_order_relaxed); p;) {
-                node* next = p->next.load(std::memory_order_relaxed);
-                auto& head = fresh->heads[mix(Hash{}(p->first)) & fresh->mask];
-                p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
-                head.store(p, std::memory_order_relaxed); // (fresh is published below)
-                p = next;
-            }
+        each_node(old, [&](node* p) {
+            auto& head = fresh->heads[mix(Hash{}(p->first)) & fresh->mask];
+            p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
+            head.store(p, std::memory_order_relaxed); // (fresh is published below)
+        });
         buckets_.store(fresh, std::memory_order_release);
         if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
         else free_buckets(old);

@@ -72,7 +72,8 @@ inline thread_local rcu_thread_exit rcu_exit_guard;
 ///   execute a full barrier (≈ 1 µs here) before it reads the records. Sections are frequent,
 ///   grace periods rare (the registry's evictions, invalidations and closes).
 /// - fenced (no membarrier, e.g. a seccomp filter, or ThreadSanitizer builds, which do not see a
-///   barrier made by the kernel): a section starts with a seq_cst fence (≈ 10 ns).
+///   barrier made by the kernel): a section starts with a seq_cst fence (≈ 2 ns more per registry
+///   acquire here, docs/benchmarks.md).
 ///
 /// A grace period snapshots the records that are inside a section and is over once each of them
 /// has left it (its `seq` changed). Sections are short and never block on a lock a grace period's

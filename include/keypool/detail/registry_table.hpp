@@ -19,7 +19,6 @@
 #include <vector>
 
 #include <boost/container_hash/hash.hpp>
-#include <boost/container/small_vector.hpp>
 #include <boost/intrusive/list.hpp>
 
 #include <keypool/error.hpp>
@@ -286,7 +285,8 @@ public:
             dead = it->second.core.take();
             sh.map.erase(it);
         }
-        quiesce({&sh});
+        quiesce();
+        reclaim(sh);
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
         return true; // `dead` goes out of scope here, outside the locks: the pool closes
     }
@@ -316,7 +316,8 @@ public:
             pend->failed_until = clock_->now() + opt_.failure_backoff;
             e.pend = std::move(pend);
         }
-        quiesce({&sh});
+        quiesce();
+        reclaim(sh);
         notify_pool_evicted(obs_, key, evict_reason::invalidated);
     }
 
@@ -376,7 +377,8 @@ public:
             by_target_.clear();
         }
         for (auto& p : dead) p->close(); // (shared pool objects handed out stay valid, closed)
-        quiesce_all(); // before `dead` goes: lock-free lookups may still use them
+        quiesce(); // before `dead` goes: lock-free lookups may still use them
+        for (std::size_t i = 0; i <= shard_mask_; ++i) reclaim(shards_[i]);
     }
 
     registry_stats stats() const {
@@ -523,30 +525,20 @@ private:
     }
 
     /// After unlinking entries (or taking their pools) under the locks: waits for a grace period,
-    /// so no lock-free lookup still uses them, then destroys the shards' erased nodes. Called
-    /// with no lock held and outside any read section; the caller drops the pools it took after.
-    void quiesce(std::initializer_list<shard*> touched) noexcept { quiesce(touched.begin(), touched.end()); }
-    template <class It>
-    void quiesce(It first, It last) noexcept {
+    /// so no lock-free lookup still uses them; reclaim() then destroys a shard's erased nodes.
+    /// Called with no lock held and outside any read section; the caller drops the pools it took
+    /// after.
+    void quiesce() noexcept {
         if constexpr (Sync::thread_safe) rcu.synchronize();
-        for (; first != last; ++first) {
-            std::lock_guard lk((*first)->m);
-            (*first)->map.reclaim();
-        }
     }
-    void quiesce_all() noexcept {
-        if constexpr (Sync::thread_safe) rcu.synchronize();
-        for (std::size_t i = 0; i <= shard_mask_; ++i) {
-            std::lock_guard lk(shards_[i].m);
-            shards_[i].map.reclaim();
-        }
+    static void reclaim(shard& sh) noexcept {
+        std::lock_guard lk(sh.m);
+        sh.map.reclaim();
     }
     void quiesce_retired(const std::vector<retired>& dead) noexcept {
         if (dead.empty()) return;
-        boost::container::small_vector<shard*, 8> touched;
-        for (const retired& d : dead)
-            if (std::find(touched.begin(), touched.end(), d.from) == touched.end()) touched.push_back(d.from);
-        quiesce(touched.begin(), touched.end());
+        quiesce();
+        for (const retired& d : dead) reclaim(*d.from); // (a shard twice: nothing left the second time)
     }
 
     using ring_type =
