@@ -31,6 +31,7 @@
 #include <keypool/detail/budget.hpp>
 #include <keypool/detail/config.hpp>
 #include <keypool/detail/cpu.hpp>
+#include <keypool/detail/percpu.hpp>
 #include <keypool/detail/rng.hpp>
 
 namespace keypool::detail {
@@ -136,7 +137,8 @@ public:
     pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
         : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size)))),
           opt_(*o), clock_(&clock),
-          n_caches_(cache_count(*o)), caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
+          n_caches_(cache_count(*o)), rseq_caches_(n_caches_ != 0 && use_rseq()),
+          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           connector_(std::move(c)), target_(std::move(t)), obs_(std::move(obs)),
           leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
           rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
@@ -227,9 +229,15 @@ public:
 
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
     slot* try_acquire() noexcept {
-        while (slot* s = pop_ready())
+        for (;;) {
+            slot* s = pop_ready();
+            if (!s && rseq_caches_) { // idle connections may sit in other CPUs' caches
+                std::lock_guard lk(m_);
+                if (!closed_ && !has_waiters_locked()) s = steal_cached();
+            }
+            if (!s) return nullptr;
             if (checkout(s)) return s;
-        return nullptr;
+        }
     }
 
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
@@ -661,15 +669,26 @@ private:
     static constexpr std::uint64_t closed_bit = 1ULL << 17;
     static constexpr std::uint64_t tag_one = 1ULL << 18;
     static constexpr std::uint32_t cache_blocked = 1U << 16;
+    // rseq mode: a word a remote (under m_) is taking over; neither owner sequence commits on it.
+    static constexpr std::uint32_t cache_locked = (1U << 17) | cache_blocked | none;
 
-    static std::uint32_t cache_count(const pool_options& o) noexcept {
+    /// Restartable sequences for this pool's caches: only where the process can (percpu.hpp)
+    /// and the CPU number is the kernel's (a Sync with its own cpu() routes by that instead).
+    static bool use_rseq() noexcept {
+        if constexpr (!thread_safe || requires { Sync::cpu(); })
+            return false;
+        else
+            return percpu::available();
+    }
+
+    static std::uint16_t cache_count(const pool_options& o) noexcept {
         if constexpr (!thread_safe) {
             return 0;
         } else {
             static const std::size_t hw = std::max(1U, std::thread::hardware_concurrency());
             std::size_t n = o.cpu_caches ? *o.cpu_caches : std::min({hw, o.max_size / 4, std::size_t{64}});
             n = std::min<std::size_t>(n, 64);
-            return n == 0 ? 0 : static_cast<std::uint32_t>(std::bit_floor(n));
+            return n == 0 ? 0 : static_cast<std::uint16_t>(std::bit_floor(n));
         }
     }
 
@@ -763,7 +782,18 @@ private:
     // `cache_blocked | none`. Blocked means "go to the idle stack": set while callers wait (so a
     // new caller cannot take a cached connection past them, and a release cannot park one where
     // a waiter would not see it) and forever after close. Only code holding m_ blocks or unblocks
-    // a word, and nobody else writes a blocked word, so the fast paths need one CAS each.
+    // a word, and nobody else writes a blocked word.
+    //
+    // Two ways to reach a word, fixed per pool (rseq_caches_):
+    // - rseq: word j belongs to CPU j (CPUs from n_caches_ on have none and use the stack). Its
+    //   owners take and put with a restartable sequence, no locked instruction; everything else
+    //   (stealing, blocking, emptying) holds m_ and goes through percpu::seize_all.
+    // - compare-and-swap: word cpu & (n_caches_ - 1), one CAS for every access, from anywhere.
+
+    std::atomic<std::uint32_t>* cache_words() const noexcept {
+        static_assert(sizeof(cpu_cache) == percpu::stride);
+        return &caches_[0].word;
+    }
 
     KEYPOOL_ALWAYS_INLINE std::atomic<std::uint32_t>& my_cache() noexcept {
         unsigned cpu;
@@ -782,8 +812,20 @@ private:
         return nullptr;
     }
 
-    /// Another CPU's cached connection, when this CPU's cache and the idle stack are empty.
+    /// Another CPU's cached connection, when this CPU's cache and the idle stack are empty
+    /// (compare-and-swap mode: from the fast path; rseq mode: under m_, with no waiters queued,
+    /// and the other cached connections go back to the stack).
     slot* steal_cached() noexcept {
+        if (rseq_caches_) {
+            slot* first = seize_caches_locked(nullptr, none);
+            if (first)
+                for (slot* s = next_of(first); s;) {
+                    slot* next = next_of(s);
+                    push_locked(s);
+                    s = next;
+                }
+            return first;
+        }
         for (std::size_t j = 0; j < n_caches_; ++j)
             if (slot* s = take_cached(caches_[j].word)) return s;
         return nullptr;
@@ -792,6 +834,7 @@ private:
     /// Under m_, when the first waiter queues or the pool closes: blocks every cache and returns
     /// the connections they held, chained through `next`, in front of `chain`.
     slot* block_caches_locked(slot* chain) noexcept {
+        if (rseq_caches_) return seize_caches_locked(chain, cache_blocked | none);
         for (std::size_t j = n_caches_; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.exchange(cache_blocked | none, std::memory_order_acquire);
             if (w < none) chain = prepend(&slots_[w], chain);
@@ -799,9 +842,32 @@ private:
         return chain;
     }
 
-    /// Under m_, when the last waiter leaves an open pool.
+    /// Under m_, when the last waiter leaves an open pool. (rseq mode too: no owner sequence
+    /// commits on a blocked word, so a plain store cannot be overwritten.)
     void unblock_caches_locked() noexcept {
         for (std::size_t j = 0; j < n_caches_; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
+    }
+
+    /// Under m_: empties every cache (`final` = none; blocked ones stay blocked) or blocks it
+    /// (`final` = blocked); returns the connections they held, chained in front of `chain`.
+    slot* empty_caches_locked(slot* chain, std::uint32_t final) noexcept {
+        if (rseq_caches_) return seize_caches_locked(chain, final);
+        if (final != none) return block_caches_locked(chain);
+        for (std::size_t j = n_caches_; j-- > 0;)
+            if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
+        return chain;
+    }
+
+    /// rseq mode, under m_: takes every word that holds a connection (and, to block, every word
+    /// not yet blocked) from its owners: percpu::seize_all.
+    slot* seize_caches_locked(slot* chain, std::uint32_t final) noexcept {
+        percpu::seize_all(
+            cache_words(), n_caches_, none, final, cache_locked,
+            [&](std::uint32_t v) {
+                if (v < none) chain = prepend(&slots_[v], chain);
+            },
+            percpu::fence);
+        return chain;
     }
 
     // ---- the idle stack (Treiber stack of slot indices in head_) -------------------------------
@@ -810,14 +876,20 @@ private:
     /// cached one; nullptr if none is free or callers are queued.
     KEYPOOL_ALWAYS_INLINE slot* pop_fast() noexcept {
         if constexpr (thread_safe) {
-            if (n_caches_ != 0)
-                if (slot* s = take_cached(my_cache())) return s;
+            if (n_caches_ != 0) {
+                if (rseq_caches_) {
+                    std::uint32_t w;
+                    if (percpu::swap_if_below(cache_words(), n_caches_, none, none, w)) return &slots_[w];
+                } else if (slot* s = take_cached(my_cache())) {
+                    return s;
+                }
+            }
         }
         std::uint64_t h = head_.load(std::memory_order_acquire);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return nullptr;
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-            if (i == none) return n_caches_ != 0 ? steal_cached() : nullptr;
+            if (i == none) return n_caches_ != 0 && !rseq_caches_ ? steal_cached() : nullptr; // (rseq: under m_)
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
             if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
                 return &slots_[i];
@@ -859,7 +931,14 @@ private:
     /// deliver under the lock (callers are queued, or the pool is closed).
     KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept {
         if constexpr (thread_safe) {
-            if (n_caches_ != 0) {
+            if (rseq_caches_) {
+                // Commits only on an empty word or one holding a connection (not blocked or locked).
+                std::uint32_t w;
+                if (percpu::swap_if_below(cache_words(), n_caches_, none + 1, index_of(s), w)) {
+                    if (w == none) return nullptr;
+                    s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
+                }
+            } else if (n_caches_ != 0) {
                 std::atomic<std::uint32_t>& c = my_cache();
                 std::uint32_t w = c.load(std::memory_order_relaxed);
                 while (!(w & cache_blocked)) {
@@ -913,11 +992,7 @@ private:
             chain = &slots_[dirty_head_];
             dirty_head_ = none;
         }
-        if (extra & closed_bit) return block_caches_locked(chain);
-        for (std::size_t j = n_caches_; j-- > 0;) {
-            if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
-        }
-        return chain;
+        return empty_caches_locked(chain, extra & closed_bit ? cache_blocked | none : none);
     }
 
     slot* pop_locked() noexcept {
@@ -1403,7 +1478,8 @@ private:
     slot* const slots_; // opt_.max_size of them, before the core in its allocation
     const pool_options& opt_; // an options_block: the core holds one of its references
     const Clock* clock_;
-    const std::uint32_t n_caches_; // a power of two, or 0
+    const std::uint16_t n_caches_; // a power of two, or 0
+    const bool rseq_caches_; // the caches' owners use restartable sequences (percpu.hpp)
     // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
     // connection takes it and then sets WAITERS in head_, so sharing head_'s line costs nothing.
     mutable typename Sync::mutex_type m_;

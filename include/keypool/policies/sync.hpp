@@ -62,9 +62,10 @@ struct mutex {
     using atomic = std::atomic<T>;
     /// One 32-bit word (std::mutex is 40 bytes): a registry has a pool, so a lock, per key.
     using mutex_type = detail::word_mutex;
-    /// Optional member: the CPU the caller runs on, a hint that picks the pool's per-CPU idle
-    /// cache (`pool_options::cpu_caches`). A policy without it gets `detail::current_cpu()`.
-    KEYPOOL_ALWAYS_INLINE static unsigned cpu() noexcept { return detail::current_cpu(); }
+    // A policy may add `static unsigned cpu()`: the CPU the caller runs on, which picks the pool's
+    // per-CPU idle cache (`pool_options::cpu_caches`; tests use it to play several CPUs). Without
+    // it (as here) the pool uses the kernel's CPU number and, where it can, restartable sequences
+    // instead of compare-and-swap on its caches (detail/percpu.hpp).
 };
 
 /// Single-threaded: every "atomic" is a plain variable and the lock does nothing. A caller that

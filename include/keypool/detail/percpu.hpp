@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: BSL-1.0
+// Per-CPU words written without a locked instruction: restartable sequences (rseq).
+//
+// A pool keeps one idle connection per CPU in a word of its own (pool_core's per-CPU caches).
+// Taking it or putting one there with a compare-and-swap costs two locked instructions per
+// acquire + release, about 11 ns of a 15 ns cycle on this machine (docs/benchmarks.md). Inside a
+// restartable sequence the same load, compare and store are plain instructions: the kernel
+// restarts (aborts) the sequence if the thread is preempted, migrated or signalled before its
+// last instruction, the store (the commit), so a sequence on CPU j runs as if alone on word j.
+//
+// That holds only against other sequences on the same CPU. Code touching word j from elsewhere
+// (a steal, blocking the caches for waiters, close) is "remote" and must follow seize_all():
+// 1. compare-and-swap the word to `locked` (owners never commit on it: take needs a connection,
+//    put needs an empty word); 2. fence(): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)
+//    makes every sequence running on that CPU restart and orders memory; 3. the word still
+//    `locked` means no sequence committed over it and none can (those that start now see
+//    `locked`), so the remote owns the value it replaced; anything else means a sequence that
+//    had loaded that value committed between 1 and 2 — the owner has it, the remote must not.
+// Remote code is serialised by the caller (pool_core holds its mutex), so no other remote can
+// lock the word again between 1 and 3.
+//
+// Used only where all of this is available: x86-64, glibc's rseq registration (≥ 2.35),
+// membarrier's rseq command (Linux ≥ 5.10), and not under ThreadSanitizer (which cannot see the
+// plain accesses inside the assembly and would report the hand-offs as races). Elsewhere
+// available() is false and pool_core uses compare-and-swap on the same words.
+// GLIBC_TUNABLES=glibc.pthread.rseq=0 turns it off for a process.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include <keypool/detail/config.hpp>
+#include <keypool/detail/cpu.hpp>
+
+#if defined(KEYPOOL_RSEQ_CPU) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && !defined(KEYPOOL_NO_RSEQ_CACHES)
+#if defined(__has_feature)
+#if !__has_feature(thread_sanitizer)
+#define KEYPOOL_RSEQ_CACHES 1
+#endif
+#else
+#define KEYPOOL_RSEQ_CACHES 1
+#endif
+#endif
+
+#if defined(KEYPOOL_RSEQ_CACHES)
+#include <cerrno>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace keypool::detail::percpu {
+
+/// Words are 64 bytes apart (one per cache line): word j at `base + j * stride`.
+inline constexpr std::size_t stride = 64;
+
+#if defined(KEYPOOL_RSEQ_CACHES)
+
+/// Whether this process can use the sequences below: rseq registered by glibc and membarrier's
+/// rseq command registered (once, by the first caller). Fixed for the life of the process.
+inline bool available() noexcept {
+    static const bool ok = [] {
+        if (rseq_area_offset == 0) return false;
+        const long cmds = ::syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+        if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)) return false;
+        return ::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+    }();
+    return ok;
+}
+
+namespace impl {
+KEYPOOL_ALWAYS_INLINE struct rseq* area() noexcept {
+    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + rseq_area_offset);
+}
+/// After a sequence, however it ended: no descriptor left pointing into this code (the kernel
+/// would read it at the next preemption; rseq(2) asks for this before such memory can go away).
+KEYPOOL_ALWAYS_INLINE void leave(struct rseq* rs) noexcept {
+    volatile decltype(rs->rseq_cs)& cs = rs->rseq_cs;
+    cs = 0;
+}
+} // namespace impl
+
+// The sequence, shared by take and put: [start] read the CPU, refuse if it has no word, load the
+// word, refuse if `old >= limit`, store `v` [commit]. The descriptor (struct rseq_cs) goes into
+// __rseq_cs; the abort handler, preceded by the signature the kernel checks (RSEQ_SIG, encoded
+// as the operand of a `ud1`), into __rseq_failure.
+#define KEYPOOL_RSEQ_SWAP_ASM                                                                     \
+    ".pushsection __rseq_cs, \"aw?\", @progbits\n\t"                                              \
+    ".balign 32\n\t"                                                                              \
+    "3:\n\t"                                                                                      \
+    ".long 0, 0\n\t"                                                                              \
+    ".quad 1f, (2f - 1f), 4f\n\t"                                                                 \
+    ".popsection\n\t"                                                                             \
+    "leaq 3b(%%rip), %%rax\n\t"                                                                   \
+    "movq %%rax, %[rseq_cs]\n\t"                                                                  \
+    "1:\n\t"                                                                                      \
+    "movl %[cpu_id], %%eax\n\t"                                                                   \
+    "cmpl %[n], %%eax\n\t"                                                                        \
+    "jae %l[refused]\n\t"                                                                         \
+    "shlq $6, %%rax\n\t"                                                                          \
+    "addq %[base], %%rax\n\t"                                                                     \
+    "movl (%%rax), %[old]\n\t"                                                                    \
+    "cmpl %[limit], %[old]\n\t"                                                                   \
+    "jae %l[refused]\n\t"                                                                         \
+    "movl %[v], (%%rax)\n\t"                                                                      \
+    "2:\n\t"                                                                                      \
+    ".pushsection __rseq_failure, \"ax?\", @progbits\n\t"                                         \
+    ".byte 0x0f, 0xb9, 0x3d\n\t"                                                                  \
+    ".long 0x53053053\n\t"                                                                        \
+    "4:\n\t"                                                                                      \
+    "jmp %l[refused]\n\t"                                                                         \
+    ".popsection\n\t"
+
+/// On the calling thread's CPU j (if j < n): if word j < `limit`, replaces it with `v` and
+/// returns true with its old value in `old`. Else (or if the sequence was aborted) false, nothing
+/// written. No locked instruction; acquire/release as plain x86 loads and stores are.
+KEYPOOL_ALWAYS_INLINE bool swap_if_below(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t limit,
+                                         std::uint32_t v, std::uint32_t& old) noexcept {
+    static_assert(stride == 64, "the sequence shifts the CPU number by 6");
+    struct rseq* rs = impl::area();
+    std::uint32_t o;
+    asm goto(KEYPOOL_RSEQ_SWAP_ASM
+             : [old] "=&r"(o)
+             : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [base] "r"(base), [n] "r"(n),
+               [limit] "r"(limit), [v] "r"(v)
+             : "memory", "cc", "rax"
+             : refused);
+    impl::leave(rs);
+    old = o;
+    return true;
+refused:
+    impl::leave(rs);
+    return false;
+}
+#undef KEYPOOL_RSEQ_SWAP_ASM
+
+/// Makes every restartable sequence running on `cpu` (or on any CPU running this process's
+/// threads, if `cpu` < 0) restart, and orders memory with them (≈ 1 µs here for one CPU).
+/// Retried until the kernel accepts it: registration succeeded, so it can only fail for a CPU
+/// number it does not know, and then the all-CPU form is used.
+inline void fence(int cpu) noexcept {
+    if (cpu >= 0 &&
+        ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0)
+        return;
+    while (::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
+    }
+}
+
+#else
+
+inline bool available() noexcept { return false; }
+inline bool swap_if_below(std::atomic<std::uint32_t>*, std::uint32_t, std::uint32_t, std::uint32_t,
+                          std::uint32_t&) noexcept {
+    return false;
+}
+inline void fence(int) noexcept {}
+
+#endif
+
+/// Word j of the array at `base` (words `stride` bytes apart).
+inline std::atomic<std::uint32_t>& word(std::atomic<std::uint32_t>* base, std::size_t j) noexcept {
+    return *reinterpret_cast<std::atomic<std::uint32_t>*>(reinterpret_cast<char*>(base) + j * stride);
+}
+
+/// The remote side (see the top of this file), for words 0..n-1 of `base` at once: takes every
+/// word below `empty` (it holds a value) and, when `final` is not `empty`, every word not yet
+/// `final`, from its owners, and leaves it `final`; `take(value)` gets each value taken (those
+/// below `empty` are the owners' data). One `fence_fn(cpu)` per round (cpu -1: all CPUs); a word
+/// an owner's sequence committed over during the round keeps the owner's value and is tried again.
+/// The caller serialises remotes (nobody else may store `locked`). `fence_fn` is percpu::fence,
+/// or a test's stand-in that plays the owner.
+template <class Take, class Fence>
+void seize_all(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t empty, std::uint32_t final,
+               std::uint32_t locked, Take&& take, Fence&& fence_fn) {
+    std::uint64_t pending = n >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
+    std::uint32_t held[64];
+    while (pending) {
+        std::uint64_t mine = 0;
+        for (std::uint64_t p = pending; p; p &= p - 1) {
+            const int j = std::countr_zero(p);
+            std::atomic<std::uint32_t>& w = word(base, static_cast<std::size_t>(j));
+            std::uint32_t v = w.load(std::memory_order_acquire);
+            for (;;) {
+                if (v >= empty && (final == empty || v == final)) { // nothing to take, or final already
+                    pending &= ~(std::uint64_t{1} << j);
+                    break;
+                }
+                if (w.compare_exchange_weak(v, locked, std::memory_order_acquire, std::memory_order_relaxed)) {
+                    held[j] = v;
+                    mine |= std::uint64_t{1} << j;
+                    break;
+                }
+            }
+        }
+        if (!mine) return;
+        fence_fn(std::popcount(mine) == 1 ? std::countr_zero(mine) : -1);
+        for (std::uint64_t p = mine; p; p &= p - 1) {
+            const int j = std::countr_zero(p);
+            std::atomic<std::uint32_t>& w = word(base, static_cast<std::size_t>(j));
+            if (w.load(std::memory_order_acquire) != locked) continue; // an owner committed: again
+            w.store(final, std::memory_order_release);
+            take(held[j]);
+            pending &= ~(std::uint64_t{1} << j);
+        }
+    }
+}
+
+} // namespace keypool::detail::percpu

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: BSL-1.0
+// detail/percpu.hpp: the restartable sequence on the calling CPU's word (what it commits and
+// what it refuses), the remote side's seize_all (what it takes, what it leaves to an owner that
+// committed during its fence), and a pool whose idle connection sits in another CPU's cache.
+// The sequences need rseq and membarrier (not under ThreadSanitizer); where the process cannot
+// use them the test checks that they refuse. Cases that pin the thread to a CPU say so and skip
+// when the CPU is not available to the process.
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include <sched.h>
+
+#include "../support/helpers.hpp"
+
+#include <keypool/detail/percpu.hpp>
+
+using namespace std::chrono_literals;
+namespace percpu = keypool::detail::percpu;
+
+namespace {
+
+constexpr std::uint32_t none = 0xFFFF;
+constexpr std::uint32_t blocked = (1U << 16) | none;
+constexpr std::uint32_t locked = (1U << 17) | blocked;
+
+struct alignas(64) cell {
+    std::atomic<std::uint32_t> w{none};
+};
+static_assert(sizeof(cell) == percpu::stride);
+
+/// Pins the calling thread to `cpu` for its scope, if the process may run there.
+class pin {
+public:
+    explicit pin(int cpu) {
+        ok_ = sched_getaffinity(0, sizeof(old_), &old_) == 0 && CPU_ISSET(cpu, &old_);
+        if (ok_) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            ok_ = sched_setaffinity(0, sizeof(one), &one) == 0;
+        }
+    }
+    ~pin() {
+        if (ok_) (void)sched_setaffinity(0, sizeof(old_), &old_);
+    }
+    pin(const pin&) = delete;
+    pin& operator=(const pin&) = delete;
+    explicit operator bool() const noexcept { return ok_; }
+
+private:
+    cpu_set_t old_{};
+    bool ok_ = false;
+};
+
+bool take(cell* cells, std::uint32_t n, std::uint32_t& old) {
+    return percpu::swap_if_below(&cells[0].w, n, none, none, old);
+}
+bool put(cell* cells, std::uint32_t n, std::uint32_t v, std::uint32_t& old) {
+    return percpu::swap_if_below(&cells[0].w, n, none + 1, v, old);
+}
+
+} // namespace
+
+TEST_SUITE("percpu") {
+
+TEST_CASE("the sequence on the calling CPU's word commits only below its limit, and only on that word") {
+    pin on(1);
+    if (!on) {
+        MESSAGE("skipped: CPU 1 is not available to this process");
+        return;
+    }
+    cell cells[4];
+    std::uint32_t old = 12345;
+    if (!percpu::available()) {
+        MESSAGE("rseq or membarrier unavailable here: the sequences must refuse");
+        CHECK_FALSE(put(cells, 4, 3, old));
+        CHECK(cells[1].w.load() == none);
+        return;
+    }
+    CHECK_FALSE(take(cells, 4, old)); // empty: nothing to take
+    CHECK(cells[1].w.load() == none);
+
+    REQUIRE(put(cells, 4, 3, old)); // empty: the put commits
+    CHECK(old == none);
+    CHECK(cells[1].w.load() == 3);
+    CHECK(cells[0].w.load() == none);
+    CHECK(cells[2].w.load() == none);
+
+    REQUIRE(put(cells, 4, 5, old)); // occupied: exchanged, the caller gets the old one back
+    CHECK(old == 3);
+    CHECK(cells[1].w.load() == 5);
+
+    REQUIRE(take(cells, 4, old));
+    CHECK(old == 5);
+    CHECK(cells[1].w.load() == none);
+
+    for (std::uint32_t refused : {blocked, locked}) {
+        cells[1].w = refused;
+        CHECK_FALSE(put(cells, 4, 7, old));
+        CHECK_FALSE(take(cells, 4, old));
+        CHECK(cells[1].w.load() == refused);
+    }
+
+    cells[1].w = 9;
+    CHECK_FALSE(take(cells, 1, old)); // CPU 1 has no word among 1: refused, nothing written
+    CHECK_FALSE(put(cells, 1, 4, old));
+    CHECK(cells[1].w.load() == 9);
+    CHECK(cells[0].w.load() == none);
+}
+
+TEST_CASE("seize_all takes every held value and leaves each word final, with one fence per round") {
+    cell cells[4];
+    std::vector<int> fences;
+    std::vector<std::uint32_t> taken;
+    auto fence = [&](int cpu) { fences.push_back(cpu); };
+    auto collect = [&](std::uint32_t v) { taken.push_back(v); };
+
+    SUBCASE("emptying: words holding a value are taken, empty and blocked ones are left alone") {
+        cells[0].w = 2;
+        cells[2].w = 7;
+        cells[3].w = blocked;
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        CHECK(taken == std::vector<std::uint32_t>{2, 7});
+        CHECK(fences == std::vector<int>{-1}); // two words: every CPU
+        CHECK(cells[0].w.load() == none);
+        CHECK(cells[1].w.load() == none);
+        CHECK(cells[2].w.load() == none);
+        CHECK(cells[3].w.load() == blocked);
+    }
+    SUBCASE("one word to take: the fence goes to its CPU only") {
+        cells[3].w = 1;
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        CHECK(taken == std::vector<std::uint32_t>{1});
+        CHECK(fences == std::vector<int>{3});
+    }
+    SUBCASE("nothing to take: no fence") {
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        CHECK(taken.empty());
+        CHECK(fences.empty());
+    }
+    SUBCASE("blocking: every word not yet blocked is taken over, empty ones too") {
+        cells[0].w = 2;
+        cells[3].w = blocked;
+        percpu::seize_all(&cells[0].w, 4, none, blocked, locked, collect, fence);
+        CHECK(taken == std::vector<std::uint32_t>{2, none, none});
+        CHECK(fences == std::vector<int>{-1});
+        for (auto& c : cells) CHECK(c.w.load() == blocked);
+    }
+}
+
+TEST_CASE("seize_all leaves a value to the owner whose sequence committed during the fence") {
+    cell cells[2];
+    std::vector<std::uint32_t> taken;
+    auto collect = [&](std::uint32_t v) { taken.push_back(v); };
+    int fences = 0;
+
+    SUBCASE("the owner took the value: the remote gets nothing") {
+        cells[1].w = 4;
+        percpu::seize_all(&cells[0].w, 2, none, none, locked, collect, [&](int cpu) {
+            ++fences;
+            CHECK(cpu == 1);
+            if (fences == 1) cells[1].w.store(none); // the owner's take, loaded before the lock
+        });
+        CHECK(taken.empty());
+        CHECK(cells[1].w.load() == none);
+        CHECK(fences == 1);
+    }
+    SUBCASE("the owner put another: the remote tries again and takes that one") {
+        cells[0].w = 4;
+        percpu::seize_all(&cells[0].w, 2, none, blocked, locked, collect, [&](int) {
+            if (++fences == 1) cells[0].w.store(6); // the owner's put (it keeps 4 itself)
+        });
+        CHECK(taken == std::vector<std::uint32_t>{none, 6}); // word 1 (empty) in round 1, word 0's 6 in round 2
+        CHECK(cells[0].w.load() == blocked);
+        CHECK(cells[1].w.load() == blocked);
+        CHECK(fences == 2);
+    }
+}
+
+TEST_CASE("an idle connection cached by another CPU is found by try_acquire and acquire") {
+    kp_test::fixture f;
+    auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
+    {
+        pin on(1);
+        if (!on) {
+            MESSAGE("skipped: CPU 1 is not available to this process");
+            return;
+        }
+        auto l = p.acquire(1s); // returned into CPU 1's cache
+    }
+    {
+        pin on(0);
+        if (!on) {
+            MESSAGE("skipped: CPU 0 is not available to this process");
+            return;
+        }
+        auto l = p.try_acquire();
+        REQUIRE(l);
+    } // now in CPU 0's cache
+    {
+        pin on(1);
+        REQUIRE(on);
+        auto l = p.acquire(1s);
+        CHECK(l);
+    }
+    const auto s = p.stats();
+    CHECK(s.waits == 0);
+    CHECK(s.connects_ok == 1);
+    CHECK(f.fake.live() == 1);
+}
+
+} // TEST_SUITE
