@@ -84,7 +84,7 @@ TEST_CASE("percpu: owners' sequences and a remote's seize_all never hand a token
             std::lock_guard lk(s.m);
             const std::uint32_t final = round % 4 == 3 ? blocked : none;
             percpu::seize_all(
-                s.base(), words, none, final, locked,
+                s.base(), words, none, final, locked, [&](std::uint32_t v) { return v % 2 == static_cast<std::uint32_t>(round % 2); },
                 [&](std::uint32_t v) {
                     if (v < none) {
                         s.hold(v);

@@ -126,6 +126,28 @@ TEST_CASE("maintain sees cached connections: idle timeout closes them") {
     CHECK(f.fake.live() == 0);
 }
 
+TEST_CASE("maintain counts fresh cached connections as idle, and looks again when they can go stale") {
+    fixture f;
+    auto p = f.make<pinned>(
+        {.max_size = 4, .min_idle = 1, .idle_timeout = 1min, .max_lifetime = std::nullopt, .cpu_caches = 2});
+    {
+        auto a = p.acquire(), b = p.acquire();
+        test_cpu = 0;
+        a.release(); // both now in caches, none on the stack
+        test_cpu = 1;
+    }
+    f.clock.advance(10s);
+    const auto due = p.maintain();
+    CHECK(f.fake.stats().connects == 2); // both counted as idle: min_idle = 1 needs no top-up
+    CHECK(p.stats().idle == 2);
+    CHECK(due <= f.clock.now() + 50s); // when one of them passes the idle timeout
+    f.clock.advance(2min);
+    p.maintain(); // stale now: taken and closed down to min_idle
+    CHECK(p.stats().closed_for(close_reason::idle) == 1);
+    CHECK(f.fake.live() == 1);
+    CHECK(f.fake.stats().connects == 2);
+}
+
 TEST_CASE("a lease returned into a cache after its pool was destroyed frees everything") {
     fixture f;
     std::optional<kp_test::manual_pool<pinned>::lease> l;

@@ -115,12 +115,13 @@ TEST_CASE("seize_all takes every held value and leaves each word final, with one
     std::vector<std::uint32_t> taken;
     auto fence = [&](int cpu) { fences.push_back(cpu); };
     auto collect = [&](std::uint32_t v) { taken.push_back(v); };
+    auto all = [](std::uint32_t) { return true; };
 
     SUBCASE("emptying: words holding a value are taken, empty and blocked ones are left alone") {
         cells[0].w = 2;
         cells[2].w = 7;
         cells[3].w = blocked;
-        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, all, collect, fence);
         CHECK(taken == std::vector<std::uint32_t>{2, 7});
         CHECK(fences == std::vector<int>{-1}); // two words: every CPU
         CHECK(cells[0].w.load() == none);
@@ -130,19 +131,34 @@ TEST_CASE("seize_all takes every held value and leaves each word final, with one
     }
     SUBCASE("one word to take: the fence goes to its CPU only") {
         cells[3].w = 1;
-        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, all, collect, fence);
         CHECK(taken == std::vector<std::uint32_t>{1});
         CHECK(fences == std::vector<int>{3});
     }
+    SUBCASE("emptying takes only the values the caller wants") {
+        cells[0].w = 2;
+        cells[1].w = 3;
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, [](std::uint32_t v) { return v == 3; }, collect, fence);
+        CHECK(taken == std::vector<std::uint32_t>{3});
+        CHECK(fences == std::vector<int>{1});
+        CHECK(cells[0].w.load() == 2);
+        CHECK(cells[1].w.load() == none);
+    }
+    SUBCASE("blocking takes over every word, wanted or not") {
+        cells[0].w = 2;
+        percpu::seize_all(&cells[0].w, 2, none, blocked, locked, [](std::uint32_t) { return false; }, collect, fence);
+        CHECK(taken == std::vector<std::uint32_t>{2, none});
+        CHECK(cells[0].w.load() == blocked);
+    }
     SUBCASE("nothing to take: no fence") {
-        percpu::seize_all(&cells[0].w, 4, none, none, locked, collect, fence);
+        percpu::seize_all(&cells[0].w, 4, none, none, locked, all, collect, fence);
         CHECK(taken.empty());
         CHECK(fences.empty());
     }
     SUBCASE("blocking: every word not yet blocked is taken over, empty ones too") {
         cells[0].w = 2;
         cells[3].w = blocked;
-        percpu::seize_all(&cells[0].w, 4, none, blocked, locked, collect, fence);
+        percpu::seize_all(&cells[0].w, 4, none, blocked, locked, all, collect, fence);
         CHECK(taken == std::vector<std::uint32_t>{2, none, none});
         CHECK(fences == std::vector<int>{-1});
         for (auto& c : cells) CHECK(c.w.load() == blocked);
@@ -153,11 +169,12 @@ TEST_CASE("seize_all leaves a value to the owner whose sequence committed during
     cell cells[2];
     std::vector<std::uint32_t> taken;
     auto collect = [&](std::uint32_t v) { taken.push_back(v); };
+    auto all = [](std::uint32_t) { return true; };
     int fences = 0;
 
     SUBCASE("the owner took the value: the remote gets nothing") {
         cells[1].w = 4;
-        percpu::seize_all(&cells[0].w, 2, none, none, locked, collect, [&](int cpu) {
+        percpu::seize_all(&cells[0].w, 2, none, none, locked, all, collect, [&](int cpu) {
             ++fences;
             CHECK(cpu == 1);
             if (fences == 1) cells[1].w.store(none); // the owner's take, loaded before the lock
@@ -168,7 +185,7 @@ TEST_CASE("seize_all leaves a value to the owner whose sequence committed during
     }
     SUBCASE("the owner put another: the remote tries again and takes that one") {
         cells[0].w = 4;
-        percpu::seize_all(&cells[0].w, 2, none, blocked, locked, collect, [&](int) {
+        percpu::seize_all(&cells[0].w, 2, none, blocked, locked, all, collect, [&](int) {
             if (++fences == 1) cells[0].w.store(6); // the owner's put (it keeps 4 itself)
         });
         CHECK(taken == std::vector<std::uint32_t>{none, 6}); // word 1 (empty) in round 1, word 0's 6 in round 2

@@ -165,15 +165,15 @@ inline std::atomic<std::uint32_t>& word(std::atomic<std::uint32_t>* base, std::s
 }
 
 /// The remote side (see the top of this file), for words 0..n-1 of `base` at once: takes every
-/// word below `empty` (it holds a value) and, when `final` is not `empty`, every word not yet
-/// `final`, from its owners, and leaves it `final`; `take(value)` gets each value taken (those
-/// below `empty` are the owners' data). One `fence_fn(cpu)` per round (cpu -1: all CPUs); a word
+/// word below `empty` (it holds a value) for which `want(value)` holds and, when `final` is not
+/// `empty`, every word not yet `final`, from its owners, and leaves it `final`; `take(value)`
+/// gets each value taken (those below `empty` are the owners' data). One `fence_fn(cpu)` per round (cpu -1: all CPUs); a word
 /// an owner's sequence committed over during the round keeps the owner's value and is tried again.
 /// The caller serialises remotes (nobody else may store `locked`). `fence_fn` is percpu::fence,
 /// or a test's stand-in that plays the owner.
-template <class Take, class Fence>
+template <class Want, class Take, class Fence>
 void seize_all(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t empty, std::uint32_t final,
-               std::uint32_t locked, Take&& take, Fence&& fence_fn) {
+               std::uint32_t locked, Want&& want, Take&& take, Fence&& fence_fn) {
     std::uint64_t pending = n >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << n) - 1;
     std::uint32_t held[64];
     while (pending) {
@@ -183,7 +183,7 @@ void seize_all(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t 
             std::atomic<std::uint32_t>& w = word(base, static_cast<std::size_t>(j));
             std::uint32_t v = w.load(std::memory_order_acquire);
             for (;;) {
-                if (v >= empty && (final == empty || v == final)) { // nothing to take, or final already
+                if (final == empty ? v >= empty || !want(v) : v == final) { // nothing to take, or final already
                     pending &= ~(std::uint64_t{1} << j);
                     break;
                 }

@@ -468,7 +468,24 @@ public:
         {
             std::lock_guard lk(m_);
             if (closed_) return time_point::max();
-            for (slot* s = take_all_idle_locked(0); s; s = next_of(s)) idle.push_back(s); // MRU first
+            // A cached connection that needs nothing now stays in its CPU's cache (taking it from
+            // another CPU costs a fence in rseq mode); it counts as idle and sets when to look again.
+            // (m_ keeps expires and last_pinged still; a lease taken meanwhile only makes the count high
+            // for this pass.)
+            auto needs_pass = [&](const slot& c) noexcept {
+                return std::is_same_v<Reset, reset_at::background> || now >= c.expires ||
+                       (opt_.idle_timeout && now - used_at(c) >= *opt_.idle_timeout) || keepalive_due(&c) <= now;
+            };
+            for (slot* s = take_all_idle_locked(0, needs_pass); s; s = next_of(s)) idle.push_back(s); // MRU first
+            std::size_t cached = 0;
+            for (std::size_t j = 0; j < n_caches_; ++j) {
+                const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
+                if (w >= none) continue;
+                const slot& c = slots_[w];
+                ++cached;
+                due = std::min({due, c.expires, keepalive_due(&c),
+                                opt_.idle_timeout ? used_at(c) + *opt_.idle_timeout : time_point::max()});
+            }
             // Leased connections: note that they were out now (see last_used), and mark the ones
             // past their lifetime to be closed when they come back.
             for (std::size_t i = 0; i < opt_.max_size; ++i) {
@@ -498,7 +515,7 @@ public:
                 if (s->seen_in_use_at != time_point{} && s->uses.load(std::memory_order_relaxed) == s->seen_uses)
                     set_used_at(*s, std::max(used_at(*s), s->seen_in_use_at));
             // Lifetime first, then idle timeout from the least recently used end, never below min_idle.
-            std::size_t keep_count = idle.size();
+            std::size_t keep_count = idle.size() + cached;
             for (slot* s : idle)
                 if (now >= s->expires) --keep_count;
             for (std::size_t i = idle.size(); i-- > 0;) {
@@ -848,21 +865,29 @@ private:
         for (std::size_t j = 0; j < n_caches_; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
     }
 
-    /// Under m_: empties every cache (`final` = none; blocked ones stay blocked) or blocks it
-    /// (`final` = blocked); returns the connections they held, chained in front of `chain`.
-    slot* empty_caches_locked(slot* chain, std::uint32_t final) noexcept {
-        if (rseq_caches_) return seize_caches_locked(chain, final);
+    /// Under m_: empties every cache (`final` = none; blocked ones stay blocked; only connections
+    /// `want` accepts) or blocks it (`final` = blocked); returns the connections they held,
+    /// chained in front of `chain`.
+    template <class Want>
+    slot* empty_caches_locked(slot* chain, std::uint32_t final, const Want& want) noexcept {
+        if (rseq_caches_) return seize_caches_locked(chain, final, want);
         if (final != none) return block_caches_locked(chain);
-        for (std::size_t j = n_caches_; j-- > 0;)
-            if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
+        for (std::size_t j = n_caches_; j-- > 0;) {
+            const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
+            if (w < none && want(slots_[w]))
+                if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
+        }
         return chain;
     }
 
-    /// rseq mode, under m_: takes every word that holds a connection (and, to block, every word
-    /// not yet blocked) from its owners: percpu::seize_all.
-    slot* seize_caches_locked(slot* chain, std::uint32_t final) noexcept {
+    static constexpr auto every_slot = [](const slot&) noexcept { return true; };
+
+    /// rseq mode, under m_: takes every word that holds a connection `want` accepts (and, to
+    /// block, every word not yet blocked) from its owners: percpu::seize_all.
+    template <class Want = decltype(every_slot)>
+    slot* seize_caches_locked(slot* chain, std::uint32_t final, const Want& want = every_slot) noexcept {
         percpu::seize_all(
-            cache_words(), n_caches_, none, final, cache_locked,
+            cache_words(), n_caches_, none, final, cache_locked, [&](std::uint32_t v) { return want(slots_[v]); },
             [&](std::uint32_t v) {
                 if (v < none) chain = prepend(&slots_[v], chain);
             },
@@ -975,7 +1000,8 @@ private:
 
     /// Empties the idle stack (setting `extra` flag bits) and the per-CPU caches (blocking them
     /// for good if `extra` has CLOSED) and returns their chain, MRU first: cached ones, then the stack.
-    slot* take_all_idle_locked(std::uint64_t extra) noexcept {
+    template <class Want = decltype(every_slot)>
+    slot* take_all_idle_locked(std::uint64_t extra, const Want& want = every_slot) noexcept {
         std::uint64_t h = head_.load(std::memory_order_acquire);
         for (;;) {
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | none | extra;
@@ -992,7 +1018,7 @@ private:
             chain = &slots_[dirty_head_];
             dirty_head_ = none;
         }
-        return empty_caches_locked(chain, extra & closed_bit ? cache_blocked | none : none);
+        return empty_caches_locked(chain, extra & closed_bit ? cache_blocked | none : none, want);
     }
 
     slot* pop_locked() noexcept {
