@@ -234,12 +234,21 @@ void contended_mutex_vector(benchmark::State& state) {
 template <class Connector>
 using sampled_pool = keypool::basic_pool<Connector, keypool::with_observer<wait_sampler>>;
 
-template <class Connector, bool YieldAfterHandoff>
+/// The default sync policy, except that it names the CPU itself: the pool then CASes its per-CPU
+/// caches instead of using restartable sequences (detail/percpu.hpp). For the side-by-side rows.
+struct cas_caches_sync : keypool::sync::mutex {
+    static unsigned cpu() noexcept { return keypool::detail::current_cpu(); }
+};
+template <class Connector>
+using sampled_cas_pool =
+    keypool::basic_pool<Connector, keypool::with_observer<wait_sampler>, keypool::with_sync<cas_caches_sync>>;
+
+template <class Connector, bool YieldAfterHandoff, template <class> class Pool = sampled_pool>
 void contended_keypool(benchmark::State& state) {
-    static std::unique_ptr<sampled_pool<Connector>> pool;
+    static std::unique_ptr<Pool<Connector>> pool;
     begin_sampling(state);
     if (state.thread_index() == 0) {
-        pool = std::make_unique<sampled_pool<Connector>>(Connector{}, "db", options(YieldAfterHandoff));
+        pool = std::make_unique<Pool<Connector>>(Connector{}, "db", options(YieldAfterHandoff));
         prefill(*pool);
     }
     run_contended(state, [&] {
@@ -275,9 +284,12 @@ void register_benchmarks() {
         "BM_pool_uncontended/keypool_reset_release",
         uncontended_keypool<basic_pool<fake::connector, with_reset<reset_at::release>>>);
     // Diagnostics, not target rows: where keypool's time goes.
+    //   keypool_cas_caches      the per-CPU caches CASed instead of restartable sequences;
     //   keypool_try_acquire     try_acquire(): no timeout to handle;
     //   keypool_null_connector  acquire() with a connector whose reset costs nothing;
     //   keypool_core            both: the pool's own fast path.
+    benchmark::RegisterBenchmark("BM_pool_uncontended/keypool_cas_caches",
+                                 uncontended_keypool<basic_pool<fake::connector, with_sync<cas_caches_sync>>>);
     benchmark::RegisterBenchmark("BM_pool_uncontended/keypool_try_acquire",
                                  uncontended_keypool_try_acquire<fake::connector>);
     benchmark::RegisterBenchmark("BM_pool_uncontended/keypool_null_connector",
@@ -290,6 +302,10 @@ void register_benchmarks() {
             ->Threads(threads)
             ->UseRealTime();
         benchmark::RegisterBenchmark("BM_pool_contended/keypool", contended_keypool<fake::connector, true>)
+            ->Threads(threads)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark("BM_pool_contended/keypool_cas_caches",
+                                     contended_keypool<fake::connector, true, sampled_cas_pool>)
             ->Threads(threads)
             ->UseRealTime();
         // A fixed count per thread: in the convoy this row runs 100-1000x slower than its first
