@@ -897,8 +897,9 @@ private:
 
     // ---- the idle stack (Treiber stack of slot indices in head_) -------------------------------
 
-    /// One CAS: this CPU's cached connection, else the top of the idle stack, else another CPU's
-    /// cached one; nullptr if none is free or callers are queued.
+    /// This CPU's cached connection (a restartable sequence, or one CAS), else the top of the idle
+    /// stack (one CAS), else (CAS mode only) another CPU's cached one; nullptr if none is free or
+    /// callers are queued. (rseq mode steals under m_: acquire_slow, try_acquire.)
     KEYPOOL_ALWAYS_INLINE slot* pop_fast() noexcept {
         if constexpr (thread_safe) {
             if (n_caches_ != 0) {
