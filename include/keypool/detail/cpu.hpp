@@ -28,15 +28,17 @@ namespace keypool::detail {
 /// from `__rseq_size`/`__rseq_offset` (each a load through the GOT) during static initialisation;
 /// 0, so `sched_getcpu()`, before that.
 inline const std::ptrdiff_t rseq_area_offset = __rseq_size != 0 ? __rseq_offset : 0;
+
+/// The calling thread's rseq area (only when rseq_area_offset != 0).
+KEYPOOL_ALWAYS_INLINE struct rseq* rseq_area() noexcept {
+    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + rseq_area_offset);
+}
 #endif
 
 KEYPOOL_ALWAYS_INLINE unsigned current_cpu() noexcept {
 #if defined(KEYPOOL_RSEQ_CPU)
-    if (const std::ptrdiff_t off = rseq_area_offset; off != 0) [[likely]] {
-        const auto* area = reinterpret_cast<const volatile struct rseq*>(
-            static_cast<const char*>(__builtin_thread_pointer()) + off);
-        return area->cpu_id;
-    }
+    if (rseq_area_offset != 0) [[likely]]
+        return static_cast<const volatile struct rseq*>(rseq_area())->cpu_id;
 #endif
 #if defined(__linux__)
     const int cpu = ::sched_getcpu();

@@ -71,9 +71,6 @@ inline bool available() noexcept {
 }
 
 namespace impl {
-KEYPOOL_ALWAYS_INLINE struct rseq* area() noexcept {
-    return reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + rseq_area_offset);
-}
 /// After a sequence, however it ended: no descriptor left pointing into this code (the kernel
 /// would read it at the next preemption; rseq(2) asks for this before such memory can go away).
 KEYPOOL_ALWAYS_INLINE void leave(struct rseq* rs) noexcept {
@@ -119,7 +116,7 @@ KEYPOOL_ALWAYS_INLINE void leave(struct rseq* rs) noexcept {
 KEYPOOL_ALWAYS_INLINE bool swap_if_below(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t limit,
                                          std::uint32_t v, std::uint32_t& old) noexcept {
     static_assert(stride == 64, "the sequence shifts the CPU number by 6");
-    struct rseq* rs = impl::area();
+    struct rseq* rs = rseq_area();
     std::uint32_t o;
     asm goto(KEYPOOL_RSEQ_SWAP_ASM
              : [old] "=&r"(o)

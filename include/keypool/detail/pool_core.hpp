@@ -865,21 +865,6 @@ private:
         for (std::size_t j = 0; j < n_caches_; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
     }
 
-    /// Under m_: empties every cache (`final` = none; blocked ones stay blocked; only connections
-    /// `want` accepts) or blocks it (`final` = blocked); returns the connections they held,
-    /// chained in front of `chain`.
-    template <class Want>
-    slot* empty_caches_locked(slot* chain, std::uint32_t final, const Want& want) noexcept {
-        if (rseq_caches_) return seize_caches_locked(chain, final, want);
-        if (final != none) return block_caches_locked(chain);
-        for (std::size_t j = n_caches_; j-- > 0;) {
-            const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
-            if (w < none && want(slots_[w]))
-                if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
-        }
-        return chain;
-    }
-
     static constexpr auto every_slot = [](const slot&) noexcept { return true; };
 
     /// rseq mode, under m_: takes every word that holds a connection `want` accepts (and, to
@@ -957,23 +942,21 @@ private:
     /// deliver under the lock (callers are queued, or the pool is closed).
     KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept {
         if constexpr (thread_safe) {
-            if (rseq_caches_) {
-                // Commits only on an empty word or one holding a connection (not blocked or locked).
-                std::uint32_t w;
-                if (percpu::swap_if_below(cache_words(), n_caches_, none + 1, index_of(s), w)) {
-                    if (w == none) return nullptr;
-                    s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
-                }
-            } else if (n_caches_ != 0) {
-                std::atomic<std::uint32_t>& c = my_cache();
-                std::uint32_t w = c.load(std::memory_order_relaxed);
-                while (!(w & cache_blocked)) {
-                    if (c.compare_exchange_weak(w, index_of(s), std::memory_order_acq_rel, std::memory_order_relaxed)) {
-                        if (w == none) return nullptr;
-                        s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
-                        break;
+            if (n_caches_ != 0) {
+                std::uint32_t w = cache_blocked; // what the cache held; blocked = not cached
+                if (rseq_caches_) {
+                    // Commits only on an empty word or one holding a connection (not blocked or
+                    // locked); leaves w alone otherwise.
+                    (void)percpu::swap_if_below(cache_words(), n_caches_, none + 1, index_of(s), w);
+                } else {
+                    std::atomic<std::uint32_t>& c = my_cache();
+                    w = c.load(std::memory_order_relaxed);
+                    while (!(w & cache_blocked) &&
+                           !c.compare_exchange_weak(w, index_of(s), std::memory_order_acq_rel, std::memory_order_relaxed)) {
                     }
                 }
+                if (w == none) return nullptr;
+                if (w < none) s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
             }
         }
         const std::uint32_t i = index_of(s);
@@ -1000,7 +983,8 @@ private:
     }
 
     /// Empties the idle stack (setting `extra` flag bits) and the per-CPU caches (blocking them
-    /// for good if `extra` has CLOSED) and returns their chain, MRU first: cached ones, then the stack.
+    /// for good if `extra` has CLOSED; else taking only the connections `want` accepts) and returns
+    /// their chain, MRU first: cached ones, then the stack.
     template <class Want = decltype(every_slot)>
     slot* take_all_idle_locked(std::uint64_t extra, const Want& want = every_slot) noexcept {
         std::uint64_t h = head_.load(std::memory_order_acquire);
@@ -1019,7 +1003,14 @@ private:
             chain = &slots_[dirty_head_];
             dirty_head_ = none;
         }
-        return empty_caches_locked(chain, extra & closed_bit ? cache_blocked | none : none, want);
+        if (extra & closed_bit) return block_caches_locked(chain);
+        if (rseq_caches_) return seize_caches_locked(chain, none, want);
+        for (std::size_t j = n_caches_; j-- > 0;) {
+            const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
+            if (w < none && want(slots_[w]))
+                if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
+        }
+        return chain;
     }
 
     slot* pop_locked() noexcept {
