@@ -10,6 +10,8 @@
 #include <vector>
 
 #include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../support/helpers.hpp"
 
@@ -225,6 +227,48 @@ TEST_CASE("an idle connection cached by another CPU is found by try_acquire and 
     CHECK(s.waits == 0);
     CHECK(s.connects_ok == 1);
     CHECK(f.fake.live() == 1);
+}
+
+TEST_CASE("a forked child steals another CPU's cached connection: the fence works there too") {
+    // The parent registered for membarrier's rseq fence (available(), cached for the process);
+    // the child relies on having inherited that registration. Were it lost, the child's steal
+    // would fail its fence: the child exits non-zero (or, from fence(), aborts) instead of
+    // returning the connection.
+    kp_test::fixture f;
+    auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
+    {
+        pin on(1);
+        if (!on) {
+            MESSAGE("skipped: CPU 1 is not available to this process");
+            return;
+        }
+        auto l = p.acquire(1s); // returned into CPU 1's cache
+    }
+    {
+        pin on(0);
+        if (!on) {
+            MESSAGE("skipped: CPU 0 is not available to this process");
+            return;
+        }
+    }
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        alarm(20); // a hang guard only: a child stuck in a fence dies instead of stalling the run
+        int code = 0;
+        {
+            pin on(0);
+            if (!on) _exit(3);
+            auto l = p.try_acquire(); // CPU 0's cache and the stack are empty: steal CPU 1's
+            if (!l) code = 1;
+        }
+        if (p.stats().connects_ok != 1) code = 2;
+        _exit(code);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
 }
 
 } // TEST_SUITE

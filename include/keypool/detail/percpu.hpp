@@ -46,6 +46,8 @@
 
 #if defined(KEYPOOL_RSEQ_CACHES)
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -135,13 +137,26 @@ refused:
 
 /// Makes every restartable sequence running on `cpu` (or on any CPU running this process's
 /// threads, if `cpu` < 0) restart, and orders memory with them (≈ 1 µs here for one CPU).
-/// Retried until the kernel accepts it: registration succeeded, so it can only fail for a CPU
-/// number it does not know, and then the all-CPU form is used.
+/// Registration succeeded (available()) and a forked child keeps it, so the one-CPU form fails
+/// only for a CPU number the kernel does not know: then the all-CPU form is used. Should that
+/// fail too (the process lost its registration), it registers again once; a fence that still
+/// fails ends the process with a message, since without it a remote could take a word an owner
+/// is about to commit over (and a silent retry loop would hang the caller for good).
 inline void fence(int cpu) noexcept {
     if (cpu >= 0 &&
         ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0)
         return;
-    while (::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
+    for (int attempt = 0;; ++attempt) {
+        long r;
+        do r = ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+        while (r != 0 && errno == EINTR);
+        if (r == 0) return;
+        if (attempt > 0 || ::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) {
+            std::fputs("keypool: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) failed; the per-CPU caches "
+                       "cannot be used safely\n",
+                       stderr);
+            std::abort();
+        }
     }
 }
 
