@@ -24,6 +24,7 @@
 #include <keypool/keypool.hpp>
 
 #include "baselines/mutex_vector_pool.hpp"
+#include "baselines/null_connector.hpp"
 #include "baselines/process.hpp"
 
 namespace {
@@ -54,19 +55,7 @@ void init_connection(fake_connection& c, std::size_t i) {
     c.target = "db";
 }
 
-/// A connector whose reset and alive cost nothing: isolates the pool's own cost from the fake
-/// connector's (whose reset runs on every cycle under reset_at::checkout). Diagnostic row.
-struct null_connector {
-    using connection_type = int;
-    using target_type = std::string;
-    std::optional<int> connect(const std::string&, keypool::time_point, std::stop_token, std::error_code& ec) {
-        ec.clear();
-        return 1;
-    }
-    bool reset(int&) noexcept { return true; }
-    bool alive(int&) noexcept { return true; }
-    void close(int&) noexcept {}
-};
+using keypool_bench::null_connector;
 
 // ---- wait samples (W2) ---------------------------------------------------------------------
 // Each benchmark thread records the waits of its own acquires that found no idle connection into

@@ -3,8 +3,9 @@
 // std::mutex + std::unordered_map keyed pool with the same keys, in the same process.
 // Names: BM_registry_keyed_<keys>/<impl>/real_time/threads:<T>; the baseline is registered first.
 //
-//   keys 1,000 / 10,000 / 100,000, threads 1 and 2: keypool (default eviction, lru + idle) and
-//     keypool_evict_none;
+//   keys 1,000 / 10,000 / 100,000, threads 1 and 2: keypool (default eviction, lru + idle),
+//     keypool_evict_none and the diagnostic keypool_null_connector (an int for a connection, a reset
+//     that does nothing: what the fake connection's 120 inline bytes and its reset cost);
 //   keys 10,000, thread 1, also one row per eviction policy: keypool_evict_lru, _idle, _size and
 //     _all (lru + idle + size), with max_connections = keys so the size budget holds every key's
 //     idle connection;
@@ -37,6 +38,7 @@
 #include <benchmark/benchmark.h>
 #include <keypool/keypool.hpp>
 #include "baselines/mutex_map_pool.hpp"
+#include "baselines/null_connector.hpp"
 #include "baselines/process.hpp"
 
 // Counts live heap bytes (a size header per allocation), for the bytes-per-key figure.
@@ -99,9 +101,8 @@ struct key_resolver {
     }
 };
 
-template <class Eviction>
-using registry_t = keypool::basic_registry<key_t, key_resolver, keypool::fake::connector,
-                                           keypool::with_eviction<Eviction>>;
+template <class Eviction, class Connector = keypool::fake::connector>
+using registry_t = keypool::basic_registry<key_t, key_resolver, Connector, keypool::with_eviction<Eviction>>;
 
 const std::vector<key_t>& random_keys(std::size_t keys) {
     static std::unordered_map<std::size_t, std::vector<key_t>> cache;
@@ -262,13 +263,13 @@ void growth_keypool(benchmark::State& state, std::size_t keys) {
         });
 }
 
-template <class Eviction>
+template <class Eviction, class Connector = keypool::fake::connector>
 void keypool_registry(benchmark::State& state, std::size_t keys) {
-    using reg = registry_t<Eviction>;
+    using reg = registry_t<Eviction, Connector>;
     if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
         const auto t0 = std::chrono::steady_clock::now();
         auto r = std::make_shared<reg>(
-            key_resolver{}, keypool::fake::connector{},
+            key_resolver{}, Connector{},
             keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys, .max_connections = keys});
         for (key_t k = 0; k < keys; ++k) r->acquire(k).release(); // every key has a pool and an idle connection
         shared_instance<reg>(keys) = std::move(r);
@@ -347,6 +348,10 @@ void register_all() {
             add(scenario, "mutex_map", baseline, keys, threads);
             add(scenario, "keypool", keypool_registry<lru_idle>, keys, threads);
             add(scenario, "keypool_evict_none", keypool_registry<evict::none>, keys, threads);
+            // Diagnostic: the default registry with an int for a connection and a reset that does
+            // nothing (each key's allocation 280 bytes instead of the fake's 536).
+            add(scenario, "keypool_null_connector", keypool_registry<lru_idle, keypool_bench::null_connector>, keys,
+                threads);
             if (keys == 10'000 && threads == 1) { // each eviction rule on its own, and all three
                 add(scenario, "keypool_evict_lru", keypool_registry<evict::lru>, keys, threads);
                 add(scenario, "keypool_evict_idle", keypool_registry<evict::idle>, keys, threads);
