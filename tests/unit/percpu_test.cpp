@@ -7,6 +7,7 @@
 // when the CPU is not available to the process.
 #include <atomic>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include <sched.h>
@@ -66,49 +67,68 @@ bool put(cell* cells, std::uint32_t n, std::uint32_t v, std::uint32_t& old) {
 
 TEST_SUITE("percpu") {
 
-TEST_CASE("the sequence on the calling CPU's word commits only below its limit, and only on that word") {
-    pin on(1);
-    if (!on) {
-        MESSAGE("skipped: CPU 1 is not available to this process");
-        return;
-    }
-    cell cells[4];
+/// The sequence's contract on word `j`, the caller's (`cells` has 4 words, j < 3): the first
+/// check that fails, or nullptr.
+const char* sequence_on_word(cell* cells, std::uint32_t j) {
+    auto others_empty = [&] {
+        for (std::uint32_t i = 0; i < 4; ++i)
+            if (i != j && cells[i].w.load() != none) return false;
+        return true;
+    };
     std::uint32_t old = 12345;
+    if (take(cells, 4, old) || cells[j].w.load() != none) return "empty word: nothing to take";
+    if (!put(cells, 4, 3, old) || old != none || cells[j].w.load() != 3 || !others_empty())
+        return "empty word: the put commits on the caller's word only";
+    if (!put(cells, 4, 5, old) || old != 3 || cells[j].w.load() != 5)
+        return "occupied word: exchanged, the caller gets the old value back";
+    if (!take(cells, 4, old) || old != 5 || cells[j].w.load() != none) return "take empties the word";
+    for (std::uint32_t refused : {blocked, locked}) {
+        cells[j].w = refused;
+        if (put(cells, 4, 7, old) || take(cells, 4, old) || cells[j].w.load() != refused)
+            return "a blocked or locked word refuses both";
+    }
+    cells[j].w = 9;
+    if (take(cells, j, old) || put(cells, j, 4, old) || cells[j].w.load() != 9 || cells[0].w.load() != (j == 0 ? 9U : none))
+        return "no word among the first j: refused, nothing written";
+    return nullptr;
+}
+
+TEST_CASE("the sequence on the calling thread's word commits only below its limit, and only on that word") {
     if (!percpu::available()) {
+        cell cells[4];
+        std::uint32_t old = 12345;
         MESSAGE("rseq or membarrier unavailable here: the sequences must refuse");
         CHECK_FALSE(put(cells, 4, 3, old));
-        CHECK(cells[1].w.load() == none);
+        for (auto& c : cells) CHECK(c.w.load() == none);
         return;
     }
-    CHECK_FALSE(take(cells, 4, old)); // empty: nothing to take
-    CHECK(cells[1].w.load() == none);
-
-    REQUIRE(put(cells, 4, 3, old)); // empty: the put commits
-    CHECK(old == none);
-    CHECK(cells[1].w.load() == 3);
-    CHECK(cells[0].w.load() == none);
-    CHECK(cells[2].w.load() == none);
-
-    REQUIRE(put(cells, 4, 5, old)); // occupied: exchanged, the caller gets the old one back
-    CHECK(old == 3);
-    CHECK(cells[1].w.load() == 5);
-
-    REQUIRE(take(cells, 4, old));
-    CHECK(old == 5);
-    CHECK(cells[1].w.load() == none);
-
-    for (std::uint32_t refused : {blocked, locked}) {
-        cells[1].w = refused;
-        CHECK_FALSE(put(cells, 4, 7, old));
-        CHECK_FALSE(take(cells, 4, old));
-        CHECK(cells[1].w.load() == refused);
+    if (percpu::indexed_by_cpu()) { // words are CPUs': pin to CPU 1, so word 1
+        pin on(1);
+        if (!on) {
+            MESSAGE("skipped: CPU 1 is not available to this process");
+            return;
+        }
+        cell cells[4];
+        REQUIRE(percpu::current_index() == 1);
+        const char* failed = sequence_on_word(cells, 1);
+        CHECK_MESSAGE(failed == nullptr, (failed ? failed : ""));
+        return;
     }
-
-    cells[1].w = 9;
-    CHECK_FALSE(take(cells, 1, old)); // CPU 1 has no word among 1: refused, nothing written
-    CHECK_FALSE(put(cells, 1, 4, old));
-    CHECK(cells[1].w.load() == 9);
-    CHECK(cells[0].w.load() == none);
+    // Concurrency ids: this thread's word is whichever id it runs with; the kernel may renumber a
+    // thread when it is scheduled, so a run during which the id moved is not a verdict.
+    for (int attempt = 0; attempt < 10; ++attempt) {
+        const std::uint32_t j = percpu::current_index();
+        if (j >= 3) {
+            MESSAGE("skipped: this thread's concurrency id is " << j);
+            return;
+        }
+        cell cells[4];
+        const char* failed = sequence_on_word(cells, j);
+        if (percpu::current_index() != j) continue;
+        CHECK_MESSAGE(failed == nullptr, (failed ? failed : ""));
+        return;
+    }
+    MESSAGE("skipped: the concurrency id moved during every attempt");
 }
 
 TEST_CASE("seize_all takes every held value and leaves each word final, with one fence per round") {
@@ -197,7 +217,52 @@ TEST_CASE("seize_all leaves a value to the owner whose sequence committed during
     }
 }
 
+/// Whether a thread's cache word follows its CPU (rseq by CPU number, or compare-and-swap), so
+/// pinning decides the word; else words follow concurrency ids (by_concurrency_id below).
+bool words_follow_cpus() { return !percpu::available() || percpu::indexed_by_cpu(); }
+
+TEST_CASE("an idle connection cached under another concurrency id is found by try_acquire") {
+    if (words_follow_cpus()) {
+        MESSAGE("skipped: cache words follow CPUs here (the next test)");
+        return;
+    }
+    kp_test::fixture f;
+    auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
+    // Two threads running at once have different ids: a helper returns the connection into its
+    // word while this thread spins, then this thread, with another id, must steal it. An attempt
+    // in which either thread's id moved is repeated.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        std::atomic<int> stage{0};
+        std::uint32_t h1 = 0, h2 = 1;
+        std::thread helper([&] {
+            while (stage.load() == 0) {
+            }
+            h1 = percpu::current_index();
+            { auto l = p.acquire(1s); } // returned into word h1
+            h2 = percpu::current_index();
+            stage.store(2);
+        });
+        stage.store(1);
+        const std::uint32_t m = percpu::current_index();
+        while (stage.load() != 2) {
+        }
+        helper.join();
+        if (h1 != h2 || h1 == m || h1 >= 2 || percpu::current_index() != m) continue;
+        auto l = p.try_acquire(); // this thread's word (m) and the stack are empty
+        REQUIRE(l);
+        const auto s = p.stats();
+        CHECK(s.waits == 0);
+        CHECK(s.connects_ok == 1);
+        return;
+    }
+    MESSAGE("skipped: the two threads never ran with different ids below 2 at once");
+}
+
 TEST_CASE("an idle connection cached by another CPU is found by try_acquire and acquire") {
+    if (!words_follow_cpus()) {
+        MESSAGE("skipped: cache words follow concurrency ids here (KEYPOOL_RSEQ_INDEX=cpu runs it)");
+        return;
+    }
     kp_test::fixture f;
     auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
     {
@@ -234,6 +299,10 @@ TEST_CASE("a forked child steals another CPU's cached connection: the fence work
     // the child relies on having inherited that registration. Were it lost, the child's steal
     // would fail its fence: the child exits non-zero (or, from fence(), aborts) instead of
     // returning the connection.
+    if (!words_follow_cpus()) {
+        MESSAGE("skipped: cache words follow concurrency ids here (KEYPOOL_RSEQ_INDEX=cpu runs it)");
+        return;
+    }
     kp_test::fixture f;
     auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
     {

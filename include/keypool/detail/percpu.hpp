@@ -48,6 +48,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <sys/auxv.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -60,17 +62,54 @@ inline constexpr std::size_t stride = 64;
 
 #if defined(KEYPOOL_RSEQ_CACHES)
 
+namespace impl {
+// Where in the rseq area the word index is read: `cpu_id` (offset 4), or `mm_cid` (offset 24 in
+// the kernel's ABI; glibc's header may not name it). Set once, by available(), before any
+// sequence runs; sequences of one process never mix the two.
+inline constexpr std::ptrdiff_t cpu_id_offset = 4;
+inline constexpr std::ptrdiff_t mm_cid_offset = 24;
+inline std::ptrdiff_t index_offset = cpu_id_offset;
+inline bool by_cpu = true;
+
+// The kernel fills `mm_cid` (and says so with AT_RSEQ_FEATURE_SIZE >= 28, Linux 6.3) unless
+// KEYPOOL_RSEQ_INDEX=cpu asks for CPU numbers.
+inline bool use_mm_cid() noexcept {
+    const char* e = std::getenv("KEYPOOL_RSEQ_INDEX");
+    if (e && std::strcmp(e, "cpu") == 0) return false;
+    constexpr unsigned long at_rseq_feature_size = 27; // AT_RSEQ_FEATURE_SIZE (<linux/auxvec.h>, 6.3)
+    return ::getauxval(at_rseq_feature_size) >= static_cast<unsigned long>(mm_cid_offset + 4);
+}
+} // namespace impl
+
 /// Whether this process can use the sequences below: rseq registered by glibc and membarrier's
 /// rseq command registered (once, by the first caller). Fixed for the life of the process.
+///
+/// Word j belongs to the thread running with index j: its concurrency id (`mm_cid`) where the
+/// kernel keeps one — unique among the process's threads running at any moment and dense, from 0
+/// to the number of CPUs the process may use, so a process confined to CPUs 8–15 numbers its
+/// words 0–7 — else its CPU number. Either changes only when the thread is scheduled, which
+/// aborts a sequence in flight.
 inline bool available() noexcept {
     static const bool ok = [] {
         if (rseq_area_offset == 0) return false;
         const long cmds = ::syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
         if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)) return false;
-        return ::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+        if (::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
+        impl::by_cpu = !impl::use_mm_cid();
+        impl::index_offset = impl::by_cpu ? impl::cpu_id_offset : impl::mm_cid_offset;
+        return true;
     }();
     return ok;
 }
+
+/// The calling thread's word index now (a hint: it changes when the thread is scheduled). Only
+/// once available() returned true.
+inline std::uint32_t current_index() noexcept {
+    return *reinterpret_cast<const volatile std::uint32_t*>(reinterpret_cast<const char*>(rseq_area()) +
+                                                            impl::index_offset);
+}
+/// Whether word j is CPU j's (else the index is a concurrency id). Only once available() returned true.
+inline bool indexed_by_cpu() noexcept { return impl::by_cpu; }
 
 namespace impl {
 /// After a sequence, however it ended: no descriptor left pointing into this code (the kernel
@@ -95,7 +134,7 @@ KEYPOOL_ALWAYS_INLINE void leave(struct rseq* rs) noexcept {
     "leaq 3b(%%rip), %%rax\n\t"                                                                   \
     "movq %%rax, %[rseq_cs]\n\t"                                                                  \
     "1:\n\t"                                                                                      \
-    "movl %[cpu_id], %%eax\n\t"                                                                   \
+    "movl %[index], %%eax\n\t"                                                                    \
     "cmpl %[n], %%eax\n\t"                                                                        \
     "jae %l[refused]\n\t"                                                                         \
     "shlq $6, %%rax\n\t"                                                                          \
@@ -112,17 +151,19 @@ KEYPOOL_ALWAYS_INLINE void leave(struct rseq* rs) noexcept {
     "jmp %l[refused]\n\t"                                                                         \
     ".popsection\n\t"
 
-/// On the calling thread's CPU j (if j < n): if word j < `limit`, replaces it with `v` and
-/// returns true with its old value in `old`. Else (or if the sequence was aborted) false, nothing
-/// written. No locked instruction; acquire/release as plain x86 loads and stores are.
+/// On the calling thread's word j (its index, see available(); if j < n): if word j < `limit`,
+/// replaces it with `v` and returns true with its old value in `old`. Else (or if the sequence was
+/// aborted) false, nothing written. No locked instruction; acquire/release as plain x86 loads and
+/// stores are. Only once available() returned true.
 KEYPOOL_ALWAYS_INLINE bool swap_if_below(std::atomic<std::uint32_t>* base, std::uint32_t n, std::uint32_t limit,
                                          std::uint32_t v, std::uint32_t& old) noexcept {
-    static_assert(stride == 64, "the sequence shifts the CPU number by 6");
+    static_assert(stride == 64, "the sequence shifts the index by 6");
     struct rseq* rs = rseq_area();
+    const auto* index = reinterpret_cast<const std::uint32_t*>(reinterpret_cast<const char*>(rs) + impl::index_offset);
     std::uint32_t o;
     asm goto(KEYPOOL_RSEQ_SWAP_ASM
              : [old] "=&r"(o)
-             : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [base] "r"(base), [n] "r"(n),
+             : [rseq_cs] "m"(rs->rseq_cs), [index] "m"(*index), [base] "r"(base), [n] "r"(n),
                [limit] "r"(limit), [v] "r"(v)
              : "memory", "cc", "rax"
              : refused);
@@ -135,14 +176,17 @@ refused:
 }
 #undef KEYPOOL_RSEQ_SWAP_ASM
 
-/// Makes every restartable sequence running on `cpu` (or on any CPU running this process's
-/// threads, if `cpu` < 0) restart, and orders memory with them (≈ 1 µs here for one CPU).
-/// Registration succeeded (available()) and a forked child keeps it, so the one-CPU form fails
-/// only for a CPU number the kernel does not know: then the all-CPU form is used. Should that
+/// Makes every restartable sequence that may be working on word `j` (or on any word, if `j` < 0)
+/// restart, and orders memory with them: those on CPU j when words are CPUs' (≈ 1 µs here), those
+/// on every CPU running this process's threads when they are concurrency ids (whose CPU the remote
+/// does not know). Registration succeeded (available()) and a forked child keeps it, so the
+/// one-CPU form fails only for a CPU number the kernel does not know: then the all-CPU form is
+/// used. Should that
 /// fail too (the process lost its registration), it registers again once; a fence that still
 /// fails ends the process with a message, since without it a remote could take a word an owner
 /// is about to commit over (and a silent retry loop would hang the caller for good).
-inline void fence(int cpu) noexcept {
+inline void fence(int j) noexcept {
+    const int cpu = impl::by_cpu ? j : -1;
     if (cpu >= 0 &&
         ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0)
         return;
@@ -163,6 +207,8 @@ inline void fence(int cpu) noexcept {
 #else
 
 inline bool available() noexcept { return false; }
+inline std::uint32_t current_index() noexcept { return 0; }
+inline bool indexed_by_cpu() noexcept { return true; }
 inline bool swap_if_below(std::atomic<std::uint32_t>*, std::uint32_t, std::uint32_t, std::uint32_t,
                           std::uint32_t&) noexcept {
     return false;
