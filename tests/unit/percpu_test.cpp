@@ -7,6 +7,8 @@
 // when the CPU is not available to the process.
 #include <atomic>
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -292,6 +294,57 @@ TEST_CASE("an idle connection cached by another CPU is found by try_acquire and 
     CHECK(s.waits == 0);
     CHECK(s.connects_ok == 1);
     CHECK(f.fake.live() == 1);
+}
+
+TEST_CASE("a registry's try_acquire finds its key's idle connection cached in another word") {
+    // A registry pool with caches (max_size 8: two words) whose only idle connection sits in a
+    // word that is not this thread's: acquire would steal it on its slow path; try_acquire must
+    // find it too instead of answering "nothing idle".
+    kp_test::fixture f;
+    keypool::registry<std::string, keypool::resolve::identity<std::string>, keypool::fake::connector> r(
+        keypool::resolve::identity<std::string>{}, f.fake,
+        keypool::registry_options{.pool = {.max_size = 8, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt,
+                                           .cpu_caches = 2}});
+    bool placed = false;
+    std::optional<pin> here;
+    if (words_follow_cpus()) {
+        {
+            pin on(1);
+            if (!on) {
+                MESSAGE("skipped: CPU 1 is not available to this process");
+                return;
+            }
+            { auto l = r.acquire("db"); } // returned into CPU 1's word
+        }
+        here.emplace(0);
+        placed = static_cast<bool>(*here);
+    } else {
+        for (int attempt = 0; attempt < 20 && !placed; ++attempt) {
+            std::atomic<int> stage{0};
+            std::uint32_t h1 = 0, h2 = 1;
+            std::thread helper([&] {
+                while (stage.load() == 0) {
+                }
+                h1 = percpu::current_index();
+                { auto l = r.acquire("db"); } // returned into word h1
+                h2 = percpu::current_index();
+                stage.store(2);
+            });
+            stage.store(1);
+            const std::uint32_t m = percpu::current_index();
+            while (stage.load() != 2) {
+            }
+            helper.join();
+            placed = h1 == h2 && h1 != m && h1 < 2 && percpu::current_index() == m;
+        }
+    }
+    if (!placed) {
+        MESSAGE("skipped: could not leave the connection in another word");
+        return;
+    }
+    auto l = r.try_acquire("db");
+    CHECK(l);
+    CHECK(f.fake.stats().connects == 1);
 }
 
 TEST_CASE("a forked child steals another CPU's cached connection: the fence works there too") {

@@ -230,14 +230,22 @@ public:
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
     slot* try_acquire() noexcept {
         for (;;) {
-            slot* s = pop_ready();
-            if (!s && rseq_caches_) { // idle connections may sit in other CPUs' caches
-                std::lock_guard lk(m_);
-                if (!closed_ && !has_waiters_locked()) s = steal_cached();
-            }
+            slot* s = pop_idle_or_steal();
             if (!s) return nullptr;
             if (checkout(s)) return s;
         }
+    }
+
+    /// pop_idle(), then (rseq mode, where another thread's cache word is out of reach of the fast
+    /// path) one held in another word, taken under m_ and not past queued callers: every idle
+    /// connection a caller that will not wait may have. nullptr if none.
+    slot* pop_idle_or_steal() noexcept {
+        slot* s = pop_ready();
+        if (!s && rseq_caches_) {
+            std::lock_guard lk(m_);
+            if (!closed_ && !has_waiters_locked()) s = steal_cached();
+        }
+        return s;
     }
 
     // ---- for owners that may have dropped the pool object (the registry) ---------------------

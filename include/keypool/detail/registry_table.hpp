@@ -240,7 +240,7 @@ public:
             ++sh.hits;
             core_type* core = e.core.get();
             held<setup_type> setup = e.setup;
-            auto* s = core->pop_idle();
+            auto* s = core->pop_idle_or_steal(); // (may take the core's lock: shard, then core)
             if (!s) return {};
             held<Key> k = key_of(e, key);
             lk.unlock();
