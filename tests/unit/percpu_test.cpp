@@ -223,16 +223,31 @@ TEST_CASE("seize_all leaves a value to the owner whose sequence committed during
 /// pinning decides the word; else words follow concurrency ids (by_concurrency_id below).
 bool words_follow_cpus() { return !percpu::available() || percpu::indexed_by_cpu(); }
 
-TEST_CASE("an idle connection cached under another concurrency id is found by try_acquire") {
-    if (words_follow_cpus()) {
-        MESSAGE("skipped: cache words follow CPUs here (the next test)");
-        return;
+/// Words follow CPUs: runs `use()` (an acquire and release) pinned to CPU 1, so the connection it
+/// returns lands in CPU 1's word. False, with a message, where words follow concurrency ids or
+/// CPUs 0 and 1 are not both available.
+template <class Use>
+bool return_on_cpu1(Use use) {
+    if (!words_follow_cpus()) {
+        MESSAGE("skipped: cache words follow concurrency ids here (KEYPOOL_RSEQ_INDEX=cpu runs it)");
+        return false;
     }
-    kp_test::fixture f;
-    auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
-    // Two threads running at once have different ids: a helper returns the connection into its
-    // word while this thread spins, then this thread, with another id, must steal it. An attempt
-    // in which either thread's id moved is repeated.
+    for (int cpu : {0, 1})
+        if (!pin(cpu)) {
+            MESSAGE("skipped: CPU " << cpu << " is not available to this process");
+            return false;
+        }
+    pin on(1);
+    use();
+    return true;
+}
+
+/// Concurrency ids: runs `use()` (an acquire and release) on a helper thread while this thread
+/// spins — two threads running at once have different ids — so the connection it returns lands
+/// in the helper's word. True once that word is below 2 and differs from this thread's, and
+/// neither thread's id moved meanwhile (an attempt in which one did is repeated).
+template <class Use>
+bool return_under_other_id(Use use) {
     for (int attempt = 0; attempt < 20; ++attempt) {
         std::atomic<int> stage{0};
         std::uint32_t h1 = 0, h2 = 1;
@@ -240,7 +255,7 @@ TEST_CASE("an idle connection cached under another concurrency id is found by tr
             while (stage.load() == 0) {
             }
             h1 = percpu::current_index();
-            { auto l = p.acquire(1s); } // returned into word h1
+            use(); // returned into word h1
             h2 = percpu::current_index();
             stage.store(2);
         });
@@ -249,8 +264,21 @@ TEST_CASE("an idle connection cached under another concurrency id is found by tr
         while (stage.load() != 2) {
         }
         helper.join();
-        if (h1 != h2 || h1 == m || h1 >= 2 || percpu::current_index() != m) continue;
-        auto l = p.try_acquire(); // this thread's word (m) and the stack are empty
+        if (h1 == h2 && h1 != m && h1 < 2 && percpu::current_index() == m) return true;
+    }
+    return false;
+}
+
+TEST_CASE("an idle connection cached under another concurrency id is found by try_acquire") {
+    if (words_follow_cpus()) {
+        MESSAGE("skipped: cache words follow CPUs here (the next test)");
+        return;
+    }
+    kp_test::fixture f;
+    auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
+    // A helper returns the connection into its word; this thread, with another id, must steal it.
+    if (return_under_other_id([&] { auto l = p.acquire(1s); })) {
+        auto l = p.try_acquire(); // this thread's word and the stack are empty
         REQUIRE(l);
         const auto s = p.stats();
         CHECK(s.waits == 0);
@@ -261,26 +289,12 @@ TEST_CASE("an idle connection cached under another concurrency id is found by tr
 }
 
 TEST_CASE("an idle connection cached by another CPU is found by try_acquire and acquire") {
-    if (!words_follow_cpus()) {
-        MESSAGE("skipped: cache words follow concurrency ids here (KEYPOOL_RSEQ_INDEX=cpu runs it)");
-        return;
-    }
     kp_test::fixture f;
     auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
-    {
-        pin on(1);
-        if (!on) {
-            MESSAGE("skipped: CPU 1 is not available to this process");
-            return;
-        }
-        auto l = p.acquire(1s); // returned into CPU 1's cache
-    }
+    if (!return_on_cpu1([&] { auto l = p.acquire(1s); })) return;
     {
         pin on(0);
-        if (!on) {
-            MESSAGE("skipped: CPU 0 is not available to this process");
-            return;
-        }
+        REQUIRE(on);
         auto l = p.try_acquire();
         REQUIRE(l);
     } // now in CPU 0's cache
@@ -308,35 +322,10 @@ TEST_CASE("a registry's try_acquire finds its key's idle connection cached in an
     bool placed = false;
     std::optional<pin> here;
     if (words_follow_cpus()) {
-        {
-            pin on(1);
-            if (!on) {
-                MESSAGE("skipped: CPU 1 is not available to this process");
-                return;
-            }
-            { auto l = r.acquire("db"); } // returned into CPU 1's word
-        }
-        here.emplace(0);
-        placed = static_cast<bool>(*here);
+        placed = return_on_cpu1([&] { auto l = r.acquire("db"); });
+        if (placed) here.emplace(0); // this thread's word: CPU 0's
     } else {
-        for (int attempt = 0; attempt < 20 && !placed; ++attempt) {
-            std::atomic<int> stage{0};
-            std::uint32_t h1 = 0, h2 = 1;
-            std::thread helper([&] {
-                while (stage.load() == 0) {
-                }
-                h1 = percpu::current_index();
-                { auto l = r.acquire("db"); } // returned into word h1
-                h2 = percpu::current_index();
-                stage.store(2);
-            });
-            stage.store(1);
-            const std::uint32_t m = percpu::current_index();
-            while (stage.load() != 2) {
-            }
-            helper.join();
-            placed = h1 == h2 && h1 != m && h1 < 2 && percpu::current_index() == m;
-        }
+        placed = return_under_other_id([&] { auto l = r.acquire("db"); });
     }
     if (!placed) {
         MESSAGE("skipped: could not leave the connection in another word");
@@ -352,27 +341,9 @@ TEST_CASE("a forked child steals another CPU's cached connection: the fence work
     // the child relies on having inherited that registration. Were it lost, the child's steal
     // would fail its fence: the child exits non-zero (or, from fence(), aborts) instead of
     // returning the connection.
-    if (!words_follow_cpus()) {
-        MESSAGE("skipped: cache words follow concurrency ids here (KEYPOOL_RSEQ_INDEX=cpu runs it)");
-        return;
-    }
     kp_test::fixture f;
     auto p = f.make<>({.max_size = 1, .idle_timeout = std::nullopt, .max_lifetime = std::nullopt, .cpu_caches = 2});
-    {
-        pin on(1);
-        if (!on) {
-            MESSAGE("skipped: CPU 1 is not available to this process");
-            return;
-        }
-        auto l = p.acquire(1s); // returned into CPU 1's cache
-    }
-    {
-        pin on(0);
-        if (!on) {
-            MESSAGE("skipped: CPU 0 is not available to this process");
-            return;
-        }
-    }
+    if (!return_on_cpu1([&] { auto l = p.acquire(1s); })) return;
     const pid_t child = fork();
     REQUIRE(child >= 0);
     if (child == 0) {
