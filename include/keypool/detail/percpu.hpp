@@ -7,15 +7,19 @@
 // restartable sequence the same load, compare and store are plain instructions: the kernel
 // restarts (aborts) the sequence if the thread is preempted, migrated or signalled before its
 // last instruction, the store (the commit), so a sequence on CPU j runs as if alone on word j.
+// Words are numbered by the thread's concurrency id where the kernel keeps one (see available()):
+// no two threads run with one id at once, and an id, like a CPU, changes only at scheduling.
 //
-// That holds only against other sequences on the same CPU. Code touching word j from elsewhere
-// (a steal, blocking the caches for waiters, close) is "remote" and must follow seize_all():
+// That holds only against other sequences on the same CPU (id). Code touching word j from
+// elsewhere (a steal, blocking the caches for waiters, close) is "remote" and must follow
+// seize_all():
 // 1. compare-and-swap the word to `locked` (owners never commit on it: take needs a connection,
-//    put needs an empty word); 2. fence(): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)
-//    makes every sequence running on that CPU restart and orders memory; 3. the word still
-//    `locked` means no sequence committed over it and none can (those that start now see
-//    `locked`), so the remote owns the value it replaced; anything else means a sequence that
-//    had loaded that value committed between 1 and 2 — the owner has it, the remote must not.
+//    put needs an empty word);
+// 2. fence(): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) makes every sequence running on
+//    that CPU (on every CPU, for ids) restart and orders memory;
+// 3. the word still `locked` means no sequence committed over it and none can (those that start
+//    now see `locked`), so the remote owns the value it replaced; anything else means a sequence
+//    that had loaded that value committed between 1 and 2 — the owner has it, the remote must not.
 // Remote code is serialised by the caller (pool_core holds its mutex), so no other remote can
 // lock the word again between 1 and 3.
 //
@@ -181,10 +185,9 @@ refused:
 /// on every CPU running this process's threads when they are concurrency ids (whose CPU the remote
 /// does not know). Registration succeeded (available()) and a forked child keeps it, so the
 /// one-CPU form fails only for a CPU number the kernel does not know: then the all-CPU form is
-/// used. Should that
-/// fail too (the process lost its registration), it registers again once; a fence that still
-/// fails ends the process with a message, since without it a remote could take a word an owner
-/// is about to commit over (and a silent retry loop would hang the caller for good).
+/// used. Should that fail too (the process lost its registration), it registers again once; a
+/// fence that still fails ends the process with a message, since without it a remote could take
+/// a word an owner is about to commit over (and a silent retry loop would hang the caller).
 inline void fence(int j) noexcept {
     const int cpu = impl::by_cpu ? j : -1;
     if (cpu >= 0 &&
