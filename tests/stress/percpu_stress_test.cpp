@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
-// detail/percpu.hpp under real concurrency: owner threads take and put tokens in their CPU's word
-// with restartable sequences (they migrate, get preempted and get aborted by the remote's fences)
-// while a remote thread keeps emptying and blocking the words with seize_all. No token may ever
+// detail/percpu.hpp under real concurrency: owner threads take and put tokens in their own word
+// (by concurrency id; ctest's stress.percpu_by_cpu runs it again by CPU number) with restartable
+// sequences (they migrate, get preempted and get aborted by the remote's fences) while a remote
+// thread keeps emptying and blocking the words with seize_all. No token may ever
 // be held twice, and at the end every token is somewhere exactly once. Skipped where the process
 // cannot use the sequences (e.g. under ThreadSanitizer, which builds pools with compare-and-swap).
 #include <atomic>
