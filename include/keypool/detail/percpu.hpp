@@ -76,10 +76,13 @@ inline std::ptrdiff_t index_offset = cpu_id_offset;
 inline bool by_cpu = true;
 
 // The kernel fills `mm_cid` (and says so with AT_RSEQ_FEATURE_SIZE >= 28, Linux 6.3) unless
-// KEYPOOL_RSEQ_INDEX=cpu asks for CPU numbers.
+// KEYPOOL_RSEQ_INDEX=cpu asks for CPU numbers (`auto` or unset: ids where the kernel has them;
+// any other value is reported on stderr and treated as `auto`).
 inline bool use_mm_cid() noexcept {
     const char* e = std::getenv("KEYPOOL_RSEQ_INDEX");
     if (e && std::strcmp(e, "cpu") == 0) return false;
+    if (e && *e && std::strcmp(e, "auto") != 0)
+        std::fputs("keypool: KEYPOOL_RSEQ_INDEX is neither \"cpu\" nor \"auto\"; using auto\n", stderr);
     constexpr unsigned long at_rseq_feature_size = 27; // AT_RSEQ_FEATURE_SIZE (<linux/auxvec.h>, 6.3)
     return ::getauxval(at_rseq_feature_size) >= static_cast<unsigned long>(mm_cid_offset + 4);
 }
@@ -95,11 +98,12 @@ inline bool use_mm_cid() noexcept {
 /// aborts a sequence in flight.
 inline bool available() noexcept {
     static const bool ok = [] {
+        const bool mm_cid = impl::use_mm_cid(); // (first: reports a bad KEYPOOL_RSEQ_INDEX in any case)
         if (rseq_area_offset == 0) return false;
         const long cmds = ::syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
         if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)) return false;
         if (::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
-        impl::by_cpu = !impl::use_mm_cid();
+        impl::by_cpu = !mm_cid;
         impl::index_offset = impl::by_cpu ? impl::cpu_id_offset : impl::mm_cid_offset;
         return true;
     }();
