@@ -73,7 +73,11 @@ namespace impl {
 inline constexpr std::ptrdiff_t cpu_id_offset = 4;
 inline constexpr std::ptrdiff_t mm_cid_offset = 24;
 inline std::ptrdiff_t index_offset = cpu_id_offset;
-inline bool by_cpu = true;
+
+// The calling thread's index field in its rseq area `rs`.
+KEYPOOL_ALWAYS_INLINE const std::uint32_t* index_field(const struct rseq* rs) noexcept {
+    return reinterpret_cast<const std::uint32_t*>(reinterpret_cast<const char*>(rs) + index_offset);
+}
 
 // The kernel fills `mm_cid` (and says so with AT_RSEQ_FEATURE_SIZE >= 28, Linux 6.3) unless
 // KEYPOOL_RSEQ_INDEX=cpu asks for CPU numbers (`auto` or unset: ids where the kernel has them;
@@ -103,8 +107,7 @@ inline bool available() noexcept {
         const long cmds = ::syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
         if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)) return false;
         if (::syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0) return false;
-        impl::by_cpu = !mm_cid;
-        impl::index_offset = impl::by_cpu ? impl::cpu_id_offset : impl::mm_cid_offset;
+        impl::index_offset = mm_cid ? impl::mm_cid_offset : impl::cpu_id_offset;
         return true;
     }();
     return ok;
@@ -113,11 +116,10 @@ inline bool available() noexcept {
 /// The calling thread's word index now (a hint: it changes when the thread is scheduled). Only
 /// once available() returned true.
 inline std::uint32_t current_index() noexcept {
-    return *reinterpret_cast<const volatile std::uint32_t*>(reinterpret_cast<const char*>(rseq_area()) +
-                                                            impl::index_offset);
+    return *static_cast<const volatile std::uint32_t*>(impl::index_field(rseq_area()));
 }
 /// Whether word j is CPU j's (else the index is a concurrency id). Only once available() returned true.
-inline bool indexed_by_cpu() noexcept { return impl::by_cpu; }
+inline bool indexed_by_cpu() noexcept { return impl::index_offset == impl::cpu_id_offset; }
 
 namespace impl {
 /// After a sequence, however it ended: no descriptor left pointing into this code (the kernel
@@ -167,7 +169,7 @@ KEYPOOL_ALWAYS_INLINE bool swap_if_below(std::atomic<std::uint32_t>* base, std::
                                          std::uint32_t v, std::uint32_t& old) noexcept {
     static_assert(stride == 64, "the sequence shifts the index by 6");
     struct rseq* rs = rseq_area();
-    const auto* index = reinterpret_cast<const std::uint32_t*>(reinterpret_cast<const char*>(rs) + impl::index_offset);
+    const std::uint32_t* index = impl::index_field(rs);
     std::uint32_t o;
     asm goto(KEYPOOL_RSEQ_SWAP_ASM
              : [old] "=&r"(o)
@@ -193,7 +195,7 @@ refused:
 /// fence that still fails ends the process with a message, since without it a remote could take
 /// a word an owner is about to commit over (and a silent retry loop would hang the caller).
 inline void fence(int j) noexcept {
-    const int cpu = impl::by_cpu ? j : -1;
+    const int cpu = indexed_by_cpu() ? j : -1;
     if (cpu >= 0 &&
         ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0)
         return;

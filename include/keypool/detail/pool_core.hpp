@@ -890,9 +890,10 @@ private:
 
     // ---- the idle stack (Treiber stack of slot indices in head_) -------------------------------
 
-    /// This CPU's cached connection (a restartable sequence, or one CAS), else the top of the idle
-    /// stack (one CAS), else (CAS mode only) another CPU's cached one; nullptr if none is free or
-    /// callers are queued. (rseq mode steals under m_: acquire_slow, try_acquire.)
+    /// The calling thread's cached connection (its word: a restartable sequence, or one CAS),
+    /// else the top of the idle stack (one CAS), else (CAS mode only) another word's; nullptr if
+    /// none is free or callers are queued. (rseq mode steals under m_: acquire_slow,
+    /// pop_idle_or_steal.)
     KEYPOOL_ALWAYS_INLINE slot* pop_fast() noexcept {
         if constexpr (thread_safe) {
             if (n_caches_ != 0) {
