@@ -65,8 +65,10 @@ struct pool_options {
     /// Per-CPU caches of one idle connection each, in front of the shared idle stack: a thread
     /// returns its connection to its CPU's cache and takes it back from there, so threads on
     /// different CPUs do not pass one cache line back and forth. Reuse order stays
-    /// most-recently-used per CPU. Default nullopt = automatic: the number of hardware threads, at
-    /// most max_size / 4 and 64, rounded down to a power of two (so none below max_size 4, one for
+    /// most-recently-used per CPU. Default nullopt = automatic: the number of CPUs the thread
+    /// building the pool may run on (its affinity mask: a container's cpuset, `taskset`; one past
+    /// the highest of their numbers where words follow CPU numbers, see docs/design.md), at most
+    /// max_size / 4 and 64, rounded down to a power of two (so none below max_size 4, one for
     /// max_size 4..7 or on one CPU, and none for sync::none). 0 disables; otherwise 1..64, rounded
     /// down to a power of two.
     std::optional<std::size_t> cpu_caches = std::nullopt;

@@ -5,7 +5,9 @@
 // The sequences need rseq and membarrier (not under ThreadSanitizer); where the process cannot
 // use them the test checks that they refuse. Cases that pin the thread to a CPU say so and skip
 // when the CPU is not available to the process.
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -334,6 +336,32 @@ TEST_CASE("a registry's try_acquire finds its key's idle connection cached in an
     auto l = r.try_acquire("db");
     CHECK(l);
     CHECK(f.fake.stats().connects == 1);
+}
+
+TEST_CASE("the automatic cpu_caches covers the CPUs this thread may use, not every CPU of the host") {
+    using core = keypool::detail::pool_core<keypool::fake::connector, keypool::steady_clock, keypool::sync::mutex,
+                                            keypool::null_observer, keypool::reset_at::checkout>;
+    const keypool::pool_options o{.max_size = 256}; // up to 64 words: the CPUs bound it
+    cpu_set_t all;
+    REQUIRE(sched_getaffinity(0, sizeof(all), &all) == 0);
+    int first = 0;
+    while (!CPU_ISSET(first, &all)) ++first;
+    int count = CPU_COUNT(&all), span = 0;
+    for (int i = 0; i < CPU_SETSIZE; ++i)
+        if (CPU_ISSET(i, &all)) span = i + 1;
+    // Word j is CPU j's only in rseq mode numbered by CPU; by id or CASed, the CPUs' count matters.
+    const bool by_number = percpu::available() && percpu::indexed_by_cpu();
+    auto words_for = [](int cpus) { return static_cast<std::uint16_t>(std::bit_floor(static_cast<unsigned>(std::min(cpus, 64)))); };
+    CHECK(core::cache_count(o) == words_for(by_number ? span : count));
+    {
+        pin one(first); // a container's cpuset of one CPU
+        REQUIRE(one);
+        CHECK(core::cache_count(o) == words_for(by_number ? first + 1 : 1));
+    }
+    keypool::pool_options fixed = o;
+    fixed.cpu_caches = 8;
+    CHECK(core::cache_count(fixed) == 8); // an explicit count is kept
+    CHECK(core::cache_count({.max_size = 7}) <= 1); // at most max_size / 4
 }
 
 TEST_CASE("a forked child steals another CPU's cached connection: the fence works there too") {

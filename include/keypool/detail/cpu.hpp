@@ -10,7 +10,9 @@
 #include <sched.h>
 #endif
 
+#include <algorithm>
 #include <cstddef>
+#include <thread>
 
 #include <keypool/detail/config.hpp>
 
@@ -46,6 +48,27 @@ KEYPOOL_ALWAYS_INLINE unsigned current_cpu() noexcept {
 #else
     return 0;
 #endif
+}
+
+/// The CPUs the calling thread may run on (its affinity mask: a container's cpuset, `taskset`):
+/// how many, and one past the highest number among them. Without a mask to read (other systems,
+/// more CPUs than a `cpu_set_t` holds), both are `hardware_concurrency()`.
+struct cpu_allowance {
+    unsigned count;
+    unsigned span;
+};
+inline cpu_allowance allowed_cpus() noexcept {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+        unsigned count = 0, span = 0;
+        for (unsigned i = 0; i < CPU_SETSIZE; ++i)
+            if (CPU_ISSET(i, &set)) ++count, span = i + 1;
+        if (count != 0) return {count, span};
+    }
+#endif
+    const unsigned hw = std::max(1U, std::thread::hardware_concurrency());
+    return {hw, hw};
 }
 
 } // namespace keypool::detail

@@ -248,6 +248,29 @@ public:
         return s;
     }
 
+    /// How many per-CPU cache words a pool with options `o` gets (`pool_options::cpu_caches`
+    /// resolved; read at construction, and by the tests).
+    static std::uint16_t cache_count(const pool_options& o) noexcept {
+        if constexpr (!thread_safe) {
+            return 0;
+        } else {
+            std::size_t n = o.cpu_caches ? *o.cpu_caches : std::min(o.max_size / 4, std::size_t{64});
+            if (!o.cpu_caches && n > 1) n = std::min<std::size_t>(n, cpus_to_cover());
+            n = std::min<std::size_t>(n, 64);
+            return n == 0 ? 0 : static_cast<std::uint16_t>(std::bit_floor(n));
+        }
+    }
+
+    /// How many words the automatic `cpu_caches` needs to give every CPU the process may use
+    /// one (read from the building thread's affinity mask): one past the highest CPU number when
+    /// word j is CPU j's (rseq by CPU number), else the number of CPUs — concurrency ids are
+    /// dense below it, and a CASed word is picked by CPU number modulo the word count. A service
+    /// confined to 4 CPUs of a 128-CPU host allocates 4 words, not 64.
+    static std::size_t cpus_to_cover() noexcept {
+        const cpu_allowance a = allowed_cpus();
+        return use_rseq() && percpu::indexed_by_cpu() ? a.span : a.count;
+    }
+
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
 
     /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
@@ -706,17 +729,6 @@ private:
             return percpu::available();
     }
 
-    static std::uint16_t cache_count(const pool_options& o) noexcept {
-        if constexpr (!thread_safe) {
-            return 0;
-        } else {
-            static const std::size_t hw = std::max(1U, std::thread::hardware_concurrency());
-            std::size_t n = o.cpu_caches ? *o.cpu_caches : std::min({hw, o.max_size / 4, std::size_t{64}});
-            n = std::min<std::size_t>(n, 64);
-            return n == 0 ? 0 : static_cast<std::uint16_t>(std::bit_floor(n));
-        }
-    }
-
     struct waiter : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> {
         enum class outcome : std::uint8_t { pending, served, permit, failed };
         explicit waiter(const Clock& c) : ev(c) {
@@ -810,7 +822,8 @@ private:
     // a word, and nobody else writes a blocked word.
     //
     // Two ways to reach a word, fixed per pool (rseq_caches_):
-    // - rseq: word j belongs to CPU j (CPUs from n_caches_ on have none and use the stack). Its
+    // - rseq: word j belongs to the thread running with concurrency id j, or on CPU j (percpu.hpp;
+    //   ids or CPUs from n_caches_ on have none and use the stack). Its
     //   owners take and put with a restartable sequence, no locked instruction; everything else
     //   (stealing, blocking, emptying) holds m_ and goes through percpu::seize_all.
     // - compare-and-swap: word cpu & (n_caches_ - 1), one CAS for every access, from anywhere.
