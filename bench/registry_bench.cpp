@@ -263,7 +263,8 @@ void growth_keypool(benchmark::State& state, std::size_t keys) {
         });
 }
 
-template <class Eviction, class Connector = keypool::fake::connector>
+/// `Try`: try_acquire() instead of acquire() (a diagnostic row: the call that never waits).
+template <class Eviction, class Connector = keypool::fake::connector, bool Try = false>
 void keypool_registry(benchmark::State& state, std::size_t keys) {
     using reg = registry_t<Eviction, Connector>;
     if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
@@ -279,7 +280,8 @@ void keypool_registry(benchmark::State& state, std::size_t keys) {
     std::size_t i = static_cast<std::size_t>(state.thread_index()) * 7919;
     for (auto _ : state) {
         auto& r = instance<reg>(keys);
-        auto l = r.acquire(ks[i++ & (ks.size() - 1)]);
+        const key_t k = ks[i++ & (ks.size() - 1)];
+        auto l = Try ? r.try_acquire(k) : r.acquire(k);
         benchmark::DoNotOptimize(l);
     }
     state.SetItemsProcessed(state.iterations());
@@ -352,6 +354,10 @@ void register_all() {
             // nothing (each key's allocation 280 bytes instead of the fake's 536).
             add(scenario, "keypool_null_connector", keypool_registry<lru_idle, keypool_bench::null_connector>, keys,
                 threads);
+            if (keys == 10'000) // diagnostic: the call that never waits (on 2 threads, a key's only
+                                // connection may be out: then it returns an empty lease)
+                add(scenario, "keypool_try_acquire", keypool_registry<lru_idle, keypool::fake::connector, true>, keys,
+                    threads);
             if (keys == 10'000 && threads == 1) { // each eviction rule on its own, and all three
                 add(scenario, "keypool_evict_lru", keypool_registry<evict::lru>, keys, threads);
                 add(scenario, "keypool_evict_idle", keypool_registry<evict::idle>, keys, threads);

@@ -78,6 +78,28 @@ TEST_CASE("each key gets its own pool, created once, and a lease tells its key")
     CHECK(s.pools.size == f.fake.live());
 }
 
+TEST_CASE("try_acquire never creates a pool and counts one hit per call on a ready key") {
+    fixture f;
+    auto r = f.make();
+    CHECK(!r.try_acquire("acme")); // no pool yet: none is built
+    CHECK(r.stats().keys_active == 0);
+    r.acquire("acme").release(); // the miss builds it, one idle connection
+    {
+        auto a = r.try_acquire("acme"); // lock-free: the idle connection
+        REQUIRE(a);
+        CHECK(a.key() == "acme");
+        CHECK(r.stats().hits == 1);
+        CHECK(!r.try_acquire("acme")); // the only connection is out: nothing idle, not a wait
+        CHECK(r.stats().hits == 2);    // (counted once, not again by the locked retry)
+    }
+    CHECK(r.try_acquire("acme"));
+    const auto s = r.stats();
+    CHECK(s.hits == 3);
+    CHECK(s.misses == 1);
+    CHECK(s.pools.waits == 0);
+    CHECK(f.fake.live() == 1);
+}
+
 TEST_CASE("a single-threaded registry (sync::none) works: acquire, reuse, close") {
     // It did not compile before: the registry read its closed flag through std::atomic's implicit
     // conversion, which sync::none's plain_atomic does not have (found by tests/instantiate).

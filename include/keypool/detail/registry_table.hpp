@@ -147,42 +147,27 @@ public:
         if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
         shard& sh = shard_for(key);
         const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
-        {
-            // No lock: the section keeps the node, and the pool core it names, from being freed
-            // while we use them (see detail/rcu.hpp); a lookup writes nothing shared but the
-            // pool's idle stack.
-            read_section rs;
-            auto it = sh.map.find_shared(key);
-            if (it && it->second.st == entry::state::ready) [[likely]] {
-                entry& e = it->second;
-                if (core_type* core = e.core.get()) [[likely]] { // (empty once forget_missing took it)
-                    core_type::prefetch(core, pool_options_->max_size);
-                    touch(e, now);
-                    count_hit(sh, rs);
-                    if (auto* s = core->pop_idle()) [[likely]] {
-                        held<setup_type> setup = e.setup;
-                        held<Key> k = key_of(e, key);
-                        rs.leave(); // the connection we hold keeps the core alive from here
-                        const auto r = core->checkout_detached(s, now, when);
-                        if (r == core_type::checkout_result::ok) [[likely]] {
-                            return leased(core, s, std::move(k), setup, ec);
-                        }
-                        if (r == core_type::checkout_result::delete_core) delete core;
-                        return acquire_slow(key, when, std::move(st), ec);
-                    }
-                    rs.leave();
-                    return acquire_slow(key, when, std::move(st), ec);
-                }
-            }
+        read_section rs;
+        popped p;
+        const lookup found = pop_unlocked(sh, key, now, rs, p);
+        if (found == lookup::popped) [[likely]] {
+            held<setup_type> setup = p.e->setup;
+            held<Key> k = key_of(*p.e, key);
+            rs.leave();
+            const auto r = p.core->checkout_detached(p.s, now, when);
+            if (r == core_type::checkout_result::ok) [[likely]]
+                return leased(p.core, p.s, std::move(k), setup, ec);
+            if (r == core_type::checkout_result::delete_core) delete p.core;
         }
-        return acquire_slow(key, when, std::move(st), ec, false);
+        rs.leave();
+        return acquire_slow(key, when, std::move(st), ec, found != lookup::missing);
     }
 
     /// acquire() when its fast path found no usable idle connection. `counted`: whether the
     /// fast path already counted its lookup as a hit.
     template <class When>
     KEYPOOL_NOINLINE Lease acquire_slow(const Key& key, When when, std::stop_token st, std::error_code& ec,
-                                        bool counted = true) noexcept {
+                                        bool counted) noexcept {
         shard& sh = shard_for(key);
         std::optional<time_point> deadline;
         auto resolve_deadline = [&] {
@@ -230,6 +215,30 @@ public:
 
     Lease try_acquire(const Key& key) noexcept {
         shard& sh = shard_for(key);
+        const time_point now = clock_->coarse_now();
+        read_section rs;
+        popped p;
+        const lookup found = pop_unlocked(sh, key, now, rs, p);
+        if (found == lookup::popped) {
+            held<setup_type> setup = p.e->setup;
+            held<Key> k = key_of(*p.e, key);
+            rs.leave();
+            const auto r = p.core->checkout_detached(p.s, now);
+            if (r == core_type::checkout_result::ok) {
+                std::error_code ec;
+                return leased(p.core, p.s, std::move(k), setup, ec);
+            }
+            if (r == core_type::checkout_result::delete_core) delete p.core;
+        }
+        rs.leave();
+        return try_acquire_locked(key, found != lookup::missing);
+    }
+
+    /// try_acquire() when the lock-free step found no usable idle connection: under the shard's
+    /// lock, also one held in another thread's cache word (pop_idle_or_steal). `counted`: whether
+    /// the lookup was already counted as a hit.
+    KEYPOOL_NOINLINE Lease try_acquire_locked(const Key& key, bool counted) noexcept {
+        shard& sh = shard_for(key);
         for (;;) {
             const time_point now = clock_->coarse_now();
             std::unique_lock lk(sh.m);
@@ -237,7 +246,8 @@ public:
             if (it == sh.map.end() || it->second.st != entry::state::ready || !it->second.core) return {};
             entry& e = it->second;
             touch(e, now);
-            ++sh.hits;
+            if (!counted) ++sh.hits;
+            counted = true;
             core_type* core = e.core.get();
             held<setup_type> setup = e.setup;
             auto* s = core->pop_idle_or_steal(); // (may take the core's lock: shard, then core)
@@ -564,6 +574,39 @@ private:
             const auto now = coarse_now.time_since_epoch().count();
             if (e.last_used.load(std::memory_order_relaxed) != now) e.last_used.store(now, std::memory_order_relaxed);
         }
+    }
+
+    /// What the lock-free step of an acquire found: no ready pool for the key (`missing`), a ready
+    /// pool without an idle connection for us (`empty`; counted as a hit), or one (`popped`).
+    enum class lookup { missing, empty, popped };
+    struct popped {
+        core_type* core;
+        typename core_type::slot* s;
+        entry* e;
+    };
+
+    /// The first step of acquire() and try_acquire(), inlined, no lock: the key's ready pool and
+    /// an idle connection popped from it (into `p`). The caller's read section `rs` keeps the
+    /// node, and the pool core it names, from being freed while it reads them (detail/rcu.hpp);
+    /// once the caller has copied the entry's key and setup it may leave, since the connection it
+    /// holds keeps the core alive. Writes nothing shared but the pool's idle stack.
+    KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(shard& sh, const Key& key, time_point now, const read_section& rs,
+                                              popped& p) noexcept {
+        auto it = sh.map.find_shared(key);
+        if (!it || it->second.st != entry::state::ready) [[unlikely]]
+            return lookup::missing;
+        entry& e = it->second;
+        core_type* core = e.core.get();
+        if (!core) [[unlikely]] // (empty once forget_missing took it)
+            return lookup::missing;
+        core_type::prefetch(core, pool_options_->max_size);
+        touch(e, now);
+        count_hit(sh, rs);
+        typename core_type::slot* s = core->pop_idle();
+        if (!s) [[unlikely]]
+            return lookup::empty;
+        p = {core, s, &e};
+        return lookup::popped;
     }
 
     /// The lease on `s` (checked out of `core`) for key `k`, with the route's setup run on it: an
