@@ -333,6 +333,8 @@ inline void exposition::add(const registry_stats& s, const labels& l) {
     const std::string base = render(l);
     gauge("keypool_keys_active", "Keys with a live pool entry.", base, s.keys_active);
     gauge("keypool_pools_active", "Distinct live pools.", base, s.pools_active);
+    gauge("keypool_pools_draining", "Pools that left the registry with connections still open.", base,
+          s.pools_draining);
     counter("keypool_pools_created_total", "Pool entries built.", base, s.pools_created);
     counter("keypool_registry_hits_total", "Registry acquires that found the key's pool ready.", base, s.hits);
     counter("keypool_registry_misses_total", "Registry acquires that had to create the key's pool.", base, s.misses);

@@ -56,6 +56,9 @@ inline const char* to_string(evict_reason r) noexcept {
 struct registry_stats {
     std::uint64_t keys_active = 0;   ///< keys with a live pool entry
     std::uint64_t pools_active = 0;  ///< distinct live pools (fewer than keys when keys share a target)
+    /// Pools that left (retired, invalidated, closed) with connections still open: leases out, or
+    /// a pool object from `pool(key)`. Their connections count in `pools.size` until closed.
+    std::uint64_t pools_draining = 0;
     std::uint64_t pools_created = 0; ///< pool entries built (with flight::none, also the discarded ones)
     std::uint64_t hits = 0;          ///< acquires that found the key's pool ready
     std::uint64_t misses = 0;        ///< acquires that had to create it
@@ -64,7 +67,9 @@ struct registry_stats {
     /// connection budget for another key (the budget retires connections, not whole pools).
     std::array<std::uint64_t, evict_reason_count> evicted{};
     std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
-    pool_stats pools{};              ///< the live pools' stats, summed (peaks are maxima)
+    /// The pools' stats, summed (peaks are maxima): the live and the draining pools', plus the
+    /// counters of pools since gone, so no counter goes down when a pool leaves.
+    pool_stats pools{};
 
     std::uint64_t evicted_for(evict_reason r) const noexcept { return evicted[static_cast<std::size_t>(r)]; }
     std::uint64_t errors_for(errc e) const noexcept { return errors[static_cast<std::size_t>(e) & 15]; }

@@ -62,6 +62,7 @@ void run_registry_stress() {
         for (int t = 0; t < threads; ++t)
             ts.emplace_back([&, t] {
                 std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 104729);
+                keypool::pool_stats last{}; // this thread's previous snapshot: counters never go down
                 for (int i = 0; i < per_thread; ++i, ++ops) {
                     const std::string& key = keys[rng() % keys.size()];
                     switch (rng() % 16) {
@@ -87,7 +88,11 @@ void run_registry_stress() {
                     if (i % 64 == 0) { // the accounting bounds, checked while everything runs
                         auto s = reg->stats();
                         CHECK(s.keys_active <= max_pools + threads);
-                        CHECK(s.pools.size <= s.pools_active * max_size);
+                        CHECK(s.pools.size <= (s.pools_active + s.pools_draining) * max_size);
+                        CHECK(s.pools.acquires >= last.acquires);
+                        CHECK(s.pools.connects_ok >= last.connects_ok);
+                        for (std::size_t c = 0; c < s.pools.closes.size(); ++c) CHECK(s.pools.closes[c] >= last.closes[c]);
+                        last = s.pools;
                         if (budgeted) CHECK(fake.live() <= max_connections); // retired pools included
                     }
                 }
@@ -103,6 +108,7 @@ void run_registry_stress() {
     CHECK(s.pools.connecting == 0);
     CHECK(s.pools.idle == s.pools.size);
     CHECK(s.pools.size == fake.live());
+    CHECK(s.pools_draining == 0);
     CHECK(s.errors_for(keypool::errc::key_not_found) > 0);
     reg.reset();
     CHECK(fake.live() == 0);

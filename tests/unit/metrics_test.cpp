@@ -241,6 +241,7 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
     keypool::registry_stats r;
     r.keys_active = 5;
     r.pools_active = 4;
+    r.pools_draining = 1;
     r.pools_created = 9;
     r.hits = 100;
     r.misses = 9;
@@ -262,6 +263,9 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
         "# HELP keypool_pools_active Distinct live pools.\n"
         "# TYPE keypool_pools_active gauge\n"
         "keypool_pools_active{service=\"api\"} 4\n"
+        "# HELP keypool_pools_draining Pools that left the registry with connections still open.\n"
+        "# TYPE keypool_pools_draining gauge\n"
+        "keypool_pools_draining{service=\"api\"} 1\n"
         "# HELP keypool_pools_created_total Pool entries built.\n"
         "# TYPE keypool_pools_created_total counter\n"
         "keypool_pools_created_total{service=\"api\"} 9\n"

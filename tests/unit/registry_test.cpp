@@ -310,6 +310,51 @@ TEST_CASE("a pool retired with a lease out lets the lease finish, then closes it
     CHECK(f.fake.live() == 1);
 }
 
+TEST_CASE("the summed pool counters never go down when pools leave: retired, invalidated, closed") {
+    // They summed the live pools only, so each pool that left took its counts with it and a
+    // Prometheus counter such as keypool_acquires_total dropped (read as a counter reset).
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.max_pools = 1});
+    keypool::pool_stats last{};
+    auto never_down = [&](const char* step) {
+        const keypool::pool_stats now = r.stats().pools;
+        INFO(step);
+        CHECK(now.acquires >= last.acquires);
+        CHECK(now.connects_ok >= last.connects_ok);
+        CHECK(now.resets >= last.resets);
+        for (std::size_t i = 0; i < now.closes.size(); ++i) CHECK(now.closes[i] >= last.closes[i]);
+        last = now;
+    };
+    r.acquire("a").release();
+    r.acquire("a").release(); // one connection, two acquires, one reset
+    never_down("a used");
+    auto held = r.acquire("a");
+    r.acquire("b").release(); // over the cap: a retired with its lease out (last resort)
+    never_down("a retired, its lease out");
+    auto s = r.stats();
+    CHECK(s.keys_active == 1);
+    CHECK(s.pools_active == 1);
+    CHECK(s.pools.acquires == 4);  // a: 3 (its pool still open), b: 1
+    CHECK(s.pools_draining == 1);
+    CHECK(s.pools.in_use == 1);    // the lease on the retired pool: a server connection still open
+    CHECK(s.pools.size == 2);
+    held.release(); // returns into the retired pool: closed, and the pool with it
+    never_down("a's lease returned, its pool gone");
+    s = r.stats();
+    CHECK(s.pools_draining == 0);
+    CHECK(s.pools.acquires == 4);
+    CHECK(s.pools.connects_ok == 2);
+    CHECK(s.pools.size == 1);
+    CHECK(s.pools.closed_for(keypool::close_reason::closed) == 1); // a's connection, closed after it left
+    r.acquire("b").release();
+    CHECK(r.invalidate("b"));
+    never_down("b invalidated");
+    CHECK(r.stats().pools.acquires == 5); // a's three, b's two
+    r.close();
+    never_down("closed");
+    CHECK(r.stats().pools.size == 0);
+}
+
 TEST_CASE("idle eviction retires pools unused for pool_idle_timeout, never one with a lease out") {
     fixture f;
     auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = 15min});

@@ -16,6 +16,7 @@
 #include <stop_token>
 #include <system_error>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include <boost/container/small_vector.hpp>
@@ -71,6 +72,14 @@ KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
 // - open_ counts every slot holding or about to hold a connection: idle, leased, connecting and
 //   closing. A slot is owned by exactly one party: the idle stack, a lease, a waiter it was
 //   handed to, or the thread connecting/closing/resetting it.
+/// `a` += the counters of `b` (not its gauges): what a pool counted since it was built.
+inline void add_counters(pool_stats& a, const pool_stats& b) noexcept {
+    a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
+    a.cancels += b.cancels, a.rejected += b.rejected, a.leaks += b.leaks, a.connects_ok += b.connects_ok;
+    a.connects_failed += b.connects_failed, a.resets += b.resets;
+    for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
+}
+
 template <class Connector, class Clock, class Sync, class Observer, class Reset>
 class pool_core {
 public:
@@ -151,6 +160,7 @@ public:
         (void)o.detach(); // opt_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
+        if (slow_ && slow_->retired) slow_->retired->forget(*this);
         std::destroy_n(slots_, opt_.max_size);
         intrusive_ptr_release(&static_cast<const options_block&>(opt_));
     }
@@ -272,6 +282,54 @@ public:
     }
 
     // ---- for owners that may have dropped the pool object (the registry) ---------------------
+
+    /// A registry's pools that have left it (retired, invalidated, closed) but are still open —
+    /// leases out, or a pool object from `pool(key)` — and the counters of those since
+    /// destroyed: the registry's summed pool counters are its live pools' plus these, so they
+    /// never go down when a pool leaves (a Prometheus counter that drops reads as a reset).
+    /// Shared with the pools, which may outlive the registry. Lock order: the registry's ring
+    /// lock, then `m`, then a pool's lock.
+    struct retired_list : boost::intrusive_ref_counter<retired_list, boost::thread_safe_counter> {
+        std::mutex m;
+        std::unordered_set<const pool_core*> open;
+        pool_stats gone; // counters only
+
+        /// Under the registry's ring lock: `c` left the registry's live set. Listed once, however
+        /// many keys shared it; out of memory, its counters so far are kept and later ones lost.
+        void adopt(pool_core& c) noexcept {
+            std::lock_guard lk(m);
+            bool listed = false;
+            switch (c.report_retired_to(this)) {
+            case report::already: return;
+            case report::attached:
+                try {
+                    listed = open.insert(&c).second;
+                } catch (...) {
+                }
+                if (listed) return;
+                c.report_retired_to(nullptr);
+                break;
+            case report::no_memory: break;
+            }
+            add_counters(gone, c.stats());
+        }
+        /// From `c`'s destructor: its final counters move from `open` to `gone`.
+        void forget(const pool_core& c) noexcept {
+            std::lock_guard lk(m);
+            open.erase(&c);
+            add_counters(gone, c.stats());
+        }
+    };
+    enum class report { attached, already, no_memory };
+    /// Lists this pool's counters with `r` until it is destroyed (nullptr: not any more).
+    report report_retired_to(retired_list* r) noexcept {
+        std::lock_guard lk(m_);
+        trouble* t = trouble_locked();
+        if (!t) return report::no_memory;
+        if (r && t->retired) return report::already;
+        t->retired = r;
+        return report::attached;
+    }
 
     /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
     void set_budget(boost::intrusive_ptr<connection_budget> b) noexcept { budget_ = std::move(b); }
@@ -760,6 +818,7 @@ private:
         std::chrono::nanoseconds wait_time{0};
         std::array<std::uint64_t, close_reason_count> closes{}; // an idle pool has closed nothing
         std::stop_source close_source{std::nostopstate}; // made when maintenance first connects
+        boost::intrusive_ptr<retired_list> retired;      // a registry's, once the pool has left it
     };
 
     /// slow_, made if missing; nullptr only when out of memory (under m_).

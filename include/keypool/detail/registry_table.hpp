@@ -289,7 +289,7 @@ public:
             auto it = sh.map.find(key);
             if (it == sh.map.end() || it->second.st == entry::state::creating) return false;
             if (it->second.st == entry::state::ready) {
-                ring_.erase(ring_.iterator_to(it->second));
+                leave_ring_locked(it->second);
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
             dead = it->second.core.take();
@@ -318,7 +318,7 @@ public:
             if (it == sh.map.end()) return;
             entry& e = it->second;
             if (e.st != entry::state::ready || e.core.get() != pool || e.core->busy()) return;
-            ring_.erase(ring_.iterator_to(e));
+            leave_ring_locked(e);
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             dead = e.core.take(); // closed outside the locks, after a grace period
             e.st = entry::state::failed;
@@ -378,7 +378,7 @@ public:
                         wake_joiners_locked(e); // they see closed_; the leader finishes the entry
                         return false;
                     }
-                    if (e.st == entry::state::ready) ring_.erase(ring_.iterator_to(e));
+                    if (e.st == entry::state::ready) leave_ring_locked(e);
                     if (e.core) dead.push_back(e.core.take());
                     return true;
                 });
@@ -403,6 +403,10 @@ public:
                 if (!seen.insert(e.core.get()).second) continue;
                 add(r.pools, e.core->stats());
             }
+            std::lock_guard lk(retired_->m);
+            for (const core_type* c : retired_->open)
+                if (!seen.contains(c)) add(r.pools, c->stats()), ++r.pools_draining; // left, still open
+            add_counters(r.pools, retired_->gone);
         }
         r.pools_active = seen.size();
         if (budget_) r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
@@ -846,7 +850,7 @@ private:
 
     /// Under ring_m_: takes a ready entry out of the ring and its shard.
     retired unlink_locked(entry& e, evict_reason why) {
-        ring_.erase(ring_.iterator_to(e));
+        leave_ring_locked(e);
         ++evicted_[static_cast<std::size_t>(why)];
         auto& node = table_type::node_of(e);
         shard& sh = shard_for(node.first);
@@ -897,10 +901,14 @@ private:
         a.size += b.size, a.idle += b.idle, a.in_use += b.in_use, a.connecting += b.connecting;
         a.waiters += b.waiters, a.peak_size = std::max(a.peak_size, b.peak_size);
         a.peak_waiters = std::max(a.peak_waiters, b.peak_waiters);
-        a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
-        a.cancels += b.cancels, a.rejected += b.rejected, a.leaks += b.leaks, a.connects_ok += b.connects_ok;
-        a.connects_failed += b.connects_failed, a.resets += b.resets;
-        for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
+        add_counters(a, b);
+    }
+
+    /// Under ring_m_: the ready entry `e` leaves the ring. Its pool's counters stay in stats()
+    /// (retired_), so the summed counters do not go down.
+    void leave_ring_locked(entry& e) noexcept {
+        ring_.erase(ring_.iterator_to(e));
+        if (core_type* c = e.core.get()) retired_->adopt(*c);
     }
 
     const registry_options opt_;
@@ -914,6 +922,8 @@ private:
     std::unique_ptr<hit_counter[]> hits_{Sync::thread_safe ? new hit_counter[hit_slots] : nullptr};
 
     boost::intrusive_ptr<connection_budget> budget_; // evict::size only
+    // Pools that left the ring but are open, and the counters of those gone (shared with them).
+    const boost::intrusive_ptr<typename core_type::retired_list> retired_{new typename core_type::retired_list};
     mutable mutex_type ring_m_;
     ring_type ring_;
     std::vector<std::pair<target_type, core_ref>> by_target_; // role-switch routes: shared pools
