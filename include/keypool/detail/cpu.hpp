@@ -61,10 +61,10 @@ inline cpu_allowance allowed_cpus() noexcept {
 #if defined(__linux__)
     cpu_set_t set;
     if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-        unsigned count = 0, span = 0;
-        for (unsigned i = 0; i < CPU_SETSIZE; ++i)
-            if (CPU_ISSET(i, &set)) ++count, span = i + 1;
-        if (count != 0) return {count, span};
+        const int count = CPU_COUNT(&set);
+        int top = CPU_SETSIZE;
+        while (top > 0 && !CPU_ISSET(top - 1, &set)) --top;
+        if (count > 0) return {static_cast<unsigned>(count), static_cast<unsigned>(top)};
     }
 #endif
     const unsigned hw = std::max(1U, std::thread::hardware_concurrency());
