@@ -18,6 +18,7 @@
 #include <boost/container_hash/hash.hpp>
 #include <boost/intrusive/parent_from_member.hpp>
 
+#include <keypool/detail/config.hpp>
 #include <keypool/detail/rcu.hpp>
 
 namespace keypool::detail {
@@ -84,9 +85,8 @@ public:
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        const bucket_array* b = buckets_.load(std::memory_order_acquire);
-        for (node* n = b->heads[mix(Hash{}(k)) & b->mask].load(std::memory_order_acquire); n;
-             n = n->next.load(std::memory_order_acquire))
+        const bucket_array* b = load_acquire(buckets_);
+        for (node* n = load_acquire(b->heads[mix(Hash{}(k)) & b->mask]); n; n = load_acquire(n->next))
             if (Eq{}(k, n->first)) return n;
         return nullptr;
     }
@@ -239,6 +239,18 @@ private:
     void free_node(void* p) noexcept {
         *static_cast<void**>(p) = free_;
         free_ = p;
+    }
+    // std::atomic::load is an ordinary inline function, and inside a caller as large as the
+    // registry's inlined acquire GCC 12 left it as a call (two per lookup, Release build); the
+    // builtin it wraps, on the same object, is never a call.
+    template <class P>
+    static KEYPOOL_ALWAYS_INLINE P* load_acquire(const std::atomic<P*>& a) noexcept {
+#if defined(__GNUC__)
+        static_assert(sizeof(std::atomic<P*>) == sizeof(P*));
+        return __atomic_load_n(reinterpret_cast<P* const*>(&a), __ATOMIC_ACQUIRE);
+#else
+        return a.load(std::memory_order_acquire);
+#endif
     }
     // Bits of every byte of the key's hash reach the bucket index (MurmurHash3's finaliser).
     static std::size_t mix(std::uint64_t h) noexcept {

@@ -1377,7 +1377,7 @@ private:
     /// (`when` from the coarse time `now` checkout read; max() without a caller: the connector's
     /// own limit applies). Nothing is computed for a connector without it.
     template <class When = no_deadline>
-    bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
+    KEYPOOL_ALWAYS_INLINE bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
             if constexpr (connector_has_reset_until<Connector>) {
                 if (!connector_.reset(*s->conn, reset_deadline(now, when))) return false;

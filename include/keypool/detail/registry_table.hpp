@@ -569,7 +569,7 @@ private:
 
     /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
     /// key does not bounce its cache line) and the coarse last-use time for idle eviction.
-    void touch(entry& e, time_point coarse_now) noexcept {
+    KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
         if constexpr (Eviction::uses_lru)
             if (!e.referenced.load(std::memory_order_relaxed)) e.referenced.store(true, std::memory_order_relaxed);
         if constexpr (Eviction::uses_idle) {

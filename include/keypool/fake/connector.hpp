@@ -123,7 +123,7 @@ namespace detail {
 /// Two parts: what every reset touches (`hot_state`) comes first in the connection, with its
 /// session, so that a pool slot's first cache line holds all of it (pool_core's slot header is 32
 /// bytes); the rest (`cold_state`) after.
-inline void bump(std::atomic<std::uint64_t>& a) noexcept {
+KEYPOOL_ALWAYS_INLINE void bump(std::atomic<std::uint64_t>& a) noexcept {
     a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 inline void copy(std::atomic<std::uint64_t>& to, const std::atomic<std::uint64_t>& from) noexcept {

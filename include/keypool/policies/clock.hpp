@@ -8,6 +8,9 @@
 #include <condition_variable>
 #include <mutex>
 #include <stop_token>
+
+#include <keypool/detail/config.hpp>
+
 #if defined(__linux__)
 #include <time.h>
 #if defined(__GLIBC__) && __has_include(<dlfcn.h>)
@@ -30,7 +33,7 @@ using duration = std::chrono::steady_clock::duration;
 struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
-    time_point coarse_now() const noexcept {
+    KEYPOOL_ALWAYS_INLINE time_point coarse_now() const noexcept {
 #if defined(__linux__) && defined(CLOCK_MONOTONIC_COARSE)
         timespec ts;
 #if defined(KEYPOOL_VDSO_CLOCK)
