@@ -5,8 +5,9 @@
 #
 #   scripts/cache-profile.sh [build-dir]      (default build/main; needs valgrind)
 #
-# Simulated caches: L1d 48 KiB 12-way and a 1 MiB 16-way last level, the size of this machine's
-# L2 (callgrind models two levels). "LL misses" are lines fetched from beyond that 1 MiB.
+# Simulated caches: this machine's L1d and L2 as sysfs describes CPU 0's (callgrind models two
+# levels; without sysfs, L1d 48 KiB 12-way and a 1 MiB 16-way L2, the machine of sessions 5-11).
+# "LL misses" are lines fetched from beyond the L2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-build/main}
@@ -19,9 +20,18 @@ bin="$dir/bench/w3_cycles"
 cycles=200000
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# "<bytes>,<ways>,64" for sysfs cache index $1, or $2 if sysfs does not say.
+cache_geometry() {
+  local d=/sys/devices/system/cpu/cpu0/cache/index$1 size ways
+  size=$(cat "$d/size" 2>/dev/null) && ways=$(cat "$d/ways_of_associativity" 2>/dev/null) &&
+    [[ $size =~ ^([0-9]+)K$ ]] && echo "$((BASH_REMATCH[1] * 1024)),$ways,64" || echo "$2"
+}
+d1=$(cache_geometry 0 49152,12,64)
+l2=$(cache_geometry 2 1048576,16,64)
+echo "simulated: L1d $d1, L2 (last level) $l2 (bytes,ways,line)"
 printf '%-8s %-9s %8s %8s %8s %8s\n' keys impl instr D1miss LLmiss 'LL/base'
 for keys in 1000 10000 100000; do
-  valgrind --tool=callgrind --cache-sim=yes --D1=49152,12,64 --LL=1048576,16,64 \
+  valgrind --tool=callgrind --cache-sim=yes --D1="$d1" --LL="$l2" \
     --callgrind-out-file="$tmp/out" "$bin" "$keys" "$cycles" >/dev/null 2>&1
   callgrind_annotate --inclusive=yes --show-percs=no "$tmp/out" 2>/dev/null |
     awk -v keys="$keys" -v n="$cycles" '
