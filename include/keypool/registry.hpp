@@ -168,13 +168,40 @@ public:
         return std::invoke(std::forward<Fn>(fn), *l);
     }
 
-    /// The key's pool itself (created if needed), for callers that manage leases themselves. The
-    /// pointer keeps the pool alive even if the registry retires it.
+    /// The key's pool itself (created if needed, waiting at most `acquire_timeout` for that), for
+    /// callers that manage leases themselves. The pointer keeps the pool alive even if the
+    /// registry retires it. Errors: throws `keypool::error` with what `acquire` would give for a
+    /// key it cannot build a pool for (`key_not_found`, `invalid_config`, `timeout`, `cancelled`,
+    /// `closed`).
     [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key) {
+        return pool(key, table_.options().pool.acquire_timeout);
+    }
+    [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key, duration timeout) {
+        return pool(key, deadline_after(timeout), {});
+    }
+    [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key, time_point deadline, std::stop_token stop) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        auto p = table_.pool(key, now() + table_.options().pool.acquire_timeout, {}, ec);
+        auto p = table_.pool(key, deadline, std::move(stop), ec);
         if (!p) throw error(ec, "keypool: registry pool lookup failed");
         return p;
+    }
+    /// As above, the error in `ec` (and nullptr); out of memory gives `std::errc::not_enough_memory`.
+    [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key, duration timeout, std::error_code& ec) noexcept {
+        return pool(key, deadline_after(timeout), {}, ec);
+    }
+    [[nodiscard]] std::shared_ptr<pool_type> pool(const Key& key, time_point deadline, std::stop_token stop,
+                                                  std::error_code& ec) noexcept {
+        ec.clear();
+        try {
+            return table_.pool(key, deadline, std::move(stop), ec);
+        } catch (const std::bad_alloc&) {
+            ec = std::make_error_code(std::errc::not_enough_memory);
+        } catch (const error& x) {
+            ec = x.code();
+        } catch (...) {
+            ec = make_error_code(errc::invalid_config);
+        }
+        return nullptr;
     }
 
     // ---- housekeeping -----------------------------------------------------------------------
@@ -201,6 +228,11 @@ private:
     using table_type = detail::registry_table<Key, Resolver, Connector, pool_type, lease, eviction_type,
                                               flight_type, clock_type, sync_type, observer_type>;
 
+    /// now + timeout, or the end of time if that is past it.
+    time_point deadline_after(duration timeout) const {
+        const time_point t = now();
+        return timeout > time_point::max() - t ? time_point::max() : t + timeout;
+    }
     static const clock_type& default_clock() noexcept {
         static const clock_type c{};
         return c;

@@ -614,6 +614,25 @@ TEST_CASE("pool(key) gives the pool itself, alive while held") {
     CHECK(l);
 }
 
+TEST_CASE("pool(key) has both forms: a bad key throws, or sets the error code and gives nullptr") {
+    fixture f;
+    auto r = f.make();
+    std::error_code ec;
+    CHECK_FALSE(r.pool("missing", 1s, ec));
+    CHECK(ec == errc::key_not_found);
+    CHECK_FALSE(r.pool("", r.now() + 1s, {}, ec));
+    CHECK(ec == errc::invalid_config);
+    CHECK_THROWS_AS((void)r.pool("missing"), keypool::error);
+    auto p = r.pool("acme", 1s, ec);
+    REQUIRE(p);
+    CHECK(!ec);
+    CHECK(p->target() == "db_acme");
+    CHECK(r.pool("acme", keypool::duration::max()) != nullptr); // no overflow of now + timeout
+    r.close();
+    CHECK_FALSE(r.pool("acme", 1s, ec));
+    CHECK(ec == errc::closed);
+}
+
 TEST_CASE("registry options are validated with the field named") {
     fixture f;
     CHECK_THROWS_WITH_AS(f.make({.max_pools = 0}), doctest::Contains("registry_options.max_pools"), keypool::error);
