@@ -59,6 +59,14 @@ KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
         on_wrap();
 }
 
+/// `a` += the counters of `b` (not its gauges): what a pool counted since it was built.
+inline void add_counters(pool_stats& a, const pool_stats& b) noexcept {
+    a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
+    a.cancels += b.cancels, a.rejected += b.rejected, a.leaks += b.leaks, a.connects_ok += b.connects_ok;
+    a.connects_failed += b.connects_failed, a.resets += b.resets;
+    for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
+}
+
 // Invariants (all under m_ unless said otherwise):
 // - head_ packs the idle stack's top slot index (bits 0-15), WAITERS (bit 16), CLOSED (bit 17) and
 //   an ABA tag (bits 18-63). The fast paths touch only head_ and the slot they own.
@@ -72,14 +80,6 @@ KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
 // - open_ counts every slot holding or about to hold a connection: idle, leased, connecting and
 //   closing. A slot is owned by exactly one party: the idle stack, a lease, a waiter it was
 //   handed to, or the thread connecting/closing/resetting it.
-/// `a` += the counters of `b` (not its gauges): what a pool counted since it was built.
-inline void add_counters(pool_stats& a, const pool_stats& b) noexcept {
-    a.acquires += b.acquires, a.waits += b.waits, a.wait_time += b.wait_time, a.timeouts += b.timeouts;
-    a.cancels += b.cancels, a.rejected += b.rejected, a.leaks += b.leaks, a.connects_ok += b.connects_ok;
-    a.connects_failed += b.connects_failed, a.resets += b.resets;
-    for (std::size_t i = 0; i < a.closes.size(); ++i) a.closes[i] += b.closes[i];
-}
-
 template <class Connector, class Clock, class Sync, class Observer, class Reset>
 class pool_core {
 public:
