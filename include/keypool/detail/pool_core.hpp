@@ -160,7 +160,6 @@ public:
         (void)o.detach(); // opt_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
-        if (slow_ && slow_->retired) slow_->retired->forget(*this);
         std::destroy_n(slots_, opt_.max_size);
         intrusive_ptr_release(&static_cast<const options_block&>(opt_));
     }
@@ -176,8 +175,11 @@ public:
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
         ::operator delete(static_cast<unsigned char*>(p) - core_offset(c.n), std::align_val_t{allocation_alignment()});
     }
-    // A destroying delete: `delete core` reads the slot count before the destructor runs.
+    // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
+    // pool that left a registry hands its final counters over while it is still alive (a
+    // registry's stats() may be reading it under the list's lock until then).
     static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
+        if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
         const std::size_t n = p->opt_.max_size;
         unsigned char* block = reinterpret_cast<unsigned char*>(p) - core_offset(n);
         p->~pool_core();
@@ -313,7 +315,7 @@ public:
             }
             add_counters(gone, c.stats());
         }
-        /// From `c`'s destructor: its final counters move from `open` to `gone`.
+        /// From `delete c`, before its destructor: its final counters move from `open` to `gone`.
         void forget(const pool_core& c) noexcept {
             std::lock_guard lk(m);
             open.erase(&c);
