@@ -14,6 +14,8 @@
 //
 //   three      today's registry: node -> {core's first line, slot 0} (the head lives in the core;
 //              one 536-byte block per key: two slots, then the core at offset 384).
+//   three_adjacent  today's lines, the node in the pool's block right before the core's first
+//              line: the bucket's pointer names node, core and slot 0, which load side by side.
 //   two        the node carries the head and the slots' address -> slot 0: two hot lines per key,
 //              slots in their own 384-byte allocation.
 //   two_arena  as two, the slots of all keys carved from one array in key order (dense).
@@ -186,6 +188,50 @@ private:
     table<node> t_;
 };
 
+// today's lines, but the node sits in the pool's block right before the core's first line
+// ([slot 0][slot 1][node][core]): the bucket's pointer names all three lines, so they load side by
+// side (prefetched before the key is compared).
+template <bool Cas>
+class three_adjacent {
+public:
+    struct node {
+        node* link = nullptr;
+        u64 key = 0;
+        core_line* core = nullptr;
+        unsigned char pad[40] = {};
+    };
+    static_assert(sizeof(node) == 64);
+    explicit three_adjacent(std::size_t keys) {
+        std::size_t n = 16;
+        while (n < keys) n *= 2;
+        buckets_.assign(n, nullptr);
+        mask_ = n - 1;
+        for (u64 k = 0; k < keys; ++k) {
+            auto* block = static_cast<unsigned char*>(alloc(384 + 64 + 152));
+            auto* c = new (block + 448) core_line;
+            c->slots = new (block) slot[2];
+            node* nd = new (block + 384) node;
+            nd->key = k;
+            nd->core = c;
+            node*& b = buckets_[mix(k) & mask_];
+            nd->link = b;
+            b = nd;
+        }
+    }
+    void cycle(u64 k, u64 now) {
+        node* n = buckets_[mix(k) & mask_];
+        __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + 64, 1);
+        __builtin_prefetch(reinterpret_cast<unsigned char*>(n) - 384, 1);
+        n = table<node>::find(n, k);
+        core_line* c = n->core;
+        cycle_on<Cas>(c->head, c->slots, now);
+    }
+
+private:
+    std::vector<node*> buckets_;
+    u64 mask_ = 0;
+};
+
 // the node carries the head
 template <bool Cas, bool Arena>
 class two {
@@ -288,6 +334,7 @@ int main(int argc, char** argv) {
     keypool_bench::mutex_map_pool base(keys);
     three<true> m3(keys);
     three<false> m3p(keys);
+    three_adjacent<true> m3a(keys);
     two<true, false> m2(keys);
     two<true, true> m2a(keys);
     two<false, true> m2ap(keys);
@@ -296,6 +343,7 @@ int main(int argc, char** argv) {
     const std::vector<std::pair<std::string, std::function<double()>>> models = {
         {"three", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3.cycle(k, t); }); }},
         {"three_nocas", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3p.cycle(k, t); }); }},
+        {"three_adjacent", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3a.cycle(k, t); }); }},
         {"two", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2.cycle(k, t); }); }},
         {"two_arena", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2a.cycle(k, t); }); }},
         {"two_arena_nocas", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2ap.cycle(k, t); }); }},

@@ -93,14 +93,12 @@ public:
     /// and observer.
     basic_pool(Connector connector, target_type target, pool_options options, const clock_type& clock,
                observer_type observer = {})
-        : core_(make_core(std::move(connector), std::move(target), core_type::share(options), clock,
-                          std::move(observer))) {}
+        : core_(make_core(std::move(target), core_type::share(options, std::move(connector), clock, std::move(observer)))) {}
 
-    /// As above with options already shared by other pools (`core_type::share(options)`): how a
-    /// registry gives all its pools one copy.
-    basic_pool(detail::shared_options_tag, Connector connector, target_type target,
-               typename core_type::shared_options options, const clock_type& clock, observer_type observer = {})
-        : core_(make_core(std::move(connector), std::move(target), std::move(options), clock, std::move(observer))) {}
+    /// As above with a context (options, connector, clock, observer) shared by other pools
+    /// (`core_type::share`): how a registry gives all its pools one copy.
+    basic_pool(detail::shared_context_tag, target_type target, typename core_type::shared_context context)
+        : core_(make_core(std::move(target), std::move(context))) {}
 
 private:
     friend struct detail::pool_access;
@@ -225,15 +223,13 @@ private:
         return c;
     }
 
-    core_type* make_core(Connector c, target_type t, typename core_type::shared_options o, const clock_type& clock,
-                         observer_type obs) {
+    core_type* make_core(target_type t, typename core_type::shared_context o) {
         std::string msg;
         if (!o) throw error(make_error_code(errc::invalid_config), "keypool: pool options missing");
-        if (auto ec = validate(*o, msg)) throw error(ec, msg);
-        clock_ = &clock;
+        if (auto ec = validate(static_cast<const pool_options&>(*o), msg)) throw error(ec, msg);
+        clock_ = o->clock;
         const std::size_t slots = o->max_size;
-        return new (typename core_type::slot_count{slots}) core_type(std::move(c), std::move(t), std::move(o), clock,
-                                                                      std::move(obs));
+        return new (typename core_type::slot_count{slots}) core_type(std::move(t), std::move(o));
     }
 
     /// The throwing acquire after its fast path found nothing: out of line, so the fast path

@@ -37,16 +37,10 @@
 
 namespace keypool::detail {
 
-/// Selects basic_pool's constructor that takes options shared with other pools.
-struct shared_options_tag {};
+/// Selects basic_pool's constructor that takes a context shared with other pools.
+struct shared_context_tag {};
 /// Selects basic_pool's constructor that shares an existing core (pool_access::share).
 struct adopt_core_tag {};
-
-/// Validated options as pools keep them: one reference-counted copy that the many pools of a
-/// registry share (it stays in cache), held through an 8-byte intrusive pointer.
-struct options_block : pool_options, boost::intrusive_ref_counter<options_block, boost::thread_safe_counter> {
-    explicit options_block(const pool_options& o) : pool_options(o) {}
-};
 
 /// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write.
 /// `on_wrap()` runs when the 32-bit count wraps (every 2^32) and must carry 2^32 into a total
@@ -133,8 +127,22 @@ public:
         atomic<std::source_location> site{};
     };
 
-    using shared_options = boost::intrusive_ptr<const options_block>;
-    static shared_options share(const pool_options& o) { return new options_block(clamped(o)); }
+    /// What every pool built from one set of options shares: the options (clamped), the
+    /// connector, the clock, the observer and the connection budget. One reference-counted block
+    /// for all the pools of a registry (it stays in cache, and a pool costs 8 bytes for it, not a
+    /// copy of each), one per standalone pool. Pools may outlive whoever made it (leases out).
+    struct context : pool_options, boost::intrusive_ref_counter<context, boost::thread_safe_counter> {
+        context(const pool_options& o, Connector c, const Clock& clk, Observer ob)
+            : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)) {}
+        Connector connector;
+        const Clock* const clock;
+        [[no_unique_address]] Observer obs;
+        boost::intrusive_ptr<connection_budget> budget; // evict::size: set before the first pool is built
+    };
+    using shared_context = boost::intrusive_ptr<context>;
+    static shared_context share(const pool_options& o, Connector c, const Clock& clock, Observer obs = {}) {
+        return new context(o, std::move(c), clock, std::move(obs));
+    }
 
     /// How many slots a core is allocated with: `new (slot_count{n}) pool_core(...)`, n = max_size.
     struct slot_count {
@@ -143,25 +151,25 @@ public:
 
     /// `o` comes from share(). Allocate with `new (slot_count{o->max_size}) pool_core(...)`: the
     /// slots live in the same allocation, right before the core (one allocation per pool).
-    pool_core(Connector c, target_type t, shared_options o, const Clock& clock, Observer obs)
+    pool_core(target_type t, shared_context o)
         : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size)))),
-          opt_(*o), clock_(&clock),
+          ctx_(o.get()),
           n_caches_(cache_count(*o)), rseq_caches_(n_caches_ != 0 && use_rseq()),
           caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
-          connector_(std::move(c)), target_(std::move(t)), obs_(std::move(obs)),
-          leases_(opt_.detect_self_deadlock || opt_.leak_threshold ? new lease_info[opt_.max_size] : nullptr),
-          rng_(opt_.seed ? *opt_.seed : seed_from_address()) {
-        std::uninitialized_default_construct_n(slots_, opt_.max_size); // noexcept: atomics and nullopt
-        for (std::uint32_t i = 0; i < opt_.max_size; ++i) {
+          target_(std::move(t)),
+          leases_(ctx_->detect_self_deadlock || ctx_->leak_threshold ? new lease_info[ctx_->max_size] : nullptr),
+          rng_(ctx_->seed ? *ctx_->seed : seed_from_address()) {
+        std::uninitialized_default_construct_n(slots_, ctx_->max_size); // noexcept: atomics and nullopt
+        for (std::uint32_t i = 0; i < ctx_->max_size; ++i) {
             slots_[i].self = i;
-            slots_[i].next.store(i + 1 < opt_.max_size ? i + 1 : none, std::memory_order_relaxed);
+            slots_[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
-        (void)o.detach(); // opt_ keeps o's reference (released by the destructor)
+        (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
-        std::destroy_n(slots_, opt_.max_size);
-        intrusive_ptr_release(&static_cast<const options_block&>(opt_));
+        std::destroy_n(slots_, ctx_->max_size);
+        intrusive_ptr_release(ctx_);
     }
 
     // One allocation: [slot 0 .. slot n-1][padding to a cache line][core]. Slot 0, the one an
@@ -180,7 +188,7 @@ public:
     // registry's stats() may be reading it under the list's lock until then).
     static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
         if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
-        const std::size_t n = p->opt_.max_size;
+        const std::size_t n = p->ctx_->max_size;
         unsigned char* block = reinterpret_cast<unsigned char*>(p) - core_offset(n);
         p->~pool_core();
         ::operator delete(block, std::align_val_t{allocation_alignment()});
@@ -194,8 +202,8 @@ public:
     pool_core(const pool_core&) = delete;
     pool_core& operator=(const pool_core&) = delete;
 
-    const pool_options& options() const noexcept { return opt_; }
-    Connector& connector() noexcept { return connector_; }
+    const pool_options& options() const noexcept { return *ctx_; }
+    Connector& connector() noexcept { return ctx_->connector; }
     const target_type& target() const noexcept { return target_; }
     std::uint32_t index_of(const slot* s) const noexcept { return s->self; }
 
@@ -214,18 +222,18 @@ public:
                 if constexpr (std::is_same_v<When, time_point>)
                     deadline = when;
                 else
-                    deadline = saturating_add(started != time_point{} ? started : clock_->now(), when);
+                    deadline = saturating_add(started != time_point{} ? started : ctx_->clock->now(), when);
             }
             return *deadline;
         };
         // The failed checkout used up the time (e.g. a reset that ran until the deadline).
-        if (started != time_point{} && clock_->now() > resolve()) return acquire_timed_out(ec);
+        if (started != time_point{} && ctx_->clock->now() > resolve()) return acquire_timed_out(ec);
         for (;;) {
             slot* s = pop_ready();
             if (!s && !(s = acquire_slow(resolve(), st, ec))) return nullptr;
             if (checkout(s, resolve())) return s;
             // The connection failed checkout and was closed: try another within the deadline.
-            if (clock_->now() >= resolve()) return acquire_timed_out(ec);
+            if (ctx_->clock->now() >= resolve()) return acquire_timed_out(ec);
         }
     }
 
@@ -333,9 +341,6 @@ public:
         return report::attached;
     }
 
-    /// Makes every connection of this pool hold a token of `b` (evict::size). Call before use.
-    void set_budget(boost::intrusive_ptr<connection_budget> b) noexcept { budget_ = std::move(b); }
-
     /// Closes the least recently used idle connection, if there is one (to free a budget token).
     bool close_one_idle() noexcept {
         slot* victim = nullptr;
@@ -386,7 +391,7 @@ public:
     /// for none.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, time_point now, When when = {}) noexcept {
-        if (now >= s->expires || now - used_at(*s) >= opt_.validate_after_idle) [[unlikely]] {
+        if (now >= s->expires || now - used_at(*s) >= ctx_->validate_after_idle) [[unlikely]] {
             if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
@@ -397,7 +402,7 @@ public:
             }
         }
         set_used_at(*s, now);
-        if (opt_.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        if (ctx_->detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         tally(s->uses, [this] { carry(&trouble::uses_carried); });
         return checkout_result::ok;
@@ -411,13 +416,13 @@ public:
     /// The leases out now: age and acquire site.
     std::vector<lease_report> leases_out() const {
         std::vector<lease_report> r;
-        const time_point now = clock_->coarse_now();
+        const time_point now = ctx_->clock->coarse_now();
         std::lock_guard lk(m_);
-        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) {
             const slot& s = slots_[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
             r.push_back({now - used_at(s),
-                         opt_.leak_threshold ? leases_[i].site.load(std::memory_order_relaxed) : std::source_location{}});
+                         ctx_->leak_threshold ? leases_[i].site.load(std::memory_order_relaxed) : std::source_location{}});
         }
         return r;
     }
@@ -440,7 +445,7 @@ public:
             s->dirty = true;
         }
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
-        if (budget_ && budget_->has_tickets()) return release_to_budget(s);
+        if (ctx_->budget && ctx_->budget->has_tickets()) return release_to_budget(s);
         if constexpr (std::is_same_v<Reset, reset_at::background>) return release_dirty(s);
         if (slot* rest = push_fast(s)) return release_slow(rest);
         return false;
@@ -450,7 +455,7 @@ public:
     /// completes it: its round trip overlaps the time the connection sits idle.
     void begin_reset(slot* s) noexcept {
         try {
-            connector_.reset_begin(*s->conn);
+            ctx_->connector.reset_begin(*s->conn);
         } catch (...) { // the reset at checkout still runs in full
         }
     }
@@ -483,7 +488,7 @@ public:
             if (open_ == 0) return true;
             trouble* t = trouble_locked();
             if (!t) return false; // out of memory: cannot wait, so not drained in time
-            if (!t->drained) t->drained.emplace(*clock_);
+            if (!t->drained) t->drained.emplace(*ctx_->clock);
             drained = &*t->drained;
         }
         if constexpr (!thread_safe) {
@@ -493,7 +498,7 @@ public:
                 bool signalled = drained->wait_until(deadline);
                 std::lock_guard lk(m_);
                 if (open_ == 0) return true;
-                if (!signalled || clock_->now() >= deadline) return false;
+                if (!signalled || ctx_->clock->now() >= deadline) return false;
             }
         }
     }
@@ -548,7 +553,7 @@ public:
     /// Idle and lifetime eviction, background resets, min_idle top-up, connects for waiters whose
     /// backoff ended. Returns when it next needs to run (time_point::max() if nothing is due).
     time_point maintain() noexcept {
-        const time_point now = clock_->now();
+        const time_point now = ctx_->clock->now();
         boost::container::small_vector<slot*, 32> idle, to_close, to_reset, to_ping;
         boost::container::small_vector<close_reason, 32> why;
         boost::container::small_vector<lease_report, 4> leaks;
@@ -565,7 +570,7 @@ public:
             // for this pass.)
             auto needs_pass = [&](const slot& c) noexcept {
                 return std::is_same_v<Reset, reset_at::background> || now >= c.expires ||
-                       (opt_.idle_timeout && now - used_at(c) >= *opt_.idle_timeout) || keepalive_due(&c) <= now;
+                       (ctx_->idle_timeout && now - used_at(c) >= *ctx_->idle_timeout) || keepalive_due(&c) <= now;
             };
             for (slot* s = take_all_idle_locked(0, needs_pass); s; s = next_of(s)) idle.push_back(s); // MRU first
             std::size_t cached = 0;
@@ -575,25 +580,25 @@ public:
                 const slot& c = slots_[w];
                 ++cached;
                 due = std::min({due, c.expires, keepalive_due(&c),
-                                opt_.idle_timeout ? used_at(c) + *opt_.idle_timeout : time_point::max()});
+                                ctx_->idle_timeout ? used_at(c) + *ctx_->idle_timeout : time_point::max()});
             }
             // Leased connections: note that they were out now (see last_used), and mark the ones
             // past their lifetime to be closed when they come back.
-            for (std::size_t i = 0; i < opt_.max_size; ++i) {
+            for (std::size_t i = 0; i < ctx_->max_size; ++i) {
                 slot& s = slots_[i];
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
                 const std::uint32_t uses = s.uses.load(std::memory_order_relaxed);
                 if (uses != s.seen_uses) s.leak_reported = false; // another lease than last pass's
                 s.seen_uses = uses;
                 s.seen_in_use_at = now;
-                if (opt_.leak_threshold && !s.leak_reported) {
+                if (ctx_->leak_threshold && !s.leak_reported) {
                     const time_point at = used_at(s);
-                    if (now - at >= *opt_.leak_threshold) {
+                    if (now - at >= *ctx_->leak_threshold) {
                         s.leak_reported = true;
                         count(&trouble::leaks);
                         leaks.push_back({now - at, leases_[i].site.load(std::memory_order_relaxed)});
                     } else {
-                        due = std::min(due, at + *opt_.leak_threshold);
+                        due = std::min(due, at + *ctx_->leak_threshold);
                     }
                 }
                 if (now >= s.expires)
@@ -614,8 +619,8 @@ public:
                 if (now >= s->expires) {
                     to_close.push_back(s), why.push_back(close_reason::lifetime);
                     idle[i] = nullptr;
-                } else if (opt_.idle_timeout && keep_count > opt_.min_idle &&
-                           now - used_at(*s) >= *opt_.idle_timeout) {
+                } else if (ctx_->idle_timeout && keep_count > ctx_->min_idle &&
+                           now - used_at(*s) >= *ctx_->idle_timeout) {
                     to_close.push_back(s), why.push_back(close_reason::idle);
                     idle[i] = nullptr;
                     --keep_count;
@@ -632,20 +637,20 @@ public:
             for (std::size_t i = idle.size(); i-- > 0;) { // LRU first, so the MRU ends on top
                 if (!idle[i]) continue;
                 due = std::min({due, idle[i]->expires, keepalive_due(idle[i])});
-                if (opt_.idle_timeout && keep_count > opt_.min_idle)
-                    due = std::min(due, used_at(*idle[i]) + *opt_.idle_timeout);
+                if (ctx_->idle_timeout && keep_count > ctx_->min_idle)
+                    due = std::min(due, used_at(*idle[i]) + *ctx_->idle_timeout);
                 deliver_locked(idle[i]);
             }
             const std::size_t idle_after = keep_count;
             // (trouble_locked(): the top-up's connects stop with close() through its close_source)
-            if (!has_waiters_locked() && idle_after < opt_.min_idle && !in_backoff_locked(now) && trouble_locked()) {
-                top_up = std::min({opt_.min_idle - idle_after, opt_.max_size - open_,
-                                   opt_.max_connecting - std::min<std::size_t>(connecting_, opt_.max_connecting)});
+            if (!has_waiters_locked() && idle_after < ctx_->min_idle && !in_backoff_locked(now) && trouble_locked()) {
+                top_up = std::min({ctx_->min_idle - idle_after, ctx_->max_size - open_,
+                                   ctx_->max_connecting - std::min<std::size_t>(connecting_, ctx_->max_connecting)});
                 for (std::size_t i = 0; i < top_up; ++i) {
                     slot* s = try_reserve_locked();
                     if (!s) {
                         top_up = i;
-                        refused = budget_ != nullptr; // no connection budget left: not our room to wait for
+                        refused = ctx_->budget != nullptr; // no connection budget left: not our room to wait for
                         break;
                     }
                     idle.push_back(s);
@@ -654,15 +659,15 @@ public:
             }
             grant_permits_locked(now);
             if (top_up > 0) on_close = slow_->close_source.get_token();
-            if (failures() > 0 && (has_waiters_locked() || top_up < opt_.min_idle - std::min(opt_.min_idle, idle_after)))
+            if (failures() > 0 && (has_waiters_locked() || top_up < ctx_->min_idle - std::min(ctx_->min_idle, idle_after)))
                 due = std::min(due, slow_->backoff_until);
         }
-        for (const lease_report& l : leaks) notify_leak(obs_, l);
+        for (const lease_report& l : leaks) notify_leak(ctx_->obs, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
             tally(s->resets, [this] { carry(&trouble::resets_carried); });
             if (reset_connection(s)) {
-                s->last_pinged = clock_->now(); // a reset is a round trip: it counts as a keepalive
+                s->last_pinged = ctx_->clock->now(); // a reset is a round trip: it counts as a keepalive
                 due = std::min(due, keepalive_due(s));
                 deliver(s);
             } else {
@@ -673,11 +678,11 @@ public:
             for (slot* s : to_ping) {
                 bool ok = false;
                 try {
-                    ok = connector_.ping(*s->conn);
+                    ok = ctx_->connector.ping(*s->conn);
                 } catch (...) {
                 }
                 if (ok) {
-                    s->last_pinged = clock_->now();
+                    s->last_pinged = ctx_->clock->now();
                     due = std::min(due, keepalive_due(s));
                     deliver(s);
                 } else {
@@ -688,7 +693,7 @@ public:
         for (std::size_t i = 0; i < top_up; ++i) {
             slot* s = idle[idle.size() - top_up + i];
             std::error_code ec;
-            if (open_connection(s, now + opt_.connect_timeout, on_close, ec, false)) {
+            if (open_connection(s, now + ctx_->connect_timeout, on_close, ec, false)) {
                 s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
                 deliver(s);
             }
@@ -698,16 +703,16 @@ public:
         if (top_up > 0 || !to_reset.empty()) {
             std::lock_guard lk(m_);
             if (failures() > 0) due = std::min(due, slow_->backoff_until);
-            if (opt_.idle_timeout && open_ > opt_.min_idle) due = std::min(due, now + *opt_.idle_timeout);
-            if (opt_.max_lifetime) due = std::min(due, now + *opt_.max_lifetime - opt_.lifetime_jitter);
+            if (ctx_->idle_timeout && open_ > ctx_->min_idle) due = std::min(due, now + *ctx_->idle_timeout);
+            if (ctx_->max_lifetime) due = std::min(due, now + *ctx_->max_lifetime - ctx_->lifetime_jitter);
         }
         // min_idle still unmet although there is room now (the top-up was sized while the
         // connections closed above still counted against max_size, or was capped by max_connecting):
         // due at once, so the next pass opens the rest. Each pass opens or starts a backoff.
-        if (opt_.min_idle > 0 && !refused) {
+        if (ctx_->min_idle > 0 && !refused) {
             std::lock_guard lk(m_);
-            if (!closed_ && !has_waiters_locked() && open_ < opt_.max_size && connecting_ < opt_.max_connecting &&
-                !in_backoff_locked(now) && idle_count_locked() < opt_.min_idle)
+            if (!closed_ && !has_waiters_locked() && open_ < ctx_->max_size && connecting_ < ctx_->max_connecting &&
+                !in_backoff_locked(now) && idle_count_locked() < ctx_->min_idle)
                 due = std::min(due, now);
         }
         return due;
@@ -725,7 +730,7 @@ public:
         r.waiters = t.waiters.size();
         r.peak_size = peak_size_;
         r.peak_waiters = t.peak_waiters;
-        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) {
             const slot& s = slots_[i];
             auto st = static_cast<slot_state>(s.state.load(std::memory_order_relaxed));
             if (st == slot_state::idle) ++r.idle;
@@ -749,7 +754,7 @@ public:
 
     std::size_t idle_count_locked() const noexcept {
         std::size_t n = 0;
-        for (std::size_t i = 0; i < opt_.max_size; ++i)
+        for (std::size_t i = 0; i < ctx_->max_size; ++i)
             if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
         return n;
     }
@@ -759,7 +764,7 @@ public:
     bool busy() const noexcept {
         std::lock_guard lk(m_);
         if (connecting_ > 0 || has_waiters_locked()) return true;
-        for (std::size_t i = 0; i < opt_.max_size; ++i)
+        for (std::size_t i = 0; i < ctx_->max_size; ++i)
             if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
                 return true;
         return false;
@@ -1003,7 +1008,7 @@ private:
     bool reset_ready(slot* s) noexcept {
         if (!s->dirty) return true;
         try {
-            return connector_.reset_ready(*s->conn);
+            return ctx_->connector.reset_ready(*s->conn);
         } catch (...) {
             return true; // the checkout's reset finds out
         }
@@ -1203,7 +1208,7 @@ private:
             }
             // Read before unlocking: once the waiter has the connection it may return it into a
             // pool whose owner is gone and free the core before this thread runs again.
-            yield = deliver_locked(s) && opt_.yield_after_handoff;
+            yield = deliver_locked(s) && ctx_->yield_after_handoff;
         }
         // Let the woken waiter run before this thread can queue again (see pool_options).
         if (yield) std::this_thread::yield();
@@ -1225,7 +1230,7 @@ private:
     /// Reserves a slot for a new connection if the pool (and the budget, if any) has room.
     slot* try_reserve_locked() noexcept {
         if (!can_connect_locked()) return nullptr;
-        if (budget_ && !budget_->try_take()) return nullptr;
+        if (ctx_->budget && !ctx_->budget->try_take()) return nullptr;
         return reserve_locked();
     }
 
@@ -1234,7 +1239,7 @@ private:
         s->next.store(free_head_, std::memory_order_relaxed);
         free_head_ = index_of(s);
         --open_;
-        if (budget_) budget_->give_back();
+        if (ctx_->budget) ctx_->budget->give_back();
         signal_if_drained_locked();
     }
 
@@ -1243,14 +1248,14 @@ private:
     }
 
     bool can_connect_locked() const noexcept {
-        return !closed_ && open_ < opt_.max_size && connecting_ < opt_.max_connecting;
+        return !closed_ && open_ < ctx_->max_size && connecting_ < ctx_->max_connecting;
     }
 
     /// When an idle connection is next due for a keepalive (max() without keepalive).
     time_point keepalive_due(const slot* s) const noexcept {
         if constexpr (!connector_has_ping<Connector>) return time_point::max();
-        if (!opt_.keepalive_after) return time_point::max();
-        return std::max(used_at(*s), s->last_pinged) + *opt_.keepalive_after;
+        if (!ctx_->keepalive_after) return time_point::max();
+        return std::max(used_at(*s), s->last_pinged) + *ctx_->keepalive_after;
     }
 
     bool in_backoff_locked(time_point now) const noexcept { return failures() > 0 && now < slow_->backoff_until; }
@@ -1266,19 +1271,19 @@ private:
     }
     void grant_permits_locked() noexcept {
         if (!has_waiters_locked() || !can_connect_locked()) return;
-        grant_permits_locked(failures() > 0 ? clock_->now() : time_point{});
+        grant_permits_locked(failures() > 0 ? ctx_->clock->now() : time_point{});
     }
 
     duration next_backoff_locked() noexcept {
-        duration d = opt_.backoff_initial;
-        for (unsigned i = 1; i < failures() && d < opt_.backoff_max; ++i) d *= 2;
-        d = std::min(d, opt_.backoff_max);
+        duration d = ctx_->backoff_initial;
+        for (unsigned i = 1; i < failures() && d < ctx_->backoff_max; ++i) d *= 2;
+        d = std::min(d, ctx_->backoff_max);
         return rng_.between(d / 2, d);
     }
 
     time_point expiry_for(time_point created) noexcept {
-        if (!opt_.max_lifetime) return time_point::max();
-        return created + *opt_.max_lifetime - rng_.between(duration::zero(), opt_.lifetime_jitter);
+        if (!ctx_->max_lifetime) return time_point::max();
+        return created + *ctx_->max_lifetime - rng_.between(duration::zero(), ctx_->lifetime_jitter);
     }
 
     // ---- connect, checkout, reset, dispose --------------------------------------------------------
@@ -1289,19 +1294,19 @@ private:
     /// false for maintain()'s top-up.
     bool open_connection(slot* s, time_point deadline, std::stop_token st, std::error_code& ec,
                          bool for_acquire = true) noexcept {
-        const time_point start = clock_->now();
-        const time_point cd = std::min(deadline, start + opt_.connect_timeout);
+        const time_point start = ctx_->clock->now();
+        const time_point cd = std::min(deadline, start + ctx_->connect_timeout);
         std::optional<connection_type> c;
         std::error_code cec;
         try {
-            c = connector_.connect(target_, cd, st, cec);
+            c = ctx_->connector.connect(target_, cd, st, cec);
         } catch (...) {
             c.reset();
             cec = make_error_code(errc::connect_failed);
         }
         if (!c && !cec) cec = make_error_code(errc::connect_failed);
-        const time_point end = clock_->now();
-        notify_connect(obs_, end - start, c ? std::error_code{} : cec);
+        const time_point end = ctx_->clock->now();
+        notify_connect(ctx_->obs, end - start, c ? std::error_code{} : cec);
 
         std::unique_lock lk(m_);
         --connecting_;
@@ -1357,7 +1362,7 @@ private:
         if (now >= s->expires) return checkout_failed(s, close_reason::lifetime);
         bool ok = false;
         try {
-            ok = connector_.alive(*s->conn);
+            ok = ctx_->connector.alive(*s->conn);
         } catch (...) {
         }
         return ok ? checkout_result::ok : checkout_failed(s, close_reason::broken);
@@ -1382,9 +1387,9 @@ private:
     KEYPOOL_ALWAYS_INLINE bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
             if constexpr (connector_has_reset_until<Connector>) {
-                if (!connector_.reset(*s->conn, reset_deadline(now, when))) return false;
+                if (!ctx_->connector.reset(*s->conn, reset_deadline(now, when))) return false;
             } else {
-                if (!connector_.reset(*s->conn)) return false;
+                if (!ctx_->connector.reset(*s->conn)) return false;
             }
         } catch (...) {
             return false;
@@ -1398,7 +1403,7 @@ private:
     /// pool object alive (so closing cannot be the core's last act).
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr) noexcept {
-        const time_point now = clock_->coarse_now();
+        const time_point now = ctx_->clock->coarse_now();
         if (read_at) *read_at = now;
         return checkout_detached(s, now, when) == checkout_result::ok;
     }
@@ -1414,12 +1419,12 @@ private:
     /// core (owner gone, last connection).
     [[nodiscard]] bool dispose(slot* s, close_reason why) noexcept {
         try {
-            connector_.close(*s->conn);
+            ctx_->connector.close(*s->conn);
         } catch (...) {
         }
         s->conn.reset();
-        notify_close(obs_, why);
-        if (why == close_reason::trimmed && budget_) budget_->count_trim();
+        notify_close(ctx_->obs, why);
+        if (why == close_reason::trimmed && ctx_->budget) ctx_->budget->count_trim();
         std::lock_guard lk(m_);
         if (trouble* t = trouble_locked()) ++t->closes[static_cast<std::size_t>(why)]; // (out of memory: not counted)
         free_locked(s);
@@ -1437,7 +1442,7 @@ private:
             if (slot* s = pop_locked()) return s;
             if (slot* s = steal_cached()) return s;
             if (slot* s = pop_dirty_locked()) return s; // background reset lags: reset it at checkout
-            const time_point now = failures() > 0 ? clock_->now() : time_point{};
+            const time_point now = failures() > 0 ? ctx_->clock->now() : time_point{};
             if (!in_backoff_locked(now)) {
                 if (slot* s = try_reserve_locked()) {
                     lk.unlock();
@@ -1445,9 +1450,9 @@ private:
                 }
                 // evict::size: room here but no token. Close another key's least recently used
                 // idle connection (once), then look again; its token goes to whoever queued first.
-                if (budget_ && !trimmed && can_connect_locked()) {
+                if (ctx_->budget && !trimmed && can_connect_locked()) {
                     lk.unlock();
-                    const bool freed = budget_->trim(this);
+                    const bool freed = ctx_->budget->trim(this);
                     lk.lock();
                     if (freed) continue;
                 }
@@ -1463,13 +1468,13 @@ private:
             return fail(ec, errc::would_deadlock); // no other thread can return a connection
         } else {
             if (st.stop_requested()) return count(&trouble::cancels), fail(ec, errc::cancelled);
-            if (clock_->now() >= deadline) return count(&trouble::timeouts), fail(ec, errc::timeout);
+            if (ctx_->clock->now() >= deadline) return count(&trouble::timeouts), fail(ec, errc::timeout);
             if (!trouble_locked()) { // the waiter queue lives there
                 ec = std::make_error_code(std::errc::not_enough_memory);
                 return nullptr;
             }
-            if (slow_->waiters.size() >= opt_.max_waiters) return count(&trouble::rejected), fail(ec, errc::pool_exhausted);
-            if (opt_.detect_self_deadlock && open_ >= opt_.max_size && holds_lease_locked())
+            if (slow_->waiters.size() >= ctx_->max_waiters) return count(&trouble::rejected), fail(ec, errc::pool_exhausted);
+            if (ctx_->detect_self_deadlock && open_ >= ctx_->max_size && holds_lease_locked())
                 return fail(ec, errc::would_deadlock);
             return wait(lk, deadline, st, ec);
         }
@@ -1478,7 +1483,7 @@ private:
     /// detect_self_deadlock: whether the calling thread holds a lease of this pool.
     bool holds_lease_locked() const noexcept {
         const auto me = std::this_thread::get_id();
-        for (std::size_t i = 0; i < opt_.max_size; ++i) {
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) {
             const slot& s = slots_[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) == slot_state::in_use &&
                 leases_[i].owner.load(std::memory_order_relaxed) == me)
@@ -1496,7 +1501,7 @@ private:
     /// or out of time. Entered with m_ held; returns with it released.
     slot* wait(std::unique_lock<typename Sync::mutex_type>& lk, time_point deadline, std::stop_token& st,
                std::error_code& ec) noexcept {
-        waiter w(*clock_);
+        waiter w(*ctx_->clock);
         trouble& t = *slow_; // acquire_slow made it
         t.waiters.push_back(w);
         head_.fetch_or(waiters_bit);
@@ -1517,11 +1522,11 @@ private:
         grant_permits_locked();
         // A budgeted pool with room but no token: queue for one (in arrival order across all
         // pools), and free one by closing another key's least recently used idle connection.
-        const bool wants_token = budget_ && w.result == waiter::outcome::pending && open_ < opt_.max_size;
-        if (wants_token) budget_->enqueue(w.ticket);
-        const time_point start = clock_->now();
+        const bool wants_token = ctx_->budget && w.result == waiter::outcome::pending && open_ < ctx_->max_size;
+        if (wants_token) ctx_->budget->enqueue(w.ticket);
+        const time_point start = ctx_->clock->now();
         lk.unlock(); // the stop callback may run at once, in this thread, and it takes m_
-        if (wants_token) budget_->trim(this);
+        if (wants_token) ctx_->budget->trim(this);
         {
             std::stop_callback on_stop(st, [&]() noexcept {
                 std::lock_guard g(m_);
@@ -1539,17 +1544,17 @@ private:
                 w.ev.wait_until(wake);
                 lk.lock();
                 if (w.result != waiter::outcome::pending) break;
-                if (budget_) {
+                if (ctx_->budget) {
                     w.ev.reset(); // a grant after this re-sets it: no lost wake-up
-                    if (budget_->granted(w.ticket) && budget_->leave(w.ticket)) { // the token is ours
+                    if (ctx_->budget->granted(w.ticket) && ctx_->budget->leave(w.ticket)) { // the token is ours
                         if (can_connect_locked()) {
                             complete_locked(w, waiter::outcome::permit, reserve_locked(), {});
                             break;
                         }
-                        budget_->give_back(); // no room here after all: pass the token on
+                        ctx_->budget->give_back(); // no room here after all: pass the token on
                     }
                 }
-                const time_point now = clock_->now();
+                const time_point now = ctx_->clock->now();
                 if (now >= deadline) {
                     ++t.timeouts;
                     complete_locked(w, waiter::outcome::failed, nullptr, make_error_code(errc::timeout));
@@ -1557,11 +1562,11 @@ private:
                 }
                 grant_permits_locked(now);
             }
-            if (budget_ && budget_->leave(w.ticket)) budget_->give_back(); // granted but not used
-            t.wait_time += clock_->now() - start;
+            if (ctx_->budget && ctx_->budget->leave(w.ticket)) ctx_->budget->give_back(); // granted but not used
+            t.wait_time += ctx_->clock->now() - start;
             lk.unlock(); // the stop callback may be running and waiting for m_
         }
-        notify_wait(obs_, clock_->now() - start, w.ec);
+        notify_wait(ctx_->obs, ctx_->clock->now() - start, w.ec);
         switch (w.result) {
         case waiter::outcome::served: return w.s;
         case waiter::outcome::permit: return open_connection(w.s, deadline, st, ec) ? w.s : nullptr;
@@ -1576,20 +1581,16 @@ private:
         std::atomic<std::uint32_t> word{none};
     };
     atomic<std::uint64_t> head_{none}; // (offset 0 of a 64-byte aligned allocation)
-    slot* const slots_; // opt_.max_size of them, before the core in its allocation
-    const pool_options& opt_; // an options_block: the core holds one of its references
-    const Clock* clock_;
+    slot* const slots_; // ctx_->max_size of them, before the core in its allocation
+    context* const ctx_; // shared with other pools: the core holds one of its references
     const std::uint16_t n_caches_; // a power of two, or 0
     const bool rseq_caches_; // the caches' owners use restartable sequences (percpu.hpp)
     // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
     // connection takes it and then sets WAITERS in head_, so sharing head_'s line costs nothing.
     mutable typename Sync::mutex_type m_;
     std::unique_ptr<cpu_cache[]> caches_;
-    boost::intrusive_ptr<connection_budget> budget_; // evict::size only
-    Connector connector_;                 // (a stateless or pointer-sized connector fits the line too)
 
     const target_type target_;
-    [[no_unique_address]] Observer obs_;
     // Slot indices and counts: max_size ≤ 65534, so 16 bits each.
     std::uint16_t free_head_ = none;
     std::uint16_t dirty_head_ = none; // reset_at::background: returned, waiting for their reset

@@ -113,7 +113,7 @@ public:
 
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
-          obs_(std::move(obs)), pool_options_(core_type::share(opt_.pool)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
+          obs_(std::move(obs)), pool_context_(core_type::share(opt_.pool, connector_, clock, obs_)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
           shards_(new shard[shard_mask_ + 1]) {
         // Size every shard's table for max_pools up front (capped): growing a shard rehashes it
         // under its lock, and with keys spread evenly all shards rehash at nearly the same key
@@ -123,6 +123,7 @@ public:
             shards_[i].map.reserve(expected / (shard_mask_ + 1) * 5 / 4 + 16);
         if constexpr (Eviction::uses_size) {
             budget_ = new connection_budget(opt_.max_connections);
+            pool_context_->budget = budget_; // (no pool is built yet)
             budget_->set_trim([this](const void* except) { return trim_one(except); });
         }
     }
@@ -603,7 +604,7 @@ private:
         core_type* core = e.core.get();
         if (!core) [[unlikely]] // (empty once forget_missing took it)
             return lookup::missing;
-        core_type::prefetch(core, pool_options_->max_size);
+        core_type::prefetch(core, pool_context_->max_size);
         touch(e, now);
         count_hit(sh, rs);
         typename core_type::slot* s = core->pop_idle();
@@ -809,10 +810,8 @@ private:
     }
 
     core_ref make_pool(const target_type& target) {
-        Pool p(shared_options_tag{}, connector_, target, pool_options_, *clock_, obs_); // validates
-        core_ref c(pool_access::release_core(p));
-        if (budget_) c->set_budget(budget_);
-        return c;
+        Pool p(shared_context_tag{}, target, pool_context_); // validates
+        return core_ref(pool_access::release_core(p));
     }
 
     /// evict::size: closes the idle connection of the least recently used pool that has one,
@@ -916,7 +915,7 @@ private:
     Connector connector_;
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
-    const typename core_type::shared_options pool_options_; // one copy for every pool
+    const typename core_type::shared_context pool_context_; // one for every pool: options, connector, clock, observer, budget
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
     std::unique_ptr<hit_counter[]> hits_{Sync::thread_safe ? new hit_counter[hit_slots] : nullptr};
