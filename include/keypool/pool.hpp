@@ -135,11 +135,13 @@ public:
             return make_lease(s, site);
         return acquire_waiting(timeout, {}, started, site);
     }
+    /// A `stop` already stopped fails it with `cancelled`, even with a connection idle.
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
         time_point started{};
-        if (auto* s = core_->acquire_fast(deadline, started)) [[likely]]
-            return make_lease(s, site);
+        if (!stop.stop_requested()) [[likely]]
+            if (auto* s = core_->acquire_fast(deadline, started)) [[likely]]
+                return make_lease(s, site);
         return acquire_waiting(deadline, std::move(stop), started, site);
     }
 
@@ -156,10 +158,11 @@ public:
     [[nodiscard]] lease acquire(time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
         time_point started{};
-        if (auto* s = core_->acquire_fast(deadline, started)) [[likely]] {
-            if (ec) ec.clear();
-            return make_lease(s, site);
-        }
+        if (!stop.stop_requested()) [[likely]]
+            if (auto* s = core_->acquire_fast(deadline, started)) [[likely]] {
+                if (ec) ec.clear();
+                return make_lease(s, site);
+            }
         return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }
 

@@ -120,7 +120,8 @@ public:
 
     /// Errors: throws `keypool::error` with the resolver's error (`key_not_found`, `invalid_config`),
     /// the pool's (`timeout`, `pool_exhausted`, a classified connect failure...), `cancelled`,
-    /// `closed`, or the connector's `prepare` error.
+    /// `closed`, or the connector's `prepare` error. A `stop` already stopped gives `cancelled` at
+    /// once (no lookup, no pool made, no idle connection taken); so does `pool(key)`'s.
     /// `site` is the caller's location, recorded for leak reports when `leak_threshold` is set.
     [[nodiscard]] lease acquire(const Key& key, std::source_location site = std::source_location::current()) {
         return acquire(key, table_.options().pool.acquire_timeout, site);

@@ -207,6 +207,23 @@ TEST_CASE("a stop token cancels a waiter at once") {
     CHECK(ec == errc::cancelled);
 }
 
+TEST_CASE("a stop token stopped before the call cancels the acquire even when a connection is idle") {
+    fixture f;
+    auto p = f.make({.max_size = 2});
+    p.acquire().release(); // one idle connection
+    std::stop_source stop;
+    stop.request_stop();
+    std::error_code ec;
+    CHECK_FALSE(p.acquire(p.now() + 60s, stop.get_token(), ec));
+    CHECK(ec == errc::cancelled);
+    CHECK_THROWS_AS((void)p.acquire(p.now() + 60s, stop.get_token()), keypool::error);
+    const auto s = p.stats();
+    CHECK(s.cancels == 2);
+    CHECK(s.acquires == 1);
+    CHECK(s.idle == 1); // untouched: still there for the next caller
+    CHECK(p.acquire(p.now() + 60s, std::stop_source{}.get_token(), ec));
+}
+
 TEST_CASE("exhaust then cancel many waiters: no connection is lost or leaked") {
     // The Go database/sql case: saturate, cancel every waiter, then the pool must still work.
     fixture f;

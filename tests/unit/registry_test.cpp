@@ -469,6 +469,28 @@ TEST_CASE("the leader's cancellation does not fail the joiners") {
     CHECK(joined);
 }
 
+TEST_CASE("a stop token stopped before the call cancels acquire and pool(key) without a lookup") {
+    fixture f;
+    auto r = f.make();
+    r.acquire("warm").release(); // a ready key with an idle connection
+    std::stop_source stop;
+    stop.request_stop();
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("warm", r.now() + 60s, stop.get_token(), ec));
+    CHECK(ec == errc::cancelled);
+    CHECK_FALSE(r.acquire("cold", r.now() + 60s, stop.get_token(), ec)); // creates nothing
+    CHECK(ec == errc::cancelled);
+    CHECK_FALSE(r.pool("cold", r.now() + 60s, stop.get_token(), ec));
+    CHECK(ec == errc::cancelled);
+    CHECK_THROWS_AS((void)r.acquire("warm", r.now() + 60s, stop.get_token()), keypool::error);
+    const auto s = r.stats();
+    CHECK(s.errors_for(errc::cancelled) == 4);
+    CHECK(s.pools_created == 1);
+    CHECK(f.resolver.st->calls == 1);
+    CHECK(s.pools.idle == 1);
+    CHECK(s.pools.acquires == 1);
+}
+
 TEST_CASE("a leader cancelled inside a stoppable resolver hands the creation to a joiner") {
     // Resolver with the stop-token overload: waits on the gate until it opens or the caller stops.
     struct stoppable {

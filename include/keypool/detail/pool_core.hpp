@@ -226,6 +226,10 @@ public:
             }
             return *deadline;
         };
+        // A caller already told to stop gets `cancelled` at once, idle connection or not: the
+        // work it would do with one is unwanted (as Go's pgxpool/puddle checks its context first).
+        if (st.stop_requested()) [[unlikely]]
+            return acquire_cancelled(ec);
         // The failed checkout used up the time (e.g. a reset that ran until the deadline).
         if (started != time_point{} && ctx_->clock->now() > resolve()) return acquire_timed_out(ec);
         for (;;) {
@@ -1406,6 +1410,13 @@ private:
         const time_point now = ctx_->clock->coarse_now();
         if (read_at) *read_at = now;
         return checkout_detached(s, now, when) == checkout_result::ok;
+    }
+
+    KEYPOOL_NOINLINE slot* acquire_cancelled(std::error_code& ec) noexcept {
+        ec = make_error_code(errc::cancelled);
+        std::lock_guard lk(m_);
+        count(&trouble::cancels);
+        return nullptr;
     }
 
     KEYPOOL_NOINLINE slot* acquire_timed_out(std::error_code& ec) noexcept {

@@ -146,6 +146,10 @@ public:
     template <class When>
     KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
         if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
+        if constexpr (std::is_same_v<When, time_point>) { // (the timeout forms take no token)
+            if (st.stop_requested()) [[unlikely]]
+                return cancelled(ec), Lease{};
+        }
         shard& sh = shard_for(key);
         const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
         read_section rs;
@@ -267,6 +271,7 @@ public:
     }
 
     std::shared_ptr<Pool> pool(const Key& key, time_point deadline, std::stop_token st, std::error_code& ec) {
+        if (st.stop_requested()) return cancelled(ec), nullptr;
         shard& sh = shard_for(key);
         for (;;) {
             std::unique_lock lk(sh.m);
@@ -650,6 +655,13 @@ private:
         } else {
             (void)l, (void)held_setup, (void)ec;
         }
+    }
+
+    /// A caller already told to stop: `cancelled` at once, before any lookup (no pool is made or
+    /// joined, no idle connection taken), counted as a failed acquire.
+    KEYPOOL_NOINLINE void cancelled(std::error_code& ec) noexcept {
+        ec = make_error_code(errc::cancelled);
+        count_error(ec);
     }
 
     void count_error(std::error_code ec) noexcept {
