@@ -6,12 +6,22 @@
 // on the registry (run_keypool). Timing means nothing here: scripts/cache-profile.sh runs it under
 // callgrind and divides each function's instructions and cache misses by <cycles>, figures that
 // do not move with the machine's load (docs/benchmarks.md, "Why W3 costs what it costs").
+//
+// `w3_cycles <keys> <cycles> <rounds>` times instead: <rounds> rounds, each running the baseline
+// and then the registry for <cycles> cycles (after a quarter as many to warm the caches), and
+// prints the median over rounds of registry time ÷ the same round's baseline time, with its range
+// and the baseline's median time. On a shared machine the baseline's own time moves by 2× within
+// minutes (docs/benchmarks.md, "Session 13"); a ratio taken round by round follows it.
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -36,8 +46,8 @@ using registry = keypool::registry<key_type, key_resolver, keypool::fake::connec
 
 std::vector<key_type> g_keys; // a power of two of them
 
-__attribute__((noinline)) void run_baseline(mutex_map_pool& p, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) {
+__attribute__((noinline)) void run_baseline(mutex_map_pool& p, std::size_t n, std::size_t from = 0) {
+    for (std::size_t i = from; i < from + n; ++i) {
         const key_type k = g_keys[i & (g_keys.size() - 1)];
         int* c = p.acquire(k);
         asm volatile("" : : "r"(c) : "memory");
@@ -45,11 +55,25 @@ __attribute__((noinline)) void run_baseline(mutex_map_pool& p, std::size_t n) {
     }
 }
 
-__attribute__((noinline)) void run_keypool(registry& r, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) {
+__attribute__((noinline)) void run_keypool(registry& r, std::size_t n, std::size_t from = 0) {
+    for (std::size_t i = from; i < from + n; ++i) {
         auto l = r.acquire(g_keys[i & (g_keys.size() - 1)]);
         asm volatile("" : : "r"(&l) : "memory");
     }
+}
+
+/// Nanoseconds per cycle of `run(n, from)`, after a warm-up of n / 4 cycles.
+template <class Run>
+double ns_per_cycle(std::size_t n, Run run) {
+    run(n / 4, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    run(n, n / 4);
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / double(n);
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
 }
 
 } // namespace
@@ -57,7 +81,11 @@ __attribute__((noinline)) void run_keypool(registry& r, std::size_t n) {
 int main(int argc, char** argv) {
     const std::size_t keys = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 10'000;
     const std::size_t cycles = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200'000;
-    if (keys == 0 || cycles == 0) return 2;
+    const int rounds = argc > 3 ? std::atoi(argv[3]) : 0;
+    if (keys == 0 || cycles == 0 || rounds < 0) return 2;
+    // As every benchmark binary (baselines/process.hpp): once a second thread has run, glibc's
+    // mutex takes a locked instruction. (Not under callgrind: its figures stay comparable.)
+    if (rounds > 0) std::thread([] {}).join();
     std::mt19937_64 rng(42);
     g_keys.resize(std::size_t{1} << 16);
     for (auto& k : g_keys) k = rng() % keys;
@@ -65,7 +93,20 @@ int main(int argc, char** argv) {
     registry r(key_resolver{}, keypool::fake::connector{},
                keypool::registry_options{.pool = {.max_size = 2}, .max_pools = keys, .max_connections = keys});
     for (key_type k = 0; k < keys; ++k) r.acquire(k).release(); // every key: a pool, one idle connection
-    run_baseline(baseline, cycles);
-    run_keypool(r, cycles);
+    if (rounds == 0) {
+        run_baseline(baseline, cycles);
+        run_keypool(r, cycles);
+        return 0;
+    }
+    std::vector<double> ratio, base;
+    for (int i = 0; i < rounds; ++i) {
+        const double b = ns_per_cycle(cycles, [&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
+        const double k = ns_per_cycle(cycles, [&](std::size_t n, std::size_t from) { run_keypool(r, n, from); });
+        base.push_back(b);
+        ratio.push_back(k / b);
+    }
+    const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
+    std::printf("%zu keys, %d rounds of %zu cycles: registry / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns\n",
+                keys, rounds, cycles, median(ratio), *lo, *hi, median(base));
     return 0;
 }
