@@ -28,13 +28,14 @@ public:
     /// An empty lease (what `try_acquire` returns when no connection is free).
     basic_lease() noexcept = default;
     basic_lease(basic_lease&& o) noexcept
-        : core_(std::exchange(o.core_, nullptr)), slot_(std::exchange(o.slot_, nullptr)) {}
+        : core_(std::exchange(o.core_, nullptr)), slot_(std::exchange(o.slot_, nullptr)), ctx_(o.ctx_) {}
     /// Returns the connection held now (if any) before taking over `o`'s.
     basic_lease& operator=(basic_lease&& o) noexcept {
         if (this != &o) {
             release();
             core_ = std::exchange(o.core_, nullptr);
             slot_ = std::exchange(o.slot_, nullptr);
+            ctx_ = o.ctx_;
         }
         return *this;
     }
@@ -64,29 +65,38 @@ public:
 
 private:
     friend struct detail::lease_access;
-    basic_lease(Core* core, typename Core::slot* s) noexcept : core_(core), slot_(s) {}
+    basic_lease(Core* core, typename Core::slot* s, typename Core::context* ctx) noexcept
+        : core_(core), slot_(s), ctx_(ctx) {}
 
     KEYPOOL_ALWAYS_INLINE void give_back(bool discard) noexcept {
         if (!slot_) return;
         Core* core = std::exchange(core_, nullptr);
         auto* s = std::exchange(slot_, nullptr);
-        if (core->release(s, discard)) delete core; // the pool was gone and this was its last connection
+        if (core->release(s, discard, *ctx_)) delete core; // the pool was gone and this was its last connection
     }
 
     Core* core_ = nullptr;
     typename Core::slot* slot_ = nullptr;
+    // The core's context (Core::shared()), which the core keeps alive: the release reads the
+    // options, connector and budget there, not through the core's own line.
+    typename Core::context* ctx_ = nullptr;
 };
 
 namespace detail {
 struct lease_access {
+    /// `ctx`: the core's context (core->shared()), which a caller may have at hand already.
+    template <class Core>
+    static basic_lease<Core> make(Core* core, typename Core::slot* s, typename Core::context& ctx) noexcept {
+        return basic_lease<Core>(core, s, &ctx);
+    }
     template <class Core>
     static basic_lease<Core> make(Core* core, typename Core::slot* s) noexcept {
-        return basic_lease<Core>(core, s);
+        return basic_lease<Core>(core, s, &core->shared());
     }
     /// Records where `l` was acquired, for leak reports (only when the pool has `leak_threshold`).
     template <class Core>
     static basic_lease<Core>& record_site(basic_lease<Core>& l, const std::source_location& site) noexcept {
-        if (l.slot_ && l.core_->options().leak_threshold) l.core_->record_site(l.slot_, site);
+        if (l.slot_ && l.ctx_->leak_threshold) l.core_->record_site(l.slot_, site);
         return l;
     }
 };

@@ -232,7 +232,17 @@ private:
         if (auto ec = validate(static_cast<const pool_options&>(*o), msg)) throw error(ec, msg);
         clock_ = o->clock;
         const std::size_t slots = o->max_size;
-        return new (typename core_type::slot_count{slots}) core_type(std::move(t), std::move(o));
+        const std::size_t prefix = o->prefix;
+        // GCC 12 takes the placement delete (which frees the block the placement new made, should
+        // the constructor throw) for a mismatched pair once both compute the block's start.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+        return new (typename core_type::slot_count{slots, prefix}) core_type(std::move(t), std::move(o));
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
     }
 
     /// The throwing acquire after its fast path found nothing: out of line, so the fast path

@@ -82,6 +82,7 @@ public:
     using target_type = typename Connector::target_type;
     template <class T>
     using atomic = typename Sync::template atomic<T>;
+    using head_type = atomic<std::uint64_t>;
     static constexpr bool thread_safe = Sync::thread_safe;
 
     enum class slot_state : std::uint8_t { empty, connecting, idle, in_use };
@@ -133,28 +134,40 @@ public:
     /// copy of each), one per standalone pool. Pools may outlive whoever made it (leases out).
     struct context : pool_options, boost::intrusive_ref_counter<context, boost::thread_safe_counter> {
         context(const pool_options& o, Connector c, const Clock& clk, Observer ob)
-            : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)) {}
+            : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
+              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()) {}
         Connector connector;
         const Clock* const clock;
         [[no_unique_address]] Observer obs;
         boost::intrusive_ptr<connection_budget> budget; // evict::size: set before the first pool is built
+        // Every core built from this context has as many per-CPU cache words (cache_count, from
+        // the affinity of the thread that made the context), reached the same way.
+        const std::uint16_t n_caches;
+        const bool rseq_caches;
+        // Bytes each pool's allocation keeps for its owner between the idle-stack head and the
+        // core (a multiple of 8; the registry's key node, see block layout). Set before the first
+        // pool is built.
+        std::uint32_t prefix = 0;
     };
     using shared_context = boost::intrusive_ptr<context>;
     static shared_context share(const pool_options& o, Connector c, const Clock& clock, Observer obs = {}) {
         return new context(o, std::move(c), clock, std::move(obs));
     }
 
-    /// How many slots a core is allocated with: `new (slot_count{n}) pool_core(...)`, n = max_size.
+    /// How many slots a core is allocated with, and the owner's prefix bytes:
+    /// `new (slot_count{max_size, prefix}) pool_core(...)`, both as the context says.
     struct slot_count {
         std::size_t n;
+        std::size_t prefix = 0;
     };
 
-    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size}) pool_core(...)`: the
-    /// slots live in the same allocation, right before the core (one allocation per pool).
+    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->prefix}) pool_core(...)`:
+    /// the slots and the idle-stack head live in the same allocation, before the core (one
+    /// allocation per pool; see operator new).
     pool_core(target_type t, shared_context o)
-        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size)))),
+        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size, o->prefix)))),
           ctx_(o.get()),
-          n_caches_(cache_count(*o)), rseq_caches_(n_caches_ != 0 && use_rseq()),
+          n_caches_(o->n_caches), rseq_caches_(o->rseq_caches),
           caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
           target_(std::move(t)),
           leases_(ctx_->detect_self_deadlock || ctx_->leak_threshold ? new lease_info[ctx_->max_size] : nullptr),
@@ -165,6 +178,7 @@ public:
             slots_[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
+        ::new (static_cast<void*>(reinterpret_cast<unsigned char*>(this) - o->prefix - sizeof(head_type))) head_type(none);
         (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
@@ -172,32 +186,51 @@ public:
         intrusive_ptr_release(ctx_);
     }
 
-    // One allocation: [slot 0 .. slot n-1][padding to a cache line][core]. Slot 0, the one an
-    // idle pool hands out (most recently used first), starts on a cache line, so its 32-byte
-    // header and a connection's first 32 bytes share one; the core starts on one too (its first
-    // line is the fast path's), and neither is rounded up to whole lines.
+    // One allocation: [slot 0 .. slot n-1][padding to a cache line][idle-stack head, 8 bytes]
+    // [the owner's prefix][core]. Slot 0, the one an idle pool hands out (most recently used
+    // first), starts on a cache line, so its 32-byte header and a connection's first 32 bytes
+    // share one. The head starts the next line: at a fixed distance from the slots and from the
+    // core, so a caller that knows the context reaches both without reading the core (head_at,
+    // slots_at), and a registry builds the key's node in the prefix, in the head's line. A
+    // standalone pool has no prefix: the head shares its line with the core's first fields.
     static void* operator new(std::size_t size, slot_count c) {
-        void* block = ::operator new(core_offset(c.n) + size, std::align_val_t{allocation_alignment()});
-        return static_cast<unsigned char*>(block) + core_offset(c.n);
+        void* block = ::operator new(core_offset(c.n, c.prefix) + size, std::align_val_t{allocation_alignment()});
+        return static_cast<unsigned char*>(block) + core_offset(c.n, c.prefix);
     }
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
-        ::operator delete(static_cast<unsigned char*>(p) - core_offset(c.n), std::align_val_t{allocation_alignment()});
+        ::operator delete(static_cast<unsigned char*>(p) - core_offset(c.n, c.prefix), std::align_val_t{allocation_alignment()});
     }
     // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
     // pool that left a registry hands its final counters over while it is still alive (a
     // registry's stats() may be reading it under the list's lock until then).
     static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
         if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
-        const std::size_t n = p->ctx_->max_size;
-        unsigned char* block = reinterpret_cast<unsigned char*>(p) - core_offset(n);
+        const std::size_t offset = core_offset(p->ctx_->max_size, p->ctx_->prefix);
+        unsigned char* block = reinterpret_cast<unsigned char*>(p) - offset;
         p->~pool_core();
         ::operator delete(block, std::align_val_t{allocation_alignment()});
     }
     static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
-    static constexpr std::size_t core_offset(std::size_t slots) noexcept {
+    /// The slots' bytes, rounded up to a cache line: where the head starts.
+    static constexpr std::size_t slots_bytes(std::size_t slots) noexcept {
         const std::size_t a = allocation_alignment();
         return (slots * sizeof(slot) + a - 1) / a * a;
     }
+    static constexpr std::size_t core_offset(std::size_t slots, std::size_t prefix) noexcept {
+        return slots_bytes(slots) + sizeof(head_type) + prefix;
+    }
+    /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
+    /// address alone (the core's own fields are not read).
+    static KEYPOOL_ALWAYS_INLINE head_type& head_at(const pool_core* c, const context& x) noexcept {
+        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.prefix - sizeof(head_type);
+        return *std::launder(reinterpret_cast<head_type*>(p));
+    }
+    static KEYPOOL_ALWAYS_INLINE slot* slots_at(const pool_core* c, const context& x) noexcept {
+        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - core_offset(x.max_size, x.prefix);
+        return std::launder(reinterpret_cast<slot*>(p));
+    }
+    /// The bytes a prefix of `n` bytes takes (the core after it stays 8-byte aligned).
+    static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
 
     pool_core(const pool_core&) = delete;
     pool_core& operator=(const pool_core&) = delete;
@@ -206,6 +239,9 @@ public:
     Connector& connector() noexcept { return ctx_->connector; }
     const target_type& target() const noexcept { return target_; }
     std::uint32_t index_of(const slot* s) const noexcept { return s->self; }
+    /// The context this core was made with (its pools' options, connector, clock, budget).
+    context& shared() const noexcept { return *ctx_; }
+    head_type& head() const noexcept { return head_at(this, *ctx_); }
 
     // ---- acquire ---------------------------------------------------------------------------
 
@@ -362,18 +398,18 @@ public:
     }
 
     /// An idle connection, or nullptr if none is free or callers are queued (pop_ready).
-    KEYPOOL_ALWAYS_INLINE slot* pop_idle() noexcept { return pop_ready(); }
+    KEYPOOL_ALWAYS_INLINE slot* pop_idle() noexcept { return pop_ready(*ctx_); }
+    /// The same, `x` being this core's context (shared()): see pop_fast.
+    KEYPOOL_ALWAYS_INLINE slot* pop_idle(const context& x) noexcept { return pop_ready(x); }
 
-    /// Starts loading what a checkout of `c` (made with `max_size` slots) touches: the core's
-    /// first line and slot 0's first (its 32-byte header and the connection's first 32 bytes;
+    /// Starts loading what a checkout of `c` (made with context `x`) touches: the idle-stack
+    /// head's line and slot 0's first (its 32-byte header and the connection's first 32 bytes;
     /// slot 0 is the slot an idle pool hands out when one connection serves it). Computed from
     /// the address alone, so a caller that has just found the core's pointer (the registry) waits
-    /// for these misses side by side, not one after the other (the slot's address is otherwise
-    /// known only once the core's line has arrived).
-    static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, std::size_t max_size) noexcept {
-        const auto* slot0 = reinterpret_cast<const unsigned char*>(c) - core_offset(max_size);
-        KEYPOOL_PREFETCH_WRITE(c);
-        KEYPOOL_PREFETCH_WRITE(slot0);
+    /// for these misses side by side, not one after the other.
+    static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, const context& x) noexcept {
+        KEYPOOL_PREFETCH_WRITE(&head_at(c, x));
+        KEYPOOL_PREFETCH_WRITE(slots_at(c, x));
     }
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
@@ -392,21 +428,26 @@ public:
     /// `now`: the coarse time the caller read (the registry reads it once for its own
     /// bookkeeping and this). `when`: the caller's deadline (time_point) or timeout (duration); a
     /// connector with `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}`
-    /// for none.
+    /// for none. `x`: this core's context (shared()), when the caller has it at hand: then a
+    /// checkout that needs no check reads nothing of the core's own fields.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, time_point now, When when = {}) noexcept {
-        if (now >= s->expires || now - used_at(*s) >= ctx_->validate_after_idle) [[unlikely]] {
+        return checkout_detached(*ctx_, s, now, when);
+    }
+    template <class When = no_deadline>
+    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(context& x, slot* s, time_point now, When when = {}) noexcept {
+        if (now >= s->expires || now - used_at(*s) >= x.validate_after_idle) [[unlikely]] {
             if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
         if constexpr (!std::is_same_v<Reset, reset_at::release>) {
             if (s->dirty) {
                 tally(s->resets, [this] { carry(&trouble::resets_carried); });
-                if (!reset_connection(s, now, when)) [[unlikely]]
+                if (!reset_connection(x, s, now, when)) [[unlikely]]
                     return checkout_failed(s, close_reason::reset_failed);
             }
         }
         set_used_at(*s, now);
-        if (ctx_->detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        if (x.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         tally(s->uses, [this] { carry(&trouble::uses_carried); });
         return checkout_result::ok;
@@ -436,6 +477,11 @@ public:
     /// Returns a leased connection. Returns true if the caller must delete the core (the pool is
     /// gone and this was its last connection).
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE bool release(slot* s, bool discard) noexcept {
+        return release(s, discard, *ctx_);
+    }
+    /// The same, `x` being this core's context (what a lease carries): a release that finds no
+    /// one waiting reads nothing of the core's own fields.
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE bool release(slot* s, bool discard, context& x) noexcept {
         if (discard) return dispose(s, close_reason::discarded);
         // No clock read here: lifetime is checked at checkout, and for leases still out when it
         // ends, maintain() sets `retire` (as HikariCP marks a connection evicted).
@@ -443,23 +489,23 @@ public:
             return dispose(s, static_cast<close_reason>(r - 1));
         if constexpr (std::is_same_v<Reset, reset_at::release>) {
             tally(s->resets, [this] { carry(&trouble::resets_carried); });
-            if (!reset_connection(s)) return dispose(s, close_reason::reset_failed);
+            if (!reset_connection(x, s)) return dispose(s, close_reason::reset_failed);
         } else {
-            if constexpr (connector_has_reset_begin<Connector>) begin_reset(s);
+            if constexpr (connector_has_reset_begin<Connector>) begin_reset(x, s);
             s->dirty = true;
         }
         s->state.store(static_cast<std::uint8_t>(slot_state::idle), std::memory_order_relaxed);
-        if (ctx_->budget && ctx_->budget->has_tickets()) return release_to_budget(s);
+        if (x.budget && x.budget->has_tickets()) return release_to_budget(s);
         if constexpr (std::is_same_v<Reset, reset_at::background>) return release_dirty(s);
-        if (slot* rest = push_fast(s)) return release_slow(rest);
+        if (slot* rest = push_fast(s, x)) return release_slow(rest);
         return false;
     }
 
     /// The connector starts the reset now (e.g. sends it) and the reset before the next hand-out
     /// completes it: its round trip overlaps the time the connection sits idle.
-    void begin_reset(slot* s) noexcept {
+    void begin_reset(context& x, slot* s) noexcept {
         try {
-            ctx_->connector.reset_begin(*s->conn);
+            x.connector.reset_begin(*s->conn);
         } catch (...) { // the reset at checkout still runs in full
         }
     }
@@ -977,32 +1023,37 @@ private:
     /// else the top of the idle stack (one CAS), else (CAS mode only) another word's; nullptr if
     /// none is free or callers are queued. (rseq mode steals under m_: acquire_slow,
     /// pop_idle_or_steal.)
-    KEYPOOL_ALWAYS_INLINE slot* pop_fast() noexcept {
+    /// `x`: this core's context, which the caller may have at hand (a registry): then the pop
+    /// reads nothing of the core's own fields when the pool has no cache words.
+    KEYPOOL_ALWAYS_INLINE slot* pop_fast(const context& x) noexcept {
         if constexpr (thread_safe) {
-            if (n_caches_ != 0) {
-                if (rseq_caches_) {
+            if (x.n_caches != 0) {
+                if (x.rseq_caches) {
                     std::uint32_t w;
-                    if (percpu::swap_if_below(cache_words(), n_caches_, none, none, w)) return &slots_[w];
+                    if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return &slots_[w];
                 } else if (slot* s = take_cached(my_cache())) {
                     return s;
                 }
             }
         }
-        std::uint64_t h = head_.load(std::memory_order_acquire);
+        head_type& head = head_at(this, x);
+        slot* const slots = slots_at(this, x);
+        std::uint64_t h = head.load(std::memory_order_acquire);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return nullptr;
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-            if (i == none) return n_caches_ != 0 && !rseq_caches_ ? steal_cached() : nullptr; // (rseq: under m_)
-            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
-            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
-                return &slots_[i];
+            if (i == none) return x.n_caches != 0 && !x.rseq_caches ? steal_cached() : nullptr; // (rseq: under m_)
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots[i].next.load(std::memory_order_relaxed);
+            if (head.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+                return &slots[i];
         }
     }
 
     /// pop_fast(); with a connector that has `reset_ready`, a connection whose begun reset is
     /// still waiting for its answer is swapped for the next idle one if that one is ready.
-    KEYPOOL_ALWAYS_INLINE slot* pop_ready() noexcept {
-        slot* s = pop_fast();
+    KEYPOOL_ALWAYS_INLINE slot* pop_ready() noexcept { return pop_ready(*ctx_); }
+    KEYPOOL_ALWAYS_INLINE slot* pop_ready(const context& x) noexcept {
+        slot* s = pop_fast(x);
         if constexpr (connector_has_reset_ready<Connector>) {
             if (s && !reset_ready(s)) s = prefer_ready(s);
         }
@@ -1021,7 +1072,7 @@ private:
     /// `s` (ours) still waits for its reset's answer: take the next idle connection instead if its
     /// reset is done, and put `s` back on top. Else keep `s` (most recently used first).
     KEYPOOL_NOINLINE slot* prefer_ready(slot* s) noexcept {
-        slot* t = pop_fast();
+        slot* t = pop_fast(*ctx_);
         if (!t) return s;
         if (!reset_ready(t)) std::swap(s, t); // neither is ready: keep the more recent one
         // We own a connection (t), so the core stays alive; a queued caller may take s at once.
@@ -1032,14 +1083,16 @@ private:
     /// Publishes an idle connection: into this CPU's cache (the connection it held moves to the
     /// idle stack), else onto the stack. Returns nullptr when done, or the slot the caller must
     /// deliver under the lock (callers are queued, or the pool is closed).
-    KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept {
+    KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept { return push_fast(s, *ctx_); }
+    /// `x`: this core's context (see pop_fast).
+    KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s, const context& x) noexcept {
         if constexpr (thread_safe) {
-            if (n_caches_ != 0) {
+            if (x.n_caches != 0) {
                 std::uint32_t w = cache_blocked; // what the cache held; blocked = not cached
-                if (rseq_caches_) {
+                if (x.rseq_caches) {
                     // Commits only on an empty word or one holding a connection (not blocked or
                     // locked); leaves w alone otherwise.
-                    (void)percpu::swap_if_below(cache_words(), n_caches_, none + 1, index_of(s), w);
+                    (void)percpu::swap_if_below(cache_words(), x.n_caches, none + 1, index_of(s), w);
                 } else {
                     std::atomic<std::uint32_t>& c = my_cache();
                     w = c.load(std::memory_order_relaxed);
@@ -1052,12 +1105,13 @@ private:
             }
         }
         const std::uint32_t i = index_of(s);
-        std::uint64_t h = head_.load(std::memory_order_relaxed);
+        head_type& head = head_at(this, x);
+        std::uint64_t h = head.load(std::memory_order_relaxed);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return s;
             s->next.store(static_cast<std::uint32_t>(h & index_mask), std::memory_order_relaxed);
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | i;
-            if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
+            if (head.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
                 return nullptr;
         }
     }
@@ -1065,11 +1119,11 @@ private:
     // Under m_ with WAITERS and CLOSED clear: nobody else pushes, but fast pops may still race.
     void push_locked(slot* s) noexcept {
         const std::uint32_t i = index_of(s);
-        std::uint64_t h = head_.load(std::memory_order_relaxed);
+        std::uint64_t h = head().load(std::memory_order_relaxed);
         for (;;) {
             s->next.store(static_cast<std::uint32_t>(h & index_mask), std::memory_order_relaxed);
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | i;
-            if (head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
+            if (head().compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
                 return;
         }
     }
@@ -1079,10 +1133,10 @@ private:
     /// their chain, MRU first: cached ones, then the stack.
     template <class Want = decltype(every_slot)>
     slot* take_all_idle_locked(std::uint64_t extra, const Want& want = every_slot) noexcept {
-        std::uint64_t h = head_.load(std::memory_order_acquire);
+        std::uint64_t h = head().load(std::memory_order_acquire);
         for (;;) {
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | none | extra;
-            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+            if (head().compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
                 break;
         }
         std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
@@ -1106,12 +1160,12 @@ private:
     }
 
     slot* pop_locked() noexcept {
-        std::uint64_t h = head_.load(std::memory_order_acquire);
+        std::uint64_t h = head().load(std::memory_order_acquire);
         for (;;) {
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
             if (i == none) return nullptr;
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
-            if (head_.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
+            if (head().compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
                 return &slots_[i];
         }
     }
@@ -1122,7 +1176,7 @@ private:
         waiter_list& q = slow_->waiters; // a waiter exists: so does slow_
         q.erase(q.iterator_to(w));
         if (q.empty()) {
-            head_.fetch_and(~waiters_bit);
+            head().fetch_and(~waiters_bit);
             if (!closed_) unblock_caches_locked();
         }
         w.result = o;
@@ -1389,11 +1443,15 @@ private:
     /// own limit applies). Nothing is computed for a connector without it.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
+        return reset_connection(*ctx_, s, now, when);
+    }
+    template <class When = no_deadline>
+    KEYPOOL_ALWAYS_INLINE bool reset_connection(context& x, slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
             if constexpr (connector_has_reset_until<Connector>) {
-                if (!ctx_->connector.reset(*s->conn, reset_deadline(now, when))) return false;
+                if (!x.connector.reset(*s->conn, reset_deadline(now, when))) return false;
             } else {
-                if (!ctx_->connector.reset(*s->conn)) return false;
+                if (!x.connector.reset(*s->conn)) return false;
             }
         } catch (...) {
             return false;
@@ -1515,7 +1573,7 @@ private:
         waiter w(*ctx_->clock);
         trouble& t = *slow_; // acquire_slow made it
         t.waiters.push_back(w);
-        head_.fetch_or(waiters_bit);
+        head().fetch_or(waiters_bit);
         ++t.waits;
         t.peak_waiters = std::max<std::uint64_t>(t.peak_waiters, t.waiters.size());
         // Connections pushed before WAITERS was set are still on the stack (and in the per-CPU
@@ -1591,8 +1649,7 @@ private:
     struct alignas(64) cpu_cache {
         std::atomic<std::uint32_t> word{none};
     };
-    atomic<std::uint64_t> head_{none}; // (offset 0 of a 64-byte aligned allocation)
-    slot* const slots_; // ctx_->max_size of them, before the core in its allocation
+    slot* const slots_; // ctx_->max_size of them, at the start of the core's allocation
     context* const ctx_; // shared with other pools: the core holds one of its references
     const std::uint16_t n_caches_; // a power of two, or 0
     const bool rseq_caches_; // the caches' owners use restartable sequences (percpu.hpp)

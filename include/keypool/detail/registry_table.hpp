@@ -159,7 +159,7 @@ public:
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(p.s, now, when);
+            const auto r = p.core->checkout_detached(*pool_context_, p.s, now, when);
             if (r == core_type::checkout_result::ok) [[likely]]
                 return leased(p.core, p.s, std::move(k), setup, ec);
             if (r == core_type::checkout_result::delete_core) delete p.core;
@@ -228,7 +228,7 @@ public:
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(p.s, now);
+            const auto r = p.core->checkout_detached(*pool_context_, p.s, now);
             if (r == core_type::checkout_result::ok) {
                 std::error_code ec;
                 return leased(p.core, p.s, std::move(k), setup, ec);
@@ -609,10 +609,10 @@ private:
         core_type* core = e.core.get();
         if (!core) [[unlikely]] // (empty once forget_missing took it)
             return lookup::missing;
-        core_type::prefetch(core, pool_context_->max_size);
+        core_type::prefetch(core, *pool_context_);
         touch(e, now);
         count_hit(sh, rs);
-        typename core_type::slot* s = core->pop_idle();
+        typename core_type::slot* s = core->pop_idle(*pool_context_);
         if (!s) [[unlikely]]
             return lookup::empty;
         p = {core, s, &e};
@@ -623,7 +623,7 @@ private:
     /// empty lease and `ec` set if the setup failed. Built once, in the caller's return slot.
     Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
                  std::error_code& ec) noexcept {
-        Lease l(lease_access::make(core, s), std::move(k));
+        Lease l(lease_access::make(core, s, *pool_context_), std::move(k));
         prepare(l, setup, ec);
         return l;
     }
