@@ -177,6 +177,57 @@ TEST_CASE("key_table: an erased node stays intact, key, value and link, until a 
     CHECK(t.find("tenant-4-with-a-long-name")->second == 4);
 }
 
+TEST_CASE("key_table: a node in the caller's memory is linked, replaced and destroyed, never freed by the table") {
+    using keypool::detail::rcu;
+    struct value {
+        bool external = false;
+        int v = 0;
+        std::shared_ptr<int> alive = std::make_shared<int>(0); // its count tells whether the node was destroyed
+    };
+    struct is_external {
+        bool operator()(const value& x) const noexcept { return x.external; }
+    };
+    using table = key_table<std::string, value, boost::hash<std::string>, std::equal_to<std::string>, true, is_external>;
+    table t;
+    for (int k = 0; k < 8; ++k) t.emplace("k" + std::to_string(k))->second.v = k;
+    // The caller's memory, as the registry's pool allocations: freed by the caller, once.
+    struct alignas(table::node) storage {
+        unsigned char bytes[sizeof(table::node)];
+    };
+    auto mem = std::make_unique<storage>();
+    auto old = t.find("k3");
+    std::weak_ptr<int> old_alive = old->second.alive;
+    auto n = t.replace(old, mem.get());
+    n->second.external = true;
+    n->second.v = 33;
+    CHECK(static_cast<void*>(n) == static_cast<void*>(mem.get()));
+    CHECK(n->first == "k3");
+    CHECK(t.size() == 8);
+    CHECK(t.find_shared("k3") == n);
+    CHECK(t.find("k3")->second.v == 33);
+    for (int k = 0; k < 8; ++k) CHECK(t.find("k" + std::to_string(k)) != t.end()); // the chain is whole
+    CHECK(t.retired() == 1); // the replaced node waits for a grace period
+    rcu.synchronize();
+    CHECK(t.reclaim() == 1);
+    CHECK(old_alive.expired());
+    // Erased and reclaimed: destroyed in place; the memory stays the caller's.
+    std::weak_ptr<int> alive = n->second.alive;
+    t.erase(n);
+    rcu.synchronize();
+    CHECK(t.reclaim() == 1);
+    CHECK(alive.expired());
+    // A new node never takes the caller's memory, and one built there back in the table's.
+    for (int k = 100; k < 300; ++k) CHECK(static_cast<void*>(t.emplace("k" + std::to_string(k))) != mem.get());
+    auto again = t.emplace("k3", mem.get());
+    again->second.external = true;
+    auto back = t.replace(again, nullptr);
+    CHECK(static_cast<void*>(back) != mem.get());
+    CHECK(t.find("k3") == back);
+    rcu.synchronize();
+    CHECK(t.reclaim() == 1);
+    // (ASan: had the table freed or reused `mem`, the unique_ptr's delete would be a double free.)
+}
+
 TEST_CASE("key_table: a lookup without the lock while the table grows finds every key already in it") {
     // One writer grows the table (rehashes relink every node) while a reader looks keys up
     // inside read sections: a key inserted before the reader started is found, or (rarely,

@@ -46,8 +46,20 @@ namespace keypool::detail {
 /// front so a growing registry does not rehash under the shard lock. An iterator is a node
 /// pointer (`->first`, `->second`); end() is nullptr.
 ///
+/// A node may also live in memory its caller owns (emplace(k, mem), replace(n, mem)): the table
+/// links, unlinks and destroys it like any other, but never frees or reuses that memory, and
+/// `External` (a function object on the value) tells it which nodes those are. The caller frees
+/// the memory once the node is destroyed (after erase() and a reclaim() past a grace period).
+///
 /// `Concurrent` false (sync::none): no lock-free readers, so an erased node is destroyed at once.
-template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equal_to<Key>, bool Concurrent = true>
+struct never_external {
+    template <class T>
+    bool operator()(const T&) const noexcept {
+        return false;
+    }
+};
+template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equal_to<Key>, bool Concurrent = true,
+          class External = never_external>
 class key_table {
 public:
     struct node;
@@ -91,18 +103,13 @@ public:
         return nullptr;
     }
 
-    /// Inserts a node for `k` with a value-initialised T; `k` must not be in the table.
-    iterator emplace(const Key& k) {
+    /// Inserts a node for `k` with a value-initialised T; `k` must not be in the table. `mem`:
+    /// where to build it (the caller's memory, sizeof(node) bytes aligned for a node; the value
+    /// must then say External), or nullptr for the table's own.
+    iterator emplace(const Key& k, void* mem = nullptr) {
         bucket_array* b = buckets_.load(std::memory_order_relaxed);
         if (size_ > b->mask) b = grow(2 * (b->mask + 1));
-        void* mem = allocate_node();
-        node* n;
-        try {
-            n = new (mem) node(k);
-        } catch (...) {
-            free_node(mem);
-            throw;
-        }
+        node* n = build(k, mem);
         auto& head = b->heads[mix(Hash{}(n->first)) & b->mask];
         n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
         head.store(n, std::memory_order_release); // publishes the built node
@@ -112,12 +119,20 @@ public:
 
     /// Unlinks `n`; it is destroyed by the first reclaim() after a grace period.
     void erase(iterator n) noexcept {
-        bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        std::atomic<node*>* at = &b->heads[mix(Hash{}(n->first)) & b->mask];
-        while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
-        at->store(n->next.load(std::memory_order_relaxed), std::memory_order_release);
+        link_of(n).store(n->next.load(std::memory_order_relaxed), std::memory_order_release);
         --size_;
         retire(n);
+    }
+
+    /// Puts a new node for `old`'s key (a value-initialised T, built in `mem` as emplace() does)
+    /// where `old` is in its chain, in one store, and retires `old` as erase() does: a lock-free
+    /// reader finds one or the other.
+    iterator replace(iterator old, void* mem = nullptr) {
+        node* n = build(old->first, mem);
+        n->next.store(old->next.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        link_of(old).store(n, std::memory_order_release); // publishes the built node
+        retire(old);
+        return n;
     }
     bool erase(const Key& k) {
         iterator n = find(k);
@@ -165,6 +180,26 @@ private:
         std::size_t mask; // buckets - 1
         std::atomic<node*> heads[1]; // (`mask + 1` of them: allocated past the end)
     };
+    // The link that points at linked node `n`: its bucket's head or its predecessor's next.
+    std::atomic<node*>& link_of(node* n) noexcept {
+        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        std::atomic<node*>* at = &b->heads[mix(Hash{}(n->first)) & b->mask];
+        while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
+        return *at;
+    }
+    node* build(const Key& k, void* mem) {
+        const bool own = mem == nullptr;
+        if (own) mem = allocate_node();
+        try {
+            node* n = new (mem) node(k);
+            owned_ += own;
+            return n;
+        } catch (...) {
+            if (own) free_node(mem);
+            throw;
+        }
+    }
+
     static bucket_array* make_buckets(std::size_t n) {
         void* mem = ::operator new(offsetof(bucket_array, heads) + n * sizeof(std::atomic<node*>), std::align_val_t{line});
         auto* b = static_cast<bucket_array*>(mem);
@@ -211,22 +246,26 @@ private:
         }
     }
     void destroy(node* n) noexcept {
+        const bool external = External{}(std::as_const(n->second));
         n->~node();
-        free_node(n);
+        if (!external) free_node(n), --owned_;
     }
 
     // Free node storage is linked through its first pointer. A new chunk holds an eighth of the
-    // table's nodes (4 to 256): at most ~1/8 of a line of slack per key, few chunks when big.
+    // nodes in the table's own memory (4 to 256): at most ~1/8 of a line of slack per key, few
+    // chunks when big. (With external nodes, few are the table's at a time: the registry's
+    // nodes of keys being created, each replaced by one in its pool's allocation.)
     void* allocate_node() {
         if (!free_ && !limbo_.empty()) {
-            // Erasures a caller did not follow with a grace period (the registry's own removals
-            // do): wait for one here once there are many, so erased nodes cannot pile up. (Safe
-            // under the shard's lock: read sections take no lock.)
-            if (limbo_.size() >= 64) rcu.synchronize();
+            // Erasures a caller did not follow with a grace period (the registry's replaced
+            // creation nodes; its own removals are followed by one): wait for one here once there
+            // are a few, so erased nodes are reused instead of piling up in new chunks — in
+            // every shard of a registry. (Safe under the shard's lock: read sections take no lock.)
+            if (limbo_.size() >= 8) rcu.synchronize();
             reclaim();
         }
         if (!free_) {
-            const std::size_t n = std::clamp<std::size_t>(size_ / 8, 4, 256);
+            const std::size_t n = std::clamp<std::size_t>(owned_ / 8, 4, 256);
             chunks_.reserve(chunks_.size() + 1);
             auto* c = static_cast<unsigned char*>(::operator new(n * stride, std::align_val_t{line}));
             chunks_.push_back(c);
@@ -264,6 +303,7 @@ private:
 
     std::atomic<bucket_array*> buckets_;
     std::size_t size_ = 0;
+    std::size_t owned_ = 0; // nodes in the table's own memory, linked or waiting in limbo_
     std::vector<std::pair<node*, std::uint64_t>> limbo_;             // erased, destroyed after a grace period
     std::vector<std::pair<bucket_array*, std::uint64_t>> old_buckets_; // replaced, freed after one
     std::vector<unsigned char*> chunks_;

@@ -135,7 +135,9 @@ public:
     struct context : pool_options, boost::intrusive_ref_counter<context, boost::thread_safe_counter> {
         context(const pool_options& o, Connector c, const Clock& clk, Observer ob)
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
-              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()) {}
+              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()) {
+            set_prefix(0);
+        }
         Connector connector;
         const Clock* const clock;
         [[no_unique_address]] Observer obs;
@@ -145,9 +147,15 @@ public:
         const std::uint16_t n_caches;
         const bool rseq_caches;
         // Bytes each pool's allocation keeps for its owner between the idle-stack head and the
-        // core (a multiple of 8; the registry's key node, see block layout). Set before the first
-        // pool is built.
-        std::uint32_t prefix = 0;
+        // core (a multiple of 8; the registry's key node, see block layout), and the distances
+        // from a core back to its head and to its slots. Set (set_prefix) before the first pool
+        // is built.
+        std::size_t prefix = 0, head_back = 0, slots_back = 0;
+        void set_prefix(std::size_t bytes) noexcept {
+            prefix = bytes;
+            head_back = bytes + sizeof(head_type);
+            slots_back = core_offset(max_size, bytes);
+        }
     };
     using shared_context = boost::intrusive_ptr<context>;
     static shared_context share(const pool_options& o, Connector c, const Clock& clock, Observer obs = {}) {
@@ -222,13 +230,15 @@ public:
     /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
     /// address alone (the core's own fields are not read).
     static KEYPOOL_ALWAYS_INLINE head_type& head_at(const pool_core* c, const context& x) noexcept {
-        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.prefix - sizeof(head_type);
+        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.head_back;
         return *std::launder(reinterpret_cast<head_type*>(p));
     }
     static KEYPOOL_ALWAYS_INLINE slot* slots_at(const pool_core* c, const context& x) noexcept {
-        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - core_offset(x.max_size, x.prefix);
+        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.slots_back;
         return std::launder(reinterpret_cast<slot*>(p));
     }
+    /// Where the owner's prefix of core `c` (made with context `x`) starts: right after the head.
+    static void* prefix_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.prefix; }
     /// The bytes a prefix of `n` bytes takes (the core after it stays 8-byte aligned).
     static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
 

@@ -118,6 +118,7 @@ public:
         // Size every shard's table for max_pools up front (capped): growing a shard rehashes it
         // under its lock, and with keys spread evenly all shards rehash at nearly the same key
         // count — 64 stalls of ≈5 ms each at ≈786k keys in BM_registry_growth_latency without this.
+        if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)));
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
         for (std::size_t i = 0; i <= shard_mask_; ++i)
             shards_[i].map.reserve(expected / (shard_mask_ + 1) * 5 / 4 + 16);
@@ -322,15 +323,28 @@ public:
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
             if (it == sh.map.end()) return;
-            entry& e = it->second;
-            if (e.st != entry::state::ready || e.core.get() != pool || e.core->busy()) return;
-            leave_ring_locked(e);
+            entry* e = &it->second;
+            if (e->st != entry::state::ready || e->core.get() != pool || e->core->busy()) return;
+            leave_ring_locked(*e);
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
-            dead = e.core.take(); // closed outside the locks, after a grace period
-            e.st = entry::state::failed;
-            pend->error = why;
-            pend->failed_until = clock_->now() + opt_.failure_backoff;
-            e.pend = std::move(pend);
+            dead = e->core.take(); // closed outside the locks, after a grace period
+            // A node in the pool's allocation must go with the pool: the failure is
+            // remembered in a node of the table's own (which cannot throw here: out of memory,
+            // the key is just dropped).
+            if (e->embedded) {
+                try {
+                    e = &embed_locked(sh, *e, nullptr);
+                } catch (...) {
+                    sh.map.erase(&table_type::node_of(*e));
+                    e = nullptr;
+                }
+            }
+            if (e) {
+                e->st = entry::state::failed;
+                pend->error = why;
+                pend->failed_until = clock_->now() + opt_.failure_backoff;
+                e->pend = std::move(pend);
+            }
         }
         quiesce();
         reclaim(sh);
@@ -491,6 +505,7 @@ private:
         using state = typename state_cell::state;
         state_cell st;
         atomic<bool> referenced{true};
+        bool embedded = false; // the node lives in its pool's allocation (see embeds)
         atomic<duration::rep> last_used{0};
         core_cell core; // ready: the pool (an owner of its core); empty otherwise
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
@@ -509,7 +524,23 @@ private:
         shard* from;
     };
 
-    using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe>;
+    struct is_embedded {
+        bool operator()(const entry& e) const noexcept { return e.embedded; }
+    };
+    using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe, is_embedded>;
+    using node_type = typename table_type::node;
+
+    /// A ready key's node lives in its pool's allocation, in the prefix between the idle-stack
+    /// head and the core (pool_core's block layout), when the key's pool is its own: routes
+    /// without a setup (with one, keys share pools by target). Then the head and the node's
+    /// first 56 bytes — link, key, state, CLOCK bit, last use, pool pointer for an 8-byte key —
+    /// share one cache line, and a hit touches that line and slot 0's: two lines of the key, not
+    /// three. The node is built when the pool is published, in place of the `creating` node that
+    /// the leader inserted (key_table::replace), and destroyed by the table's reclaim after a
+    /// grace period, before the registry drops its reference on the pool (every path that takes
+    /// an entry's pool unlinks the node, waits for the grace period and reclaims before letting
+    /// the pool go); the block is freed with the pool.
+    static constexpr bool embeds = std::is_same_v<setup_type, no_setup> && alignof(node_type) <= 8;
 
     struct alignas(64) shard {
         mutable mutex_type m;
@@ -742,6 +773,7 @@ private:
         }
         if (!r && !rec) rec = make_error_code(errc::key_not_found);
         core_ref p;
+        entry* done = &e; // the key's entry once published: e, or the node embeds puts in its place
         {
             std::lock_guard rl(ring_m_);
             if (r && !closed_.load()) {
@@ -755,7 +787,11 @@ private:
             }
             std::lock_guard lk(sh.m);
             if (p) {
-                publish_locked(e, std::move(p), std::move(r->setup));
+                if constexpr (embeds) {
+                    wake_joiners_locked(e); // they look the key up again and find the new node
+                    done = &embed_locked(sh, e, p.get());
+                }
+                publish_locked(*done, std::move(p), std::move(r->setup));
                 ++created_;
             } else if (rec == errc::cancelled && st.stop_requested()) {
                 // The leader gave up; the joiners must not fail for it: drop the entry so the next
@@ -768,12 +804,12 @@ private:
                 e.pend->error = closed_.load() ? make_error_code(errc::closed) : rec;
                 e.pend->failed_until = clock_->now() + opt_.failure_backoff;
             }
-            wake_joiners_locked(e);
-            if (e.st == entry::state::failed) return ec = e.pend->error, false;
-            e.pend.reset(); // ready: no joiners left
+            wake_joiners_locked(*done);
+            if (done->st == entry::state::failed) return ec = done->pend->error, false;
+            done->pend.reset(); // ready: no joiners left
         }
         notify_pool_created(obs_, key);
-        evict_over_cap(&e);
+        evict_over_cap(done);
         return true;
     }
 
@@ -789,7 +825,7 @@ private:
             ++created_;
             std::lock_guard lk(sh.m);
             if (sh.map.find(key) != sh.map.end()) return true; // another caller won: ours closes unused
-            entry& e = insert_locked(sh, key);
+            entry& e = insert_locked(sh, key, embeds ? p.get() : nullptr);
             publish_locked(e, std::move(p), std::move(r->setup));
             mine = &e;
         }
@@ -798,10 +834,24 @@ private:
         return true;
     }
 
-    /// Under the shard lock: a new entry (state `creating`) in the key's node.
-    static entry& insert_locked(shard& sh, const Key& key) {
-        auto node = sh.map.emplace(key);
+    /// Under the shard lock: a new entry (state `creating`) in the key's node; built in the
+    /// prefix of `home`'s allocation (embeds) if given, else in the table's own memory.
+    entry& insert_locked(shard& sh, const Key& key, core_type* home = nullptr) {
+        auto node = sh.map.emplace(key, home ? core_type::prefix_at(home, *pool_context_) : nullptr);
+        node->second.embedded = home != nullptr;
         if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
+        return node->second;
+    }
+
+    /// Under the shard lock (embeds): `e`'s key gets a new node in the prefix of `home`'s
+    /// allocation (or, for nullptr, in the table's memory), in `e`'s place in the chain; `e` is
+    /// retired (destroyed by a reclaim after a grace period) and must hold no pool, no ring link
+    /// and no joiner. Returns the new entry, state `creating`.
+    entry& embed_locked(shard& sh, entry& e, core_type* home) {
+        [[maybe_unused]] auto shared_key = e.shared_key; // (e may be gone once replaced: sync::none)
+        auto node = sh.map.replace(&table_type::node_of(e), home ? core_type::prefix_at(home, *pool_context_) : nullptr);
+        node->second.embedded = home != nullptr;
+        if constexpr (!copy_is_plain<Key>) node->second.shared_key = std::move(shared_key);
         return node->second;
     }
 
