@@ -633,7 +633,14 @@ private:
     /// holds keeps the core alive. Writes nothing shared but the pool's idle stack.
     KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(shard& sh, const Key& key, time_point now, const read_section& rs,
                                               popped& p) noexcept {
-        auto it = sh.map.find_shared(key);
+        // A node in its pool's allocation (embeds) has slot 0 at a fixed distance: load it side
+        // by side with the node, not after it (with two threads a key's node line, written by
+        // every acquire, is often in the other core's cache). For a node of the table's own the
+        // address means nothing, and its prefetch is harmless.
+        std::ptrdiff_t to_slot0 = 0;
+        if constexpr (embeds)
+            to_slot0 = static_cast<std::ptrdiff_t>(pool_context_->prefix) - static_cast<std::ptrdiff_t>(pool_context_->slots_back);
+        auto it = sh.map.find_shared(key, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
