@@ -49,9 +49,12 @@ TEST_CASE("a manual-clock event wakes when set or when time passes its deadline"
     CHECK_FALSE(ev.wait_until(c.now())); // deadline already reached: returns at once
     std::atomic<int> result{-1};
     std::atomic<bool> started{false};
+    // The deadline is fixed before the waiter starts: read inside the thread, after `started`,
+    // an advance that came first moved it 10 s further, and the wait never ended (a CI timeout).
+    const keypool::time_point deadline = c.now() + 10s;
     std::jthread t([&] {
         started = true;
-        result = ev.wait_until(c.now() + 10s) ? 1 : 0;
+        result = ev.wait_until(deadline) ? 1 : 0;
     });
     REQUIRE(kp_test::eventually([&] { return started.load(); }));
     c.advance(10s);
