@@ -54,6 +54,11 @@ public:
     using key_holder = detail::held<Key>;
     keyed_lease() = default;
     keyed_lease(PoolLease l, key_holder k) noexcept : PoolLease(std::move(l)), key_(std::move(k)) {}
+    keyed_lease(keyed_lease&&) = default;
+    keyed_lease& operator=(keyed_lease&&) = default;
+    // Inlined into the caller, as the pool lease's own release: an out-of-line destructor cost
+    // W3 a call, a frame and a reload of the lease per cycle (docs/benchmarks.md, "Session 14").
+    KEYPOOL_ALWAYS_INLINE ~keyed_lease() = default;
     /// The key the lease was acquired for (a default-constructed key for an empty lease).
     const Key& key() const noexcept {
         if constexpr (detail::copy_is_plain<Key>) {
@@ -123,11 +128,14 @@ public:
     /// `closed`, or the connector's `prepare` error. A `stop` already stopped gives `cancelled` at
     /// once (no lookup, no pool made, no idle connection taken); so does `pool(key)`'s.
     /// `site` is the caller's location, recorded for leak reports when `leak_threshold` is set.
-    [[nodiscard]] lease acquire(const Key& key, std::source_location site = std::source_location::current()) {
+    /// The forms with a timeout inline their fast path (a ready key's idle connection) into the
+    /// caller, as the pool's do; everything else is out of line.
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key,
+                                                      std::source_location site = std::source_location::current()) {
         return acquire(key, table_.options().pool.acquire_timeout, site);
     }
-    [[nodiscard]] lease acquire(const Key& key, duration timeout,
-                                std::source_location site = std::source_location::current()) {
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout,
+                                                      std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
         lease l = table_.acquire(key, timeout, {}, ec);
         checked(l, ec, site);
@@ -140,8 +148,8 @@ public:
         checked(l, ec, site);
         return l;
     }
-    [[nodiscard]] lease acquire(const Key& key, duration timeout, std::error_code& ec,
-                                std::source_location site = std::source_location::current()) noexcept {
+    [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout, std::error_code& ec,
+                                                      std::source_location site = std::source_location::current()) noexcept {
         lease l = table_.acquire(key, timeout, {}, ec);
         sited(l, site);
         return l;
@@ -244,9 +252,13 @@ private:
         return o;
     }
     // In place, so the lease is built once, in the caller's return slot (no moves on the way).
-    static void checked(lease& l, std::error_code ec, const std::source_location& site) {
-        if (!l) throw error(ec, "keypool: registry acquire failed");
+    static KEYPOOL_ALWAYS_INLINE void checked(lease& l, std::error_code ec, const std::source_location& site) {
+        if (!l) [[unlikely]]
+            throw_acquire_error(ec);
         sited(l, site);
+    }
+    [[noreturn]] static KEYPOOL_NOINLINE void throw_acquire_error(std::error_code ec) {
+        throw error(ec, "keypool: registry acquire failed");
     }
     static void sited(lease& l, const std::source_location& site) noexcept {
         detail::lease_access::record_site(l, site);

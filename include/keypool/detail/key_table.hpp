@@ -94,19 +94,24 @@ public:
     /// Under the shard's lock.
     iterator find(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) { return find_shared(k); }
 
+    /// The key's hash, fully mixed: its low bits index the buckets (a table never has 2^52 of
+    /// them, so a caller may use the top bits for its own split, as the registry's shards do).
+    static std::size_t hash_of(const Key& k) noexcept(noexcept(Hash{}(k))) { return mix(Hash{}(k)); }
+
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        return find_shared(k, 0);
+        return find_shared(k, hash_of(k), 0);
     }
-    /// The same, and for each node it visits, a prefetch (for writing) of the line at `ahead`
-    /// bytes from it, issued before the node is read: what a caller whose nodes live at a fixed
-    /// distance from what it reads next (the registry's, in their pools' allocations) needs
-    /// side by side with the node. 0: none.
-    KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k, std::ptrdiff_t ahead) const
-        noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
+    /// The same, `h` being hash_of(k) (which a caller that also picks a shard by it computes
+    /// once), and for each node it visits, a prefetch (for writing) of the line at `ahead` bytes
+    /// from it, issued before the node is read: what a caller whose nodes live at a fixed
+    /// distance from what it reads next (the registry's, in their pools' allocations) needs side
+    /// by side with the node. 0: none.
+    KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k, std::size_t h, std::ptrdiff_t ahead) const
+        noexcept(noexcept(Eq{}(k, k))) {
         const bucket_array* b = load_acquire(buckets_);
-        for (node* n = load_acquire(b->heads[mix(Hash{}(k)) & b->mask]); n; n = load_acquire(n->next)) {
+        for (node* n = load_acquire(b->heads[h & b->mask]); n; n = load_acquire(n->next)) {
             if (ahead != 0) // (an address, not a pointer into the node: computed as an integer)
                 prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
             if (Eq{}(k, n->first)) return n;

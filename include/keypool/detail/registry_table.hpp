@@ -151,11 +151,11 @@ public:
             if (st.stop_requested()) [[unlikely]]
                 return cancelled(ec), Lease{};
         }
-        shard& sh = shard_for(key);
+        const std::size_t h = table_type::hash_of(key);
         const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
         read_section rs;
         popped p;
-        const lookup found = pop_unlocked(sh, key, now, rs, p);
+        const lookup found = pop_unlocked(h, key, now, rs, p);
         if (found == lookup::popped) [[likely]] {
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
@@ -220,11 +220,11 @@ public:
     }
 
     Lease try_acquire(const Key& key) noexcept {
-        shard& sh = shard_for(key);
+        const std::size_t h = table_type::hash_of(key);
         const time_point now = clock_->coarse_now();
         read_section rs;
         popped p;
-        const lookup found = pop_unlocked(sh, key, now, rs, p);
+        const lookup found = pop_unlocked(h, key, now, rs, p);
         if (found == lookup::popped) {
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
@@ -597,12 +597,11 @@ private:
                                boost::intrusive::member_hook<entry, decltype(entry::hook), &entry::hook>,
                                boost::intrusive::constant_time_size<true>>;
 
-    shard& shard_for(const Key& k) const noexcept {
-        std::size_t h = boost::hash<Key>{}(k);
-        h ^= h >> 17; // the map hashes the same bits; spread them differently across shards
-        h *= 0x9e3779b97f4a7c15ULL;
-        return shards_[(h >> 32) & shard_mask_];
-    }
+    /// A key's shard: the top bits of its mixed hash, whose low bits pick its bucket in the
+    /// shard's table (shards ≤ 4096: 12 bits). The lock-free lookup computes the hash once for
+    /// both (shard_at).
+    shard& shard_for(const Key& k) const noexcept { return shard_at(table_type::hash_of(k)); }
+    shard& shard_at(std::size_t mixed_hash) const noexcept { return shards_[(mixed_hash >> 52) & shard_mask_]; }
 
     /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
     /// key does not bounce its cache line) and the coarse last-use time for idle eviction.
@@ -631,8 +630,10 @@ private:
     /// node, and the pool core it names, from being freed while it reads them (detail/rcu.hpp);
     /// once the caller has copied the entry's key and setup it may leave, since the connection it
     /// holds keeps the core alive. Writes nothing shared but the pool's idle stack.
-    KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(shard& sh, const Key& key, time_point now, const read_section& rs,
+    /// `h`: hash_of(key), which picks the shard and the bucket.
+    KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(std::size_t h, const Key& key, time_point now, const read_section& rs,
                                               popped& p) noexcept {
+        shard& sh = shard_at(h);
         // A node in its pool's allocation (embeds) has slot 0 at a fixed distance: load it side
         // by side with the node, not after it (with two threads a key's node line, written by
         // every acquire, is often in the other core's cache). For a node of the table's own the
@@ -640,7 +641,7 @@ private:
         std::ptrdiff_t to_slot0 = 0;
         if constexpr (embeds)
             to_slot0 = static_cast<std::ptrdiff_t>(pool_context_->prefix) - static_cast<std::ptrdiff_t>(pool_context_->slots_back);
-        auto it = sh.map.find_shared(key, to_slot0);
+        auto it = sh.map.find_shared(key, h, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
