@@ -93,7 +93,7 @@ public:
     // beside the slots only when an option asks for it (lease_info).
     struct slot {
         atomic<std::uint16_t> next{none};
-        std::uint16_t self = 0; // its index in slots_ (index_of without a division)
+        std::uint16_t self = 0; // its index in slots() (index_of without a division)
         atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
         // Set (to a close_reason + 1) by maintain() for a leased connection that must not come
         // back, e.g. past its lifetime: the release closes it. Read by the owner at release.
@@ -173,24 +173,23 @@ public:
     /// the slots and the idle-stack head live in the same allocation, before the core (one
     /// allocation per pool; see operator new).
     pool_core(target_type t, shared_context o)
-        : slots_(std::launder(reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(this) - core_offset(o->max_size, o->prefix)))),
-          ctx_(o.get()),
-          n_caches_(o->n_caches), rseq_caches_(o->rseq_caches),
-          caches_(n_caches_ ? new cpu_cache[n_caches_] : nullptr),
+        : ctx_(o.get()),
+          caches_(o->n_caches ? new cpu_cache[o->n_caches] : nullptr),
           target_(std::move(t)),
           leases_(ctx_->detect_self_deadlock || ctx_->leak_threshold ? new lease_info[ctx_->max_size] : nullptr),
           rng_(ctx_->seed ? *ctx_->seed : seed_from_address()) {
-        std::uninitialized_default_construct_n(slots_, ctx_->max_size); // noexcept: atomics and nullopt
+        slot* const all = slots();
+        std::uninitialized_default_construct_n(all, ctx_->max_size); // noexcept: atomics and nullopt
         for (std::uint32_t i = 0; i < ctx_->max_size; ++i) {
-            slots_[i].self = i;
-            slots_[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
+            all[i].self = i;
+            all[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
         ::new (static_cast<void*>(reinterpret_cast<unsigned char*>(this) - o->prefix - sizeof(head_type))) head_type(none);
         (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
-        std::destroy_n(slots_, ctx_->max_size);
+        std::destroy_n(slots(), ctx_->max_size);
         intrusive_ptr_release(ctx_);
     }
 
@@ -252,6 +251,7 @@ public:
     /// The context this core was made with (its pools' options, connector, clock, budget).
     context& shared() const noexcept { return *ctx_; }
     head_type& head() const noexcept { return head_at(this, *ctx_); }
+    slot* slots() const noexcept { return slots_at(this, *ctx_); }
 
     // ---- acquire ---------------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ public:
     /// connection a caller that will not wait may have. nullptr if none.
     slot* pop_idle_or_steal() noexcept {
         slot* s = pop_ready();
-        if (!s && rseq_caches_) {
+        if (!s && ctx_->rseq_caches) {
             std::lock_guard lk(m_);
             if (!closed_ && !has_waiters_locked()) s = steal_cached();
         }
@@ -474,7 +474,7 @@ public:
         const time_point now = ctx_->clock->coarse_now();
         std::lock_guard lk(m_);
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots_[i];
+            const slot& s = slots()[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
             r.push_back({now - used_at(s),
                          ctx_->leak_threshold ? leases_[i].site.load(std::memory_order_relaxed) : std::source_location{}});
@@ -634,10 +634,10 @@ public:
             };
             for (slot* s = take_all_idle_locked(0, needs_pass); s; s = next_of(s)) idle.push_back(s); // MRU first
             std::size_t cached = 0;
-            for (std::size_t j = 0; j < n_caches_; ++j) {
+            for (std::size_t j = 0; j < ctx_->n_caches; ++j) {
                 const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
                 if (w >= none) continue;
-                const slot& c = slots_[w];
+                const slot& c = slots()[w];
                 ++cached;
                 due = std::min({due, c.expires, keepalive_due(&c),
                                 ctx_->idle_timeout ? used_at(c) + *ctx_->idle_timeout : time_point::max()});
@@ -645,7 +645,7 @@ public:
             // Leased connections: note that they were out now (see last_used), and mark the ones
             // past their lifetime to be closed when they come back.
             for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-                slot& s = slots_[i];
+                slot& s = slots()[i];
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
                 const std::uint32_t uses = s.uses.load(std::memory_order_relaxed);
                 if (uses != s.seen_uses) s.leak_reported = false; // another lease than last pass's
@@ -791,7 +791,7 @@ public:
         r.peak_size = peak_size_;
         r.peak_waiters = t.peak_waiters;
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots_[i];
+            const slot& s = slots()[i];
             auto st = static_cast<slot_state>(s.state.load(std::memory_order_relaxed));
             if (st == slot_state::idle) ++r.idle;
             if (st == slot_state::in_use) ++r.in_use;
@@ -815,7 +815,7 @@ public:
     std::size_t idle_count_locked() const noexcept {
         std::size_t n = 0;
         for (std::size_t i = 0; i < ctx_->max_size; ++i)
-            if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
+            if (static_cast<slot_state>(slots()[i].state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
         return n;
     }
 
@@ -825,7 +825,7 @@ public:
         std::lock_guard lk(m_);
         if (connecting_ > 0 || has_waiters_locked()) return true;
         for (std::size_t i = 0; i < ctx_->max_size; ++i)
-            if (static_cast<slot_state>(slots_[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
+            if (static_cast<slot_state>(slots()[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
                 return true;
         return false;
     }
@@ -937,7 +937,7 @@ private:
 
     slot* next_of(slot* s) noexcept {
         std::uint32_t n = s->next.load(std::memory_order_relaxed);
-        return n == none ? nullptr : &slots_[n];
+        return n == none ? nullptr : &slots()[n];
     }
 
     // ---- per-CPU caches (pool_options::cpu_caches) ---------------------------------------------
@@ -947,12 +947,12 @@ private:
     // a waiter would not see it) and forever after close. Only code holding m_ blocks or unblocks
     // a word, and nobody else writes a blocked word.
     //
-    // Two ways to reach a word, fixed per pool (rseq_caches_):
+    // Two ways to reach a word, fixed per context (context::rseq_caches):
     // - rseq: word j belongs to the thread running with concurrency id j, or on CPU j (percpu.hpp;
-    //   ids or CPUs from n_caches_ on have none and use the stack). Its
+    //   ids or CPUs from n_caches on have none and use the stack). Its
     //   owners take and put with a restartable sequence, no locked instruction; everything else
     //   (stealing, blocking, emptying) holds m_ and goes through percpu::seize_all.
-    // - compare-and-swap: word cpu & (n_caches_ - 1), one CAS for every access, from anywhere.
+    // - compare-and-swap: word cpu & (n_caches - 1), one CAS for every access, from anywhere.
 
     std::atomic<std::uint32_t>* cache_words() const noexcept {
         static_assert(sizeof(cpu_cache) == percpu::stride);
@@ -965,14 +965,14 @@ private:
             cpu = Sync::cpu();
         else
             cpu = current_cpu();
-        return caches_[cpu & (n_caches_ - 1)].word;
+        return caches_[cpu & (ctx_->n_caches - 1)].word;
     }
 
     KEYPOOL_ALWAYS_INLINE slot* take_cached(std::atomic<std::uint32_t>& c) noexcept {
         std::uint32_t w = c.load(std::memory_order_relaxed);
         while (w < none)
             if (c.compare_exchange_weak(w, none, std::memory_order_acquire, std::memory_order_relaxed))
-                return &slots_[w];
+                return &slots()[w];
         return nullptr;
     }
 
@@ -980,7 +980,7 @@ private:
     /// (compare-and-swap mode: from the fast path; rseq mode: under m_, with no waiters queued,
     /// and the other cached connections go back to the stack).
     slot* steal_cached() noexcept {
-        if (rseq_caches_) {
+        if (ctx_->rseq_caches) {
             slot* first = seize_caches_locked(nullptr, none);
             if (first)
                 for (slot* s = next_of(first); s;) {
@@ -990,7 +990,7 @@ private:
                 }
             return first;
         }
-        for (std::size_t j = 0; j < n_caches_; ++j)
+        for (std::size_t j = 0; j < ctx_->n_caches; ++j)
             if (slot* s = take_cached(caches_[j].word)) return s;
         return nullptr;
     }
@@ -998,10 +998,10 @@ private:
     /// Under m_, when the first waiter queues or the pool closes: blocks every cache and returns
     /// the connections they held, chained through `next`, in front of `chain`.
     slot* block_caches_locked(slot* chain) noexcept {
-        if (rseq_caches_) return seize_caches_locked(chain, cache_blocked | none);
-        for (std::size_t j = n_caches_; j-- > 0;) {
+        if (ctx_->rseq_caches) return seize_caches_locked(chain, cache_blocked | none);
+        for (std::size_t j = ctx_->n_caches; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.exchange(cache_blocked | none, std::memory_order_acquire);
-            if (w < none) chain = prepend(&slots_[w], chain);
+            if (w < none) chain = prepend(&slots()[w], chain);
         }
         return chain;
     }
@@ -1009,7 +1009,7 @@ private:
     /// Under m_, when the last waiter leaves an open pool. (rseq mode too: no owner sequence
     /// commits on a blocked word, so a plain store cannot be overwritten.)
     void unblock_caches_locked() noexcept {
-        for (std::size_t j = 0; j < n_caches_; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
+        for (std::size_t j = 0; j < ctx_->n_caches; ++j) caches_[j].word.store(none, std::memory_order_relaxed);
     }
 
     static constexpr auto every_slot = [](const slot&) noexcept { return true; };
@@ -1019,9 +1019,9 @@ private:
     template <class Want = decltype(every_slot)>
     slot* seize_caches_locked(slot* chain, std::uint32_t final, const Want& want = every_slot) noexcept {
         percpu::seize_all(
-            cache_words(), n_caches_, none, final, cache_locked, [&](std::uint32_t v) { return want(slots_[v]); },
+            cache_words(), ctx_->n_caches, none, final, cache_locked, [&](std::uint32_t v) { return want(slots()[v]); },
             [&](std::uint32_t v) {
-                if (v < none) chain = prepend(&slots_[v], chain);
+                if (v < none) chain = prepend(&slots()[v], chain);
             },
             percpu::fence);
         return chain;
@@ -1040,7 +1040,7 @@ private:
             if (x.n_caches != 0) {
                 if (x.rseq_caches) {
                     std::uint32_t w;
-                    if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return &slots_[w];
+                    if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return &slots_at(this, x)[w];
                 } else if (slot* s = take_cached(my_cache())) {
                     return s;
                 }
@@ -1111,7 +1111,7 @@ private:
                     }
                 }
                 if (w == none) return nullptr;
-                if (w < none) s = &slots_[w]; // displaced: ours now, so the core stays alive while we push it
+                if (w < none) s = &slots_at(this, x)[w]; // displaced: ours now, so the core stays alive while we push it
             }
         }
         const std::uint32_t i = index_of(s);
@@ -1150,20 +1150,20 @@ private:
                 break;
         }
         std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-        slot* chain = i == none ? nullptr : &slots_[i];
+        slot* chain = i == none ? nullptr : &slots()[i];
         // reset_at::background's dirty list: returned most recently, so in front.
         if (dirty_head_ != none) {
-            slot* last = &slots_[dirty_head_];
+            slot* last = &slots()[dirty_head_];
             while (next_of(last)) last = next_of(last);
             last->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
-            chain = &slots_[dirty_head_];
+            chain = &slots()[dirty_head_];
             dirty_head_ = none;
         }
         if (extra & closed_bit) return block_caches_locked(chain);
-        if (rseq_caches_) return seize_caches_locked(chain, none, want);
-        for (std::size_t j = n_caches_; j-- > 0;) {
+        if (ctx_->rseq_caches) return seize_caches_locked(chain, none, want);
+        for (std::size_t j = ctx_->n_caches; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
-            if (w < none && want(slots_[w]))
+            if (w < none && want(slots()[w]))
                 if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
         }
         return chain;
@@ -1174,9 +1174,9 @@ private:
         for (;;) {
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
             if (i == none) return nullptr;
-            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots_[i].next.load(std::memory_order_relaxed);
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots()[i].next.load(std::memory_order_relaxed);
             if (head().compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
-                return &slots_[i];
+                return &slots()[i];
         }
     }
 
@@ -1261,7 +1261,7 @@ private:
 
     slot* pop_dirty_locked() noexcept {
         if (dirty_head_ == none) return nullptr;
-        slot* s = &slots_[dirty_head_];
+        slot* s = &slots()[dirty_head_];
         dirty_head_ = s->next.load(std::memory_order_relaxed);
         return s;
     }
@@ -1286,7 +1286,7 @@ private:
     // ---- capacity: reservations, permits, backoff ------------------------------------------------
 
     slot* reserve_locked() noexcept {
-        slot* s = &slots_[free_head_];
+        slot* s = &slots()[free_head_];
         free_head_ = s->next.load(std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::connecting), std::memory_order_relaxed);
         ++open_;
@@ -1563,7 +1563,7 @@ private:
     bool holds_lease_locked() const noexcept {
         const auto me = std::this_thread::get_id();
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots_[i];
+            const slot& s = slots()[i];
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) == slot_state::in_use &&
                 leases_[i].owner.load(std::memory_order_relaxed) == me)
                 return true;
@@ -1659,10 +1659,9 @@ private:
     struct alignas(64) cpu_cache {
         std::atomic<std::uint32_t> word{none};
     };
-    slot* const slots_; // ctx_->max_size of them, at the start of the core's allocation
+    // Derived from the context, not kept twice: the slots (slots_at), how many cache words
+    // (n_caches, a power of two, or 0) and how their owners reach them (rseq_caches).
     context* const ctx_; // shared with other pools: the core holds one of its references
-    const std::uint16_t n_caches_; // a power of two, or 0
-    const bool rseq_caches_; // the caches' owners use restartable sequences (percpu.hpp)
     // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
     // connection takes it and then sets WAITERS in head_, so sharing head_'s line costs nothing.
     mutable typename Sync::mutex_type m_;
