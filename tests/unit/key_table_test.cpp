@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 // detail::key_table, the registry shard's hash table: lookups, growth without moving nodes,
-// erasure, keys whose integer hashes differ only in their high bits, the table's own node
-// storage (one cache line per node that fits, freed nodes reused, node_of), and what a lock-free
-// reader relies on: an erased node stays intact until a grace period has passed.
+// erasure, keys whose integer hashes differ only in their high bits, the hash's top bits (the
+// registry's shard), the table's own node storage (one cache line per node that fits, freed nodes
+// reused, node_of), and what a lock-free reader relies on: an erased node stays intact until a
+// grace period has passed.
 #include <cstdint>
 #include <atomic>
 #include <memory>
@@ -76,6 +77,26 @@ TEST_CASE("key_table: integer keys that differ only in their high bits are found
         REQUIRE(n != t.end());
         CHECK(n->second == static_cast<int>(i));
     }
+}
+
+TEST_CASE("key_table: hash_of spreads consecutive keys over its top 12 bits, which a registry's shards use") {
+    // The registry picks a key's shard by the top 12 bits of hash_of and its bucket by the low
+    // ones: consecutive integer keys (tenant ids) must reach every one of 64 shards, evenly, and
+    // keys of one shard must still spread over its buckets.
+    std::vector<int> per_shard(64), per_bucket(1024);
+    for (std::uint64_t k = 0; k < 64 * 256; ++k) {
+        const std::size_t h = key_table<std::uint64_t, int>::hash_of(k);
+        const std::size_t shard = (h >> 52) & 63;
+        ++per_shard[shard];
+        if (shard == 0) ++per_bucket[h & 1023];
+    }
+    for (int n : per_shard) {
+        CHECK(n > 128); // 256 expected
+        CHECK(n < 384);
+    }
+    int used = 0;
+    for (int n : per_bucket) used += n != 0;
+    CHECK(used > per_shard[0] / 2); // ~ 1024 * (1 - e^(-1/4)) of them for 256 keys
 }
 
 TEST_CASE("key_table: erase_if removes exactly the nodes it is asked to, while iterating") {
