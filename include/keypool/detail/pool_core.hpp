@@ -279,7 +279,7 @@ public:
         // The failed checkout used up the time (e.g. a reset that ran until the deadline).
         if (started != time_point{} && ctx_->clock->now() > resolve()) return acquire_timed_out(ec);
         for (;;) {
-            slot* s = pop_ready();
+            slot* s = pop_ready(*ctx_);
             if (!s && !(s = acquire_slow(resolve(), st, ec))) return nullptr;
             if (checkout(s, resolve())) return s;
             // The connection failed checkout and was closed: try another within the deadline.
@@ -293,7 +293,7 @@ public:
     /// time a failed checkout began (see acquire()).
     template <class When>
     KEYPOOL_ALWAYS_INLINE slot* acquire_fast(When when, time_point& started) noexcept {
-        slot* s = pop_ready();
+        slot* s = pop_ready(*ctx_);
         return s && checkout(s, when, &started) ? s : nullptr;
     }
 
@@ -310,7 +310,7 @@ public:
     /// path) one held in another word, taken under m_ and not past queued callers: every idle
     /// connection a caller that will not wait may have. nullptr if none.
     slot* pop_idle_or_steal() noexcept {
-        slot* s = pop_ready();
+        slot* s = pop_ready(*ctx_);
         if (!s && ctx_->rseq_caches) {
             std::lock_guard lk(m_);
             if (!closed_ && !has_waiters_locked()) s = steal_cached();
@@ -407,9 +407,8 @@ public:
         return true;
     }
 
-    /// An idle connection, or nullptr if none is free or callers are queued (pop_ready).
-    KEYPOOL_ALWAYS_INLINE slot* pop_idle() noexcept { return pop_ready(*ctx_); }
-    /// The same, `x` being this core's context (shared()): see pop_fast.
+    /// An idle connection, or nullptr if none is free or callers are queued (pop_ready). `x`:
+    /// this core's context (shared()), which a caller has at hand: see pop_fast.
     KEYPOOL_ALWAYS_INLINE slot* pop_idle(const context& x) noexcept { return pop_ready(x); }
 
     /// Starts loading what a checkout of `c` (made with context `x`) touches: the idle-stack
@@ -438,12 +437,8 @@ public:
     /// `now`: the coarse time the caller read (the registry reads it once for its own
     /// bookkeeping and this). `when`: the caller's deadline (time_point) or timeout (duration); a
     /// connector with `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}`
-    /// for none. `x`: this core's context (shared()), when the caller has it at hand: then a
-    /// checkout that needs no check reads nothing of the core's own fields.
-    template <class When = no_deadline>
-    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(slot* s, time_point now, When when = {}) noexcept {
-        return checkout_detached(*ctx_, s, now, when);
-    }
+    /// for none. `x`: this core's context (shared()), which the caller has at hand: a checkout
+    /// that needs no check reads nothing of the core's own fields.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(context& x, slot* s, time_point now, When when = {}) noexcept {
         if (now >= s->expires || now - used_at(*s) >= x.validate_after_idle) [[unlikely]] {
@@ -485,12 +480,8 @@ public:
     // ---- release ---------------------------------------------------------------------------
 
     /// Returns a leased connection. Returns true if the caller must delete the core (the pool is
-    /// gone and this was its last connection).
-    [[nodiscard]] KEYPOOL_ALWAYS_INLINE bool release(slot* s, bool discard) noexcept {
-        return release(s, discard, *ctx_);
-    }
-    /// The same, `x` being this core's context (what a lease carries): a release that finds no
-    /// one waiting reads nothing of the core's own fields.
+    /// gone and this was its last connection). `x`: this core's context (what a lease carries):
+    /// a release that finds no one waiting reads nothing of the core's own fields.
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE bool release(slot* s, bool discard, context& x) noexcept {
         if (discard) return dispose(s, close_reason::discarded);
         // No clock read here: lifetime is checked at checkout, and for leases still out when it
@@ -726,7 +717,7 @@ public:
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
         for (slot* s : to_reset) {
             tally(s->resets, [this] { carry(&trouble::resets_carried); });
-            if (reset_connection(s)) {
+            if (reset_connection(*ctx_, s)) {
                 s->last_pinged = ctx_->clock->now(); // a reset is a round trip: it counts as a keepalive
                 due = std::min(due, keepalive_due(s));
                 deliver(s);
@@ -1061,7 +1052,6 @@ private:
 
     /// pop_fast(); with a connector that has `reset_ready`, a connection whose begun reset is
     /// still waiting for its answer is swapped for the next idle one if that one is ready.
-    KEYPOOL_ALWAYS_INLINE slot* pop_ready() noexcept { return pop_ready(*ctx_); }
     KEYPOOL_ALWAYS_INLINE slot* pop_ready(const context& x) noexcept {
         slot* s = pop_fast(x);
         if constexpr (connector_has_reset_ready<Connector>) {
@@ -1086,14 +1076,13 @@ private:
         if (!t) return s;
         if (!reset_ready(t)) std::swap(s, t); // neither is ready: keep the more recent one
         // We own a connection (t), so the core stays alive; a queued caller may take s at once.
-        if (slot* rest = push_fast(s)) (void)release_slow(rest);
+        if (slot* rest = push_fast(s, *ctx_)) (void)release_slow(rest);
         return t;
     }
 
     /// Publishes an idle connection: into this CPU's cache (the connection it held moves to the
     /// idle stack), else onto the stack. Returns nullptr when done, or the slot the caller must
     /// deliver under the lock (callers are queued, or the pool is closed).
-    KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s) noexcept { return push_fast(s, *ctx_); }
     /// `x`: this core's context (see pop_fast).
     KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s, const context& x) noexcept {
         if constexpr (thread_safe) {
@@ -1450,11 +1439,7 @@ private:
 
     /// Runs the connector's reset; one with `reset(connection, deadline)` gets the caller's deadline
     /// (`when` from the coarse time `now` checkout read; max() without a caller: the connector's
-    /// own limit applies). Nothing is computed for a connector without it.
-    template <class When = no_deadline>
-    KEYPOOL_ALWAYS_INLINE bool reset_connection(slot* s, time_point now = {}, const When& when = {}) noexcept {
-        return reset_connection(*ctx_, s, now, when);
-    }
+    /// own limit applies). Nothing is computed for a connector without it. `x`: this core's context.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE bool reset_connection(context& x, slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
@@ -1477,7 +1462,7 @@ private:
     KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr) noexcept {
         const time_point now = ctx_->clock->coarse_now();
         if (read_at) *read_at = now;
-        return checkout_detached(s, now, when) == checkout_result::ok;
+        return checkout_detached(*ctx_, s, now, when) == checkout_result::ok;
     }
 
     KEYPOOL_NOINLINE slot* acquire_cancelled(std::error_code& ec) noexcept {

@@ -194,10 +194,10 @@ public:
                 if (!counted) ++sh.hits;
                 counted = true;
                 held<setup_type> setup = e.setup;
-                if (auto* s = core->pop_idle()) {
+                if (auto* s = core->pop_idle(*pool_context_)) {
                     held<Key> k = key_of(e, key);
                     lk.unlock();
-                    switch (core->checkout_detached(s, now, when)) {
+                    switch (core->checkout_detached(*pool_context_, s, now, when)) {
                     case core_type::checkout_result::ok: return leased(core, s, std::move(k), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
@@ -260,7 +260,7 @@ public:
             if (!s) return {};
             held<Key> k = key_of(e, key);
             lk.unlock();
-            switch (core->checkout_detached(s, now)) {
+            switch (core->checkout_detached(*pool_context_, s, now)) {
             case core_type::checkout_result::ok: {
                 std::error_code ec;
                 return leased(core, s, std::move(k), setup, ec);
