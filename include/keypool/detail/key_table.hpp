@@ -126,7 +126,7 @@ public:
         bucket_array* b = buckets_.load(std::memory_order_relaxed);
         if (size_ > b->mask) b = grow(2 * (b->mask + 1));
         node* n = build(k, mem);
-        auto& head = b->heads[mix(Hash{}(n->first)) & b->mask];
+        auto& head = b->heads[hash_of(n->first) & b->mask];
         n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
         head.store(n, std::memory_order_release); // publishes the built node
         ++size_;
@@ -199,7 +199,7 @@ private:
     // The link that points at linked node `n`: its bucket's head or its predecessor's next.
     std::atomic<node*>& link_of(node* n) noexcept {
         bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        std::atomic<node*>* at = &b->heads[mix(Hash{}(n->first)) & b->mask];
+        std::atomic<node*>* at = &b->heads[hash_of(n->first) & b->mask];
         while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
         return *at;
     }
@@ -241,7 +241,7 @@ private:
         bucket_array* fresh = make_buckets(n);
         bucket_array* old = buckets_.load(std::memory_order_relaxed);
         each_node(old, [&](node* p) {
-            auto& head = fresh->heads[mix(Hash{}(p->first)) & fresh->mask];
+            auto& head = fresh->heads[hash_of(p->first) & fresh->mask];
             p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
             head.store(p, std::memory_order_relaxed); // (fresh is published below)
         });

@@ -185,7 +185,7 @@ public:
             all[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
-        ::new (static_cast<void*>(reinterpret_cast<unsigned char*>(this) - o->prefix - sizeof(head_type))) head_type(none);
+        ::new (static_cast<void*>(reinterpret_cast<unsigned char*>(this) - o->head_back)) head_type(none);
         (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {

@@ -842,10 +842,16 @@ private:
         return true;
     }
 
+    /// Where a key's node is built: the prefix of `home`'s allocation, or (nullptr) the table's
+    /// own memory.
+    void* node_memory(core_type* home) const noexcept {
+        return home ? core_type::prefix_at(home, *pool_context_) : nullptr;
+    }
+
     /// Under the shard lock: a new entry (state `creating`) in the key's node; built in the
     /// prefix of `home`'s allocation (embeds) if given, else in the table's own memory.
     entry& insert_locked(shard& sh, const Key& key, core_type* home = nullptr) {
-        auto node = sh.map.emplace(key, home ? core_type::prefix_at(home, *pool_context_) : nullptr);
+        auto node = sh.map.emplace(key, node_memory(home));
         node->second.embedded = home != nullptr;
         if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
         return node->second;
@@ -857,7 +863,7 @@ private:
     /// and no joiner. Returns the new entry, state `creating`.
     entry& embed_locked(shard& sh, entry& e, core_type* home) {
         [[maybe_unused]] auto shared_key = e.shared_key; // (e may be gone once replaced: sync::none)
-        auto node = sh.map.replace(&table_type::node_of(e), home ? core_type::prefix_at(home, *pool_context_) : nullptr);
+        auto node = sh.map.replace(&table_type::node_of(e), node_memory(home));
         node->second.embedded = home != nullptr;
         if constexpr (!copy_is_plain<Key>) node->second.shared_key = std::move(shared_key);
         return node->second;
