@@ -2,9 +2,9 @@
 // W3 layout model: what would a registry laid out differently cost per acquire + release, against
 // the bare std::mutex + std::unordered_map baseline, in the same process? Not keypool's code: a
 // stripped-down copy of the cycle's memory traffic, so layouts can be compared before one is built
-// (docs/benchmarks.md, "Session 12").
+// (docs/benchmarks.md, "Session 12" and "Session 15").
 //
-//   w3_layout_model <keys> [cycles per round = 2000000] [rounds = 7]
+//   w3_layout_model <keys> [cycles per round = 2000000] [rounds = 7] [model]
 //
 // Every model does the registry's work on a hit: find the key's node in a chained table (mixed
 // hash, power-of-two buckets, 64-byte nodes from 64-byte aligned chunks), pop the key's idle
@@ -12,21 +12,28 @@
 // connection (writes to its first bytes), stamp the slot, then release: set dirty, push (CAS).
 // Slots are 184 bytes, a 32-byte header and the fake connection's 152. The models:
 //
-//   three      today's registry: node -> {core's first line, slot 0} (the head lives in the core;
-//              one 536-byte block per key: two slots, then the core at offset 384).
-//   three_adjacent  today's lines, the node in the pool's block right before the core's first
+//   three      the registry until session 13: node -> {core's first line, slot 0} (the head lives
+//              in the core; one 536-byte block per key: two slots, then the core at offset 384).
+//   three_adjacent  those lines, the node in the pool's block right before the core's first
 //              line: the bucket's pointer names node, core and slot 0, which load side by side.
 //   two        the node carries the head and the slots' address -> slot 0: two hot lines per key,
 //              slots in their own 384-byte allocation.
-//   two_arena  as two, the slots of all keys carved from one array in key order (dense).
+//   two_arena  as two, the slots of all keys carved from one array in key order.
 //   one_level  node and slots in one block ([node][slot 0][slot 1], 448 bytes): the bucket's
-//              pointer names both lines, so they load side by side.
+//              pointer names both lines, so they load side by side (the registry's shape since
+//              session 13, without its core after the slots).
+//   pair_arena the two hot lines of every key side by side in one array, 128 bytes per key
+//              ([node + head][slot 0's first line]): what a dense layout would buy (the rest of
+//              slot 0 and the other slots would live elsewhere).
 //   *_nocas    diagnostic: the same with plain stores for the head (not thread-safe): what the
 //              two locked instructions cost.
 //
-// Each round runs the baseline and every model once, in a rotated order; the line printed per
-// model is the median over rounds of its time ÷ the same round's baseline time. The process
-// starts and joins a thread first, as the benchmarks do (baselines/process.hpp).
+// Each model runs in its own process (forked, one after the other; [model] runs one in this
+// process): in a process that holds every model's data, the baseline's lines compete with the
+// others' and its time, the denominator, grows (session 15). Each round times the baseline, then
+// the model; the line printed per model is the median over rounds of its time ÷ the same round's
+// baseline time. The process starts and joins a thread first, as the benchmarks do
+// (baselines/process.hpp).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,13 +42,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <new>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../baselines/mutex_map_pool.hpp"
 
@@ -301,6 +310,52 @@ private:
     u64 mask_ = 0;
 };
 
+// the two hot lines of every key side by side, all keys in one array
+template <bool Cas>
+class pair_arena {
+public:
+    struct node {
+        node* link = nullptr;
+        u64 key = 0;
+        std::atomic<u64> head{0};
+        unsigned char pad[40] = {};
+    };
+    static_assert(sizeof(node) == 64);
+    struct pair {
+        node n;
+        slot s; // only its first line is this key's: the next pair's node overlays the rest
+    };
+    explicit pair_arena(std::size_t keys) : arena_(static_cast<unsigned char*>(alloc(keys * 128 + sizeof(pair)))) {
+        std::size_t n = 16;
+        while (n < keys) n *= 2;
+        buckets_.assign(n, nullptr);
+        mask_ = n - 1;
+        for (u64 k = 0; k < keys; ++k) { // in key order: each pair's node overwrites the tail of the slot before
+            unsigned char* at = arena_ + 128 * k;
+            new (at + 64) slot;
+            node* nd = new (at) node;
+            nd->key = k;
+            node*& b = buckets_[mix(k) & mask_];
+            nd->link = b;
+            b = nd;
+        }
+    }
+    ~pair_arena() { ::operator delete(arena_, std::align_val_t{64}); }
+    pair_arena(const pair_arena&) = delete;
+    pair_arena& operator=(const pair_arena&) = delete;
+    void cycle(u64 k, u64 now) {
+        node* n = buckets_[mix(k) & mask_];
+        __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + 64, 1);
+        n = table<node>::find(n, k);
+        cycle_on<Cas>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + 64), now);
+    }
+
+private:
+    unsigned char* arena_;
+    std::vector<node*> buckets_;
+    u64 mask_ = 0;
+};
+
 std::vector<u64> g_keys; // 65,536 keys picked at random, as bench/registry_bench.cpp
 u64 g_tick = 0;
 
@@ -317,12 +372,47 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
+
+/// Times the baseline and `model` (built for `keys` keys) in this process and prints its line.
+template <class Model>
+void run(const char* name, std::size_t keys, std::size_t n, int rounds) {
+    keypool_bench::mutex_map_pool base(keys);
+    Model m(keys);
+    std::vector<double> ratio, base_ns;
+    for (int r = 0; r < rounds; ++r) {
+        const double b = ns_per_cycle(n, [&](u64 k, u64) {
+            int* c = base.acquire(k);
+            asm volatile("" : : "r"(c) : "memory");
+            if (c) base.release(k, c);
+        });
+        base_ns.push_back(b);
+        ratio.push_back(ns_per_cycle(n, [&](u64 k, u64 t) { m.cycle(k, t); }) / b);
+    }
+    const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
+    std::printf("  %-16s %.2fx  (%.2f-%.2f), baseline median %.1f ns\n", name, median(ratio), *lo, *hi, median(base_ns));
+    std::fflush(stdout);
+}
+
+using runner = void (*)(const char*, std::size_t, std::size_t, int);
+const std::pair<const char*, runner> models[] = {
+    {"three", run<three<true>>},
+    {"three_nocas", run<three<false>>},
+    {"three_adjacent", run<three_adjacent<true>>},
+    {"two", run<two<true, false>>},
+    {"two_arena", run<two<true, true>>},
+    {"two_arena_nocas", run<two<false, true>>},
+    {"one_level", run<one_level<true>>},
+    {"one_level_nocas", run<one_level<false>>},
+    {"pair_arena", run<pair_arena<true>>},
+};
+
 } // namespace
 
 int main(int argc, char** argv) {
     const std::size_t keys = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 10'000;
     const std::size_t n = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2'000'000;
     const int rounds = argc > 3 ? std::atoi(argv[3]) : 7;
+    const std::string only = argc > 4 ? argv[4] : "";
     if (keys == 0 || n == 0 || rounds <= 0) return 2;
     // As every benchmark binary (baselines/process.hpp): once a second thread has run, glibc's
     // mutex takes a locked instruction; before, the baseline's lock is a plain store.
@@ -331,45 +421,23 @@ int main(int argc, char** argv) {
     g_keys.resize(65536);
     for (auto& k : g_keys) k = rng() % keys;
 
-    keypool_bench::mutex_map_pool base(keys);
-    three<true> m3(keys);
-    three<false> m3p(keys);
-    three_adjacent<true> m3a(keys);
-    two<true, false> m2(keys);
-    two<true, true> m2a(keys);
-    two<false, true> m2ap(keys);
-    one_level<true> m1(keys);
-    one_level<false> m1p(keys);
-    const std::vector<std::pair<std::string, std::function<double()>>> models = {
-        {"three", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3.cycle(k, t); }); }},
-        {"three_nocas", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3p.cycle(k, t); }); }},
-        {"three_adjacent", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m3a.cycle(k, t); }); }},
-        {"two", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2.cycle(k, t); }); }},
-        {"two_arena", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2a.cycle(k, t); }); }},
-        {"two_arena_nocas", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m2ap.cycle(k, t); }); }},
-        {"one_level", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m1.cycle(k, t); }); }},
-        {"one_level_nocas", [&] { return ns_per_cycle(n, [&](u64 k, u64 t) { m1p.cycle(k, t); }); }},
-    };
-    auto run_base = [&] {
-        return ns_per_cycle(n, [&](u64 k, u64) {
-            int* c = base.acquire(k);
-            asm volatile("" : : "r"(c) : "memory");
-            if (c) base.release(k, c);
-        });
-    };
-    std::vector<std::vector<double>> ratio(models.size());
-    std::vector<double> base_ns;
-    for (int r = 0; r < rounds; ++r) {
-        const double b = run_base();
-        base_ns.push_back(b);
-        for (std::size_t j = 0; j < models.size(); ++j) {
-            const std::size_t m = (j + static_cast<std::size_t>(r)) % models.size();
-            ratio[m].push_back(models[m].second() / b);
+    std::printf("%zu keys, %d rounds of %zu cycles, model time / baseline time:\n", keys, rounds, n);
+    std::fflush(stdout);
+    bool found = only.empty();
+    for (const auto& [name, run_model] : models) {
+        if (!only.empty()) {
+            if (only == name) run_model(name, keys, n, rounds), found = true;
+            continue;
         }
+        const pid_t child = fork(); // (no other thread runs: the one above was joined)
+        if (child < 0) return 1;
+        if (child == 0) {
+            run_model(name, keys, n, rounds);
+            _exit(0);
+        }
+        int status = 0;
+        if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
     }
-    std::printf("%zu keys, %d rounds of %zu cycles: baseline median %.1f ns\n", keys, rounds, n, median(base_ns));
-    for (std::size_t m = 0; m < models.size(); ++m) {
-        const auto [lo, hi] = std::minmax_element(ratio[m].begin(), ratio[m].end());
-        std::printf("  %-16s %.2fx  (%.2f-%.2f)\n", models[m].first.c_str(), median(ratio[m]), *lo, *hi);
-    }
+    if (!found) std::fprintf(stderr, "no model named %s\n", only.c_str());
+    return found ? 0 : 2;
 }

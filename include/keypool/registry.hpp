@@ -81,9 +81,11 @@ private:
 /// - Options: `with_eviction`, `with_flight`, and the pool setters (`with_clock`, `with_sync`,
 ///   `with_observer`, `with_reset`) which also apply to every pool.
 ///
-/// Thread-safety: as for `basic_pool`. The hot path for an existing key takes one of `shards` locks
-/// for a hash lookup and one compare-and-swap, and allocates nothing (a `std::string` key longer
-/// than the small-string buffer is copied into the lease).
+/// Thread-safety: as for `basic_pool`. The hot path, a ready key with an idle connection, takes no
+/// lock: a lookup inside a read-side section (detail/rcu.hpp) and one compare-and-swap on the
+/// pool's idle stack (one more at release); it allocates nothing (a key that is not trivially
+/// copyable is shared with the registry's copy, not copied into the lease). Anything else (a new
+/// key, a pool without an idle connection) takes the key's shard lock, one of `shards`.
 template <class Key, class Resolver, connector Connector, registry_option... Options>
     requires resolver<Resolver, Key> &&
              std::same_as<typename Resolver::target_type, typename Connector::target_type>
