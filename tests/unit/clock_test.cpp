@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
-// Clock policies: the coarse reading and the manual clock's events.
+// Clock policies: the coarse reading, the coarse ticker, and the manual clock's events.
 #include <thread>
+
+#if defined(__linux__)
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 #include "../support/helpers.hpp"
 
@@ -11,7 +16,7 @@ TEST_SUITE("clock") {
 TEST_CASE("the coarse steady reading is on the same epoch as the precise one") {
     keypool::steady_clock c;
     auto precise = c.now();
-    auto coarse = c.coarse_now();
+    auto coarse = keypool::steady_clock::read_coarse(); // (coarse_now() may be a ticker's copy: below)
     CHECK(coarse <= precise + 10ms);
     CHECK(coarse >= precise - 50ms); // resolution is a few milliseconds
 }
@@ -19,16 +24,109 @@ TEST_CASE("the coarse steady reading is on the same epoch as the precise one") {
 #if defined(KEYPOOL_VDSO_CLOCK)
 TEST_CASE("the coarse reading calls the vDSO directly and agrees with clock_gettime") {
     REQUIRE(bool(keypool::steady_clock::vdso_clock_gettime)); // found during static init
-    keypool::steady_clock c;
     timespec before, after;
     ::clock_gettime(CLOCK_MONOTONIC_COARSE, &before);
-    const auto direct = c.coarse_now();
+    const auto direct = keypool::steady_clock::read_coarse(); // (coarse_now() is the ticker's copy while one runs)
     ::clock_gettime(CLOCK_MONOTONIC_COARSE, &after);
     auto as_tp = [](const timespec& t) {
         return keypool::time_point(std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec));
     };
     CHECK(as_tp(before) <= direct); // the same clock: ordered between two wrapper reads
     CHECK(direct <= as_tp(after));
+}
+#endif
+
+namespace {
+keypool::detail::coarse_ticker_state& ticker_state() { return keypool::detail::coarse_ticker_state::get(); }
+keypool::duration::rep cell() { return keypool::detail::coarse_cell.ticks.load(); }
+} // namespace
+
+TEST_CASE("a coarse ticker keeps a copy of the coarse clock while held, and drops it when the last holder goes") {
+    keypool::detail::coarse_time_cell mine; // a ticker of its own: the process's may be held by static pools
+    keypool::detail::coarse_ticker_state t(mine, false);
+    CHECK_FALSE(t.running());
+    CHECK(mine.ticks.load() == 0);
+    const keypool::time_point before = keypool::steady_clock::read_coarse();
+    t.hold();
+    CHECK(t.running());
+    const keypool::duration::rep first = mine.ticks.load();
+    CHECK(first >= before.time_since_epoch().count()); // published before hold() returned
+    CHECK(first <= keypool::steady_clock::read_coarse().time_since_epoch().count());
+    t.hold(); // a second holder shares the thread
+    CHECK(t.holders() == 2);
+    t.drop();
+    CHECK(t.running());
+    // The thread refreshes the copy (the coarse clock moves every few milliseconds).
+    CHECK(kp_test::eventually([&] { return mine.ticks.load() > first; }));
+    t.drop();
+    CHECK(t.holders() == 0);
+    CHECK_FALSE(t.running());
+    CHECK(mine.ticks.load() == 0); // and the stopped thread never writes it again
+    t.hold(); // restarts
+    CHECK(t.running());
+    CHECK(mine.ticks.load() != 0);
+    t.drop();
+    CHECK(mine.ticks.load() == 0);
+} // ~coarse_ticker_state waits for its threads to leave
+
+TEST_CASE("coarse_now is the ticker's copy while one runs") {
+    keypool::steady_clock c;
+    keypool::coarse_ticker t;
+    REQUIRE(ticker_state().running());
+    const keypool::duration::rep copy = cell();
+    REQUIRE(copy != 0);
+    CHECK(c.coarse_now().time_since_epoch().count() >= copy);
+    CHECK(c.coarse_now() <= keypool::steady_clock::read_coarse());
+}
+
+TEST_CASE("a pool or registry on the steady clock holds the coarse ticker while it lives, unless told not to") {
+    const std::size_t before = ticker_state().holders(); // (static pools of other tests hold it too)
+    {
+        keypool::basic_pool<keypool::fake::connector> p(keypool::fake::connector{}, "db");
+        CHECK(ticker_state().holders() == before + 1);
+        CHECK(cell() != 0);
+        keypool::basic_pool<keypool::fake::connector> q(keypool::fake::connector{}, "db",
+                                                         {.use_coarse_ticker = false});
+        CHECK(ticker_state().holders() == before + 1);
+    }
+    CHECK(ticker_state().holders() == before);
+    {
+        keypool::registry<std::string, keypool::resolve::identity<std::string>, keypool::fake::connector> r(
+            keypool::resolve::identity<std::string>{}, keypool::fake::connector{});
+        CHECK(ticker_state().holders() == before + 1); // one for the registry's shared context
+        CHECK(r.acquire("a").key() == "a");
+        CHECK(r.acquire("b").key() == "b");
+        CHECK(ticker_state().holders() == before + 1);
+    }
+    CHECK(ticker_state().holders() == before);
+    kp_test::fixture f; // the manual clock has no use for it
+    auto p = f.make();
+    CHECK(ticker_state().holders() == before);
+}
+
+#if defined(__linux__)
+TEST_CASE("a child of fork starts without the parent's ticker copy and can start its own") {
+    keypool::coarse_ticker t;
+    REQUIRE(cell() != 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        // No ticker thread here: a copy kept from the parent would never move again.
+        if (cell() != 0 || ticker_state().running()) ::_exit(1);
+#if !defined(__SANITIZE_THREAD__) // (ThreadSanitizer cannot start threads in a child of a threaded process)
+        keypool::coarse_ticker mine;
+        if (!ticker_state().running() || cell() == 0) ::_exit(2);
+        const auto first = cell();
+        if (!kp_test::eventually([&] { return cell() > first; })) ::_exit(3);
+#endif
+        ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(ticker_state().running()); // the parent's is untouched
+    CHECK(cell() != 0);
 }
 #endif
 

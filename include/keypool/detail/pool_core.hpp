@@ -137,6 +137,8 @@ public:
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
               n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()) {
             set_prefix(0);
+            if constexpr (std::is_same_v<Clock, steady_clock> && thread_safe)
+                if (use_coarse_ticker) ticker.emplace();
         }
         Connector connector;
         const Clock* const clock;
@@ -146,6 +148,9 @@ public:
         // the affinity of the thread that made the context), reached the same way.
         const std::uint16_t n_caches;
         const bool rseq_caches;
+        // The steady clock's coarse ticker, held while any pool built from this context lives
+        // (use_coarse_ticker): its fast paths' coarse_now() is then one load.
+        std::optional<keypool::coarse_ticker> ticker;
         // Bytes each pool's allocation keeps for its owner between the idle-stack head and the
         // core (a multiple of 8; the registry's key node, see block layout), and the distances
         // from a core back to its head and to its slots. Set (set_prefix) before the first pool

@@ -4,14 +4,19 @@
 // clock can wake them when a test moves time forward.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
+#include <new>
 #include <stop_token>
+#include <thread>
 
 #include <keypool/detail/config.hpp>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <time.h>
 #if defined(__GLIBC__) && __has_include(<dlfcn.h>)
 #include <dlfcn.h>
@@ -26,14 +31,34 @@ namespace keypool {
 using time_point = std::chrono::steady_clock::time_point;
 using duration = std::chrono::steady_clock::duration;
 
-/// The default clock: `std::chrono::steady_clock`, plus `coarse_now()` from
-/// `CLOCK_MONOTONIC_COARSE` (≈3 ns instead of ≈26 ns on this machine, 4 ms resolution, same epoch).
-/// The fast path reads only the coarse clock; idle timeout, max lifetime and validation
-/// thresholds tolerate its resolution.
+namespace detail {
+/// The coarse time a coarse_ticker keeps: `CLOCK_MONOTONIC_COARSE` as steady_clock ticks, read by
+/// the ticker's thread every period; 0 while no ticker runs. On a line of its own: written once
+/// per period, read by every fast path.
+struct alignas(64) coarse_time_cell {
+    std::atomic<duration::rep> ticks{0};
+};
+inline coarse_time_cell coarse_cell;
+} // namespace detail
+
+/// The default clock: `std::chrono::steady_clock`, plus `coarse_now()`, `CLOCK_MONOTONIC_COARSE`
+/// (4 ms resolution here, same epoch). The fast paths read only the coarse clock; idle timeout,
+/// max lifetime and validation thresholds tolerate its resolution. While a `coarse_ticker` lives
+/// (every pool and registry on this clock holds one unless `pool_options::coarse_ticker` is
+/// false), `coarse_now()` is one load of the ticker's copy, at most a period (1 ms) older than the
+/// clock; otherwise it reads the clock through the vDSO (≈3 ns alone, but ≈ a third of a registry
+/// cycle at 10,000 keys here: docs/benchmarks.md, "Session 15").
 struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
     KEYPOOL_ALWAYS_INLINE time_point coarse_now() const noexcept {
+        if (const duration::rep t = detail::coarse_cell.ticks.load(std::memory_order_relaxed); t != 0) [[likely]]
+            return time_point(duration(t));
+        return read_coarse();
+    }
+
+    /// `CLOCK_MONOTONIC_COARSE` itself, read now: what `coarse_now()` returns while no ticker runs.
+    static time_point read_coarse() noexcept {
 #if defined(__linux__) && defined(CLOCK_MONOTONIC_COARSE)
         timespec ts;
 #if defined(KEYPOOL_VDSO_CLOCK)
@@ -45,7 +70,7 @@ struct steady_clock {
         return time_point(std::chrono::duration_cast<duration>(std::chrono::seconds(ts.tv_sec) +
                                                                std::chrono::nanoseconds(ts.tv_nsec)));
 #else
-        return now();
+        return time_point(std::chrono::steady_clock::now());
 #endif
     }
 
@@ -90,6 +115,128 @@ struct steady_clock {
         std::condition_variable cv_;
         bool set_ = false;
     };
+};
+
+namespace detail {
+/// The ticker thread behind coarse_ticker: started by the first holder, stopped by the last,
+/// copying the coarse clock into `cell` every period. The thread publishes under the lock and
+/// exits once the generation it was started for has passed: a stopped ticker never writes the
+/// cell again, so the cell never keeps a stale time while no thread runs. get() is the process's
+/// one (on coarse_cell, with fork handling), built on first use and never destroyed (its thread
+/// is detached); tests build their own on a cell of their own.
+class coarse_ticker_state {
+public:
+    static constexpr std::chrono::milliseconds period{1};
+
+    static coarse_ticker_state& get() {
+        static coarse_ticker_state* const s = new coarse_ticker_state(coarse_cell, true);
+        return *s;
+    }
+
+    /// A ticker on `cell`. `process_wide`: whether a child of fork() must drop the copy.
+    coarse_ticker_state(coarse_time_cell& cell, bool process_wide) : cell_(cell) {
+#if defined(__linux__)
+        // A child of fork() has no ticker thread: its cell must not keep the parent's last time.
+        if (process_wide)
+            ::pthread_atfork([] { get().m_.lock(); }, [] { get().m_.unlock(); }, [] { get().after_fork_in_child(); });
+#else
+        (void)process_wide;
+#endif
+    }
+    /// Waits for its thread to leave (the process's one is never destroyed).
+    ~coarse_ticker_state() {
+        std::unique_lock lk(m_);
+        if (running_) stop_locked();
+        cv_.wait(lk, [&] { return threads_ == 0; });
+    }
+    coarse_ticker_state(const coarse_ticker_state&) = delete;
+    coarse_ticker_state& operator=(const coarse_ticker_state&) = delete;
+
+    void hold() noexcept {
+        std::lock_guard lk(m_);
+        ++holders_;
+        if (!running_) start_locked();
+    }
+    void drop() noexcept {
+        std::lock_guard lk(m_);
+        if (--holders_ == 0 && running_) stop_locked();
+    }
+    /// How many hold it, and whether its thread runs.
+    std::size_t holders() const {
+        std::lock_guard lk(m_);
+        return holders_;
+    }
+    bool running() const {
+        std::lock_guard lk(m_);
+        return running_;
+    }
+
+private:
+    void publish_locked() noexcept {
+        cell_.ticks.store(steady_clock::read_coarse().time_since_epoch().count(), std::memory_order_relaxed);
+    }
+    void start_locked() noexcept {
+        publish_locked(); // fresh before the first holder returns
+        const std::uint64_t gen = ++generation_;
+        try {
+            std::thread([this, gen] { run(gen); }).detach();
+            running_ = true;
+            ++threads_;
+        } catch (...) { // no thread (resources): coarse_now() reads the clock itself
+            cell_.ticks.store(0, std::memory_order_relaxed);
+        }
+    }
+    void stop_locked() noexcept {
+        ++generation_;
+        running_ = false;
+        cell_.ticks.store(0, std::memory_order_relaxed);
+        cv_.notify_all();
+    }
+    void run(std::uint64_t gen) noexcept {
+        std::unique_lock lk(m_);
+        while (generation_ == gen) {
+            cv_.wait_for(lk, period);
+            if (generation_ == gen) publish_locked();
+        }
+        --threads_;
+        cv_.notify_all(); // (a destructor may wait for it)
+    }
+    void after_fork_in_child() noexcept {
+        // The forking thread holds m_ (prepare handler); the ticker thread is gone, and it may
+        // have been waiting on cv_: a fresh condition variable, not the one it was counted in.
+        ::new (static_cast<void*>(&cv_)) std::condition_variable;
+        ++generation_;
+        running_ = false;
+        threads_ = 0;
+        cell_.ticks.store(0, std::memory_order_relaxed);
+        m_.unlock();
+    }
+
+    coarse_time_cell& cell_;
+    mutable std::mutex m_;
+    std::condition_variable cv_;
+    std::size_t holders_ = 0;
+    std::size_t threads_ = 0; // started and not yet left
+    bool running_ = false;
+    std::uint64_t generation_ = 0;
+};
+} // namespace detail
+
+/// Keeps the process's coarse time fresh while it lives, for `steady_clock::coarse_now()`: one
+/// thread (shared by all coarse_tickers, started by the first, stopped by the last) reads
+/// `CLOCK_MONOTONIC_COARSE` every millisecond into one word, and every fast path reads that word
+/// instead of calling the vDSO. Pools and registries on the steady clock hold one (unless
+/// `pool_options::coarse_ticker` is false); a service may hold its own. The copy lags the clock by
+/// at most a period plus the thread's scheduling delay; pools compare it only with thresholds of a
+/// second or more by default. If the thread cannot be started, nothing changes but the speed. A
+/// child of `fork()` starts without the thread (the copy is dropped there) until a ticker is made
+/// in it. Thread-safety: any thread may make or destroy one.
+class coarse_ticker {
+public:
+    coarse_ticker() { detail::coarse_ticker_state::get().hold(); }
+    ~coarse_ticker() { detail::coarse_ticker_state::get().drop(); }
+    coarse_ticker(const coarse_ticker&) = delete;
+    coarse_ticker& operator=(const coarse_ticker&) = delete;
 };
 
 /// A clock that moves only when a test says so. Waiters blocked on a `manual_clock::event` wake
