@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
-// Clock policies: the real steady clock (with a cheap coarse reading) and a manual clock for
-// deterministic tests. A clock also supplies the `event` that blocked waiters sleep on, so a manual
-// clock can wake them when a test moves time forward.
+// Clock policies: the real steady clock (with a cheap coarse reading, one load while a
+// coarse_ticker keeps its copy) and a manual clock for deterministic tests. A clock also supplies
+// the `event` that blocked waiters sleep on, so a manual clock can wake them when a test moves
+// time forward.
 #pragma once
 
 #include <atomic>
@@ -44,10 +45,10 @@ inline coarse_time_cell coarse_cell;
 /// The default clock: `std::chrono::steady_clock`, plus `coarse_now()`, `CLOCK_MONOTONIC_COARSE`
 /// (4 ms resolution here, same epoch). The fast paths read only the coarse clock; idle timeout,
 /// max lifetime and validation thresholds tolerate its resolution. While a `coarse_ticker` lives
-/// (every pool and registry on this clock holds one unless `pool_options::coarse_ticker` is
-/// false), `coarse_now()` is one load of the ticker's copy, at most a period (1 ms) older than the
-/// clock; otherwise it reads the clock through the vDSO (≈3 ns alone, but ≈ a third of a registry
-/// cycle at 10,000 keys here: docs/benchmarks.md, "Session 15").
+/// (every pool and registry on this clock holds one unless `pool_options::use_coarse_ticker` is
+/// false), `coarse_now()` is one load of the ticker's copy, a period (1 ms) older than the clock
+/// at most while its thread gets a CPU; otherwise it reads the clock through the vDSO (≈3 ns alone,
+/// but up to a third of a registry cycle at 10,000 keys here: docs/benchmarks.md, "Session 15").
 struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
@@ -226,9 +227,9 @@ private:
 /// thread (shared by all coarse_tickers, started by the first, stopped by the last) reads
 /// `CLOCK_MONOTONIC_COARSE` every millisecond into one word, and every fast path reads that word
 /// instead of calling the vDSO. Pools and registries on the steady clock hold one (unless
-/// `pool_options::coarse_ticker` is false); a service may hold its own. The copy lags the clock by
-/// at most a period plus the thread's scheduling delay; pools compare it only with thresholds of a
-/// second or more by default. If the thread cannot be started, nothing changes but the speed. A
+/// `pool_options::use_coarse_ticker` is false); a service may hold its own. The copy lags the
+/// clock by at most a period plus the thread's scheduling delay; pools compare it only with
+/// thresholds of a second or more by default. If the thread cannot be started, nothing changes but the speed. A
 /// child of `fork()` starts without the thread (the copy is dropped there) until a ticker is made
 /// in it. Thread-safety: any thread may make or destroy one.
 class coarse_ticker {
