@@ -272,9 +272,12 @@ private:
     unsigned char* arena_ = nullptr;
 };
 
-// node and slots in one block, both lines named by the bucket's pointer
-template <bool Cas>
-class one_level {
+// node and slot 0 side by side, both lines named by the bucket's pointer: each key's block an
+// allocation of its own ([node][slot 0][slot 1], 448 bytes: one_level), or (Dense: pair_arena) the
+// two hot lines of every key in one array, 128 bytes per key — the rest of slot 0 and slot 1 would
+// live elsewhere; here each key's slot runs into the next key's node, built after it.
+template <bool Cas, bool Dense>
+class node_then_slot {
 public:
     struct node {
         node* link = nullptr;
@@ -283,21 +286,25 @@ public:
         unsigned char pad[40] = {};
     };
     static_assert(sizeof(node) == 64);
-    explicit one_level(std::size_t keys) {
+    explicit node_then_slot(std::size_t keys)
+        : arena_(Dense ? static_cast<unsigned char*>(alloc(keys * 128 + sizeof(slot))) : nullptr) {
         std::size_t n = 16;
         while (n < keys) n *= 2;
         buckets_.assign(n, nullptr);
         mask_ = n - 1;
-        for (u64 k = 0; k < keys; ++k) {
-            auto* block = static_cast<unsigned char*>(alloc(64 + 2 * sizeof(slot)));
+        for (u64 k = 0; k < keys; ++k) { // in key order (Dense: node k + 1 overwrites slot k's tail)
+            auto* block = Dense ? arena_ + 128 * k : static_cast<unsigned char*>(alloc(64 + 2 * sizeof(slot)));
+            if (Dense) new (block + 64) slot;
+            else new (block + 64) slot[2];
             node* nd = new (block) node;
-            new (block + 64) slot[2];
             nd->key = k;
             node*& b = buckets_[mix(k) & mask_];
             nd->link = b;
             b = nd;
         }
     }
+    node_then_slot(const node_then_slot&) = delete;
+    node_then_slot& operator=(const node_then_slot&) = delete;
     void cycle(u64 k, u64 now) {
         node* n = buckets_[mix(k) & mask_];
         __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + 64, 1);
@@ -306,52 +313,7 @@ public:
     }
 
 private:
-    std::vector<node*> buckets_;
-    u64 mask_ = 0;
-};
-
-// the two hot lines of every key side by side, all keys in one array
-template <bool Cas>
-class pair_arena {
-public:
-    struct node {
-        node* link = nullptr;
-        u64 key = 0;
-        std::atomic<u64> head{0};
-        unsigned char pad[40] = {};
-    };
-    static_assert(sizeof(node) == 64);
-    struct pair {
-        node n;
-        slot s; // only its first line is this key's: the next pair's node overlays the rest
-    };
-    explicit pair_arena(std::size_t keys) : arena_(static_cast<unsigned char*>(alloc(keys * 128 + sizeof(pair)))) {
-        std::size_t n = 16;
-        while (n < keys) n *= 2;
-        buckets_.assign(n, nullptr);
-        mask_ = n - 1;
-        for (u64 k = 0; k < keys; ++k) { // in key order: each pair's node overwrites the tail of the slot before
-            unsigned char* at = arena_ + 128 * k;
-            new (at + 64) slot;
-            node* nd = new (at) node;
-            nd->key = k;
-            node*& b = buckets_[mix(k) & mask_];
-            nd->link = b;
-            b = nd;
-        }
-    }
-    ~pair_arena() { ::operator delete(arena_, std::align_val_t{64}); }
-    pair_arena(const pair_arena&) = delete;
-    pair_arena& operator=(const pair_arena&) = delete;
-    void cycle(u64 k, u64 now) {
-        node* n = buckets_[mix(k) & mask_];
-        __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + 64, 1);
-        n = table<node>::find(n, k);
-        cycle_on<Cas>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + 64), now);
-    }
-
-private:
-    unsigned char* arena_;
+    unsigned char* arena_; // (the model's memory lives until the process exits)
     std::vector<node*> buckets_;
     u64 mask_ = 0;
 };
@@ -401,9 +363,9 @@ const std::pair<const char*, runner> models[] = {
     {"two", run<two<true, false>>},
     {"two_arena", run<two<true, true>>},
     {"two_arena_nocas", run<two<false, true>>},
-    {"one_level", run<one_level<true>>},
-    {"one_level_nocas", run<one_level<false>>},
-    {"pair_arena", run<pair_arena<true>>},
+    {"one_level", run<node_then_slot<true, false>>},
+    {"one_level_nocas", run<node_then_slot<false, false>>},
+    {"pair_arena", run<node_then_slot<true, true>>},
 };
 
 } // namespace
