@@ -84,9 +84,10 @@ struct pool_options {
     bool detect_self_deadlock = false;
     /// With the steady clock (and a thread-safe sync): while the pool (or registry) lives it holds
     /// a `keypool::coarse_ticker`, the one thread per process that copies the coarse clock into a
-    /// word every millisecond, so its fast paths read that word instead of calling the vDSO (a
-    /// third of a registry cycle at 10,000 keys on this project's machine). false: no thread; each
-    /// fast path reads the clock. Default true.
+    /// word every 4 ms while it is read (ten wakeups a second while it is not), so its fast paths
+    /// read that word instead of calling the vDSO (up to a third of a registry cycle at 10,000
+    /// keys on this project's machine). false: no thread; each fast path reads the clock. Default
+    /// true.
     bool use_coarse_ticker = true;
     /// Seed of the jitter generator, for reproducible runs. Default: drawn per pool.
     std::optional<std::uint64_t> seed = std::nullopt;

@@ -34,10 +34,15 @@ using duration = std::chrono::steady_clock::duration;
 
 namespace detail {
 /// The coarse time a coarse_ticker keeps: `CLOCK_MONOTONIC_COARSE` as steady_clock ticks, read by
-/// the ticker's thread every period; 0 while no ticker runs. On a line of its own: written once
-/// per period, read by every fast path.
+/// the ticker's thread every period; 0 while no ticker runs or while it idles. `wanted`: a read
+/// since the ticker last looked (set by readers only when clear: one store per period in all). On a
+/// line of its own: written about once per period, read by every fast path.
 struct alignas(64) coarse_time_cell {
     std::atomic<duration::rep> ticks{0};
+    std::atomic<bool> wanted{false};
+    void want() noexcept {
+        if (!wanted.load(std::memory_order_relaxed)) wanted.store(true, std::memory_order_relaxed);
+    }
 };
 inline coarse_time_cell coarse_cell;
 } // namespace detail
@@ -46,13 +51,14 @@ inline coarse_time_cell coarse_cell;
 /// (4 ms resolution here, same epoch). The fast paths read only the coarse clock; idle timeout,
 /// max lifetime and validation thresholds tolerate its resolution. While a `coarse_ticker` lives
 /// (every pool and registry on this clock holds one unless `pool_options::use_coarse_ticker` is
-/// false), `coarse_now()` is one load of the ticker's copy, a period (1 ms) older than the clock
+/// false), `coarse_now()` is one load of the ticker's copy, a period (4 ms) older than the clock
 /// at most while its thread gets a CPU; otherwise it reads the clock through the vDSO (≈3 ns alone,
 /// but up to a third of a registry cycle at 10,000 keys here: docs/benchmarks.md, "Session 15").
 struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
     KEYPOOL_ALWAYS_INLINE time_point coarse_now() const noexcept {
+        detail::coarse_cell.want(); // (keeps an idling ticker from staying idle)
         if (const duration::rep t = detail::coarse_cell.ticks.load(std::memory_order_relaxed); t != 0) [[likely]]
             return time_point(duration(t));
         return read_coarse();
@@ -127,7 +133,12 @@ namespace detail {
 /// is detached); tests build their own on a cell of their own.
 class coarse_ticker_state {
 public:
-    static constexpr std::chrono::milliseconds period{1};
+    /// How often a wanted copy is refreshed (the coarse clock's own resolution is 4 ms at HZ=250);
+    /// after `idle_after` periods in a row without a read the copy is dropped (readers call the
+    /// vDSO) and the thread looks only every `idle_period` for a reader that wants it back.
+    static constexpr std::chrono::milliseconds period{4};
+    static constexpr int idle_after = 64;
+    static constexpr std::chrono::milliseconds idle_period{100};
 
     static coarse_ticker_state& get() {
         static coarse_ticker_state* const s = new coarse_ticker_state(coarse_cell, true);
@@ -195,9 +206,15 @@ private:
     }
     void run(std::uint64_t gen) noexcept {
         std::unique_lock lk(m_);
+        int unread = 0; // periods in a row without a read; idle_after or more: idling
         while (generation_ == gen) {
-            cv_.wait_for(lk, period);
-            if (generation_ == gen) publish_locked();
+            cv_.wait_for(lk, unread < idle_after ? std::chrono::milliseconds(period) : idle_period);
+            if (generation_ != gen) break;
+            const bool read = cell_.wanted.exchange(false, std::memory_order_relaxed);
+            if (read) unread = 0;
+            else if (unread < idle_after) ++unread;
+            if (unread < idle_after) publish_locked(); // a non-zero copy is never more than a period old
+            else cell_.ticks.store(0, std::memory_order_relaxed); // idle: readers read the clock
         }
         --threads_;
         cv_.notify_all(); // (a destructor may wait for it)
@@ -225,8 +242,10 @@ private:
 
 /// Keeps the process's coarse time fresh while it lives, for `steady_clock::coarse_now()`: one
 /// thread (shared by all coarse_tickers, started by the first, stopped by the last) reads
-/// `CLOCK_MONOTONIC_COARSE` every millisecond into one word, and every fast path reads that word
-/// instead of calling the vDSO. Pools and registries on the steady clock hold one (unless
+/// `CLOCK_MONOTONIC_COARSE` every 4 ms into one word, and every fast path reads that word instead
+/// of calling the vDSO. Unread for a quarter of a second, the thread drops the word (readers call
+/// the vDSO again) and wakes only ten times a second until a read wants it back: an idle process
+/// pays ≈ 10 wakeups a second, not 250. Pools and registries on the steady clock hold one (unless
 /// `pool_options::use_coarse_ticker` is false); a service may hold its own. The copy lags the
 /// clock by at most a period plus the thread's scheduling delay; pools compare it only with
 /// thresholds of a second or more by default. If the thread cannot be started, nothing changes but the speed. A
