@@ -149,7 +149,7 @@ public:
         const std::uint16_t n_caches;
         const bool rseq_caches;
         // The steady clock's coarse ticker, held while any pool built from this context lives
-        // (use_coarse_ticker): its fast paths' coarse_now() is then one load.
+        // (use_coarse_ticker): its fast paths' coarse_now() then reads one cache line.
         std::optional<keypool::coarse_ticker> ticker;
         // Bytes each pool's allocation keeps for its owner between the idle-stack head and the
         // core (a multiple of 8; the registry's key node, see block layout), and the distances

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
-// Clock policies: the real steady clock (with a cheap coarse reading, one load while a
+// Clock policies: the real steady clock (with a cheap coarse reading, one cache line while a
 // coarse_ticker keeps its copy) and a manual clock for deterministic tests. A clock also supplies
 // the `event` that blocked waiters sleep on, so a manual clock can wake them when a test moves
 // time forward.
@@ -51,9 +51,10 @@ inline coarse_time_cell coarse_cell;
 /// (4 ms resolution here, same epoch). The fast paths read only the coarse clock; idle timeout,
 /// max lifetime and validation thresholds tolerate its resolution. While a `coarse_ticker` lives
 /// (every pool and registry on this clock holds one unless `pool_options::use_coarse_ticker` is
-/// false), `coarse_now()` is one load of the ticker's copy, a period (4 ms) older than the clock
-/// at most while its thread gets a CPU; otherwise it reads the clock through the vDSO (≈3 ns alone,
-/// but up to a third of a registry cycle at 10,000 keys here: docs/benchmarks.md, "Session 15").
+/// false), `coarse_now()` reads the ticker's copy and its wanted mark (one line), a period (4 ms)
+/// older than the clock at most while its thread gets a CPU; otherwise it reads the clock through
+/// the vDSO (≈3 ns alone, but up to a third of a registry cycle at 10,000 keys here:
+/// docs/benchmarks.md, "Session 15").
 struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
@@ -208,7 +209,7 @@ private:
         std::unique_lock lk(m_);
         int unread = 0; // periods in a row without a read; idle_after or more: idling
         while (generation_ == gen) {
-            cv_.wait_for(lk, unread < idle_after ? std::chrono::milliseconds(period) : idle_period);
+            cv_.wait_for(lk, unread < idle_after ? period : idle_period);
             if (generation_ != gen) break;
             const bool read = cell_.wanted.exchange(false, std::memory_order_relaxed);
             if (read) unread = 0;
