@@ -71,6 +71,7 @@ void run_stress(std::uint64_t seed, std::optional<std::size_t> cpu_caches = std:
     std::vector<std::atomic<int>> held(1 << 16);
     std::atomic<int> double_lease{0}, wrong_target{0}, dirty_handout{0};
     std::atomic<std::uint64_t> ok{0}, failed{0};
+    std::atomic<std::uint64_t> fail_from{0}; // successful connects needed before the next injected failure
     std::atomic<std::int64_t> worst_late_us{0}; // how far past its deadline a failed acquire returned
 
     constexpr int threads = 8, ops = 1500;
@@ -82,10 +83,15 @@ void run_stress(std::uint64_t seed, std::optional<std::size_t> cpu_caches = std:
                 auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
                 for (int i = 0; i < ops; ++i) {
                     switch (pick(20)) {
-                    case 0: // one failure at a time: injecting faster than connects consume them
-                            // would starve the pool of every connect (seed 908381717 did)
-                        if (fake.scripted() == 0) fake.fail_next_connects(1);
+                    case 0: { // a failure only after a success since the last one: the pool tries a
+                              // connect once per backoff while ops inject every few microseconds, so
+                              // injecting whenever none was pending starved it of every connect (seed
+                              // 908381717; and 2251406574: 0 connects, 9571 failed acquires)
+                        auto next = fail_from.load();
+                        if (fake.stats().connects >= next && fail_from.compare_exchange_strong(next, fake.stats().connects + 1))
+                            fake.fail_next_connects(1);
                         break;
+                    }
                     case 1: fake.fail_next_resets(1); break;
                     case 2: pool->maintain(); break;
                     case 3: {
