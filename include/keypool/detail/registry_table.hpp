@@ -603,17 +603,29 @@ private:
     shard& shard_for(const Key& k) const noexcept { return shard_at(table_type::hash_of(k)); }
     shard& shard_at(std::size_t mixed_hash) const noexcept { return shards_[(mixed_hash >> 52) & shard_mask_]; }
 
-    /// Marks the entry recently used: the CLOCK reference bit (written only when clear, so a hot
-    /// key does not bounce its cache line) and the coarse last-use time for idle eviction.
+    /// Whether touch() stores unconditionally: the node is in its pool's allocation (embeds) and
+    /// its CLOCK bit and last use lie in the line of the idle stack's head, which every hit writes
+    /// anyway. The head takes the line's first 8 bytes and the node's link the next 8; the
+    /// entry's last use ends 16 bytes after the key (rounded to 8): keys of up to 32 bytes.
+    static constexpr bool touch_in_head_line = embeds && sizeof(Key) <= 32;
+
+    /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
+    /// idle eviction. Where the line is not written anyway (touch_in_head_line false), each is
+    /// stored only when it changes (the bit is clear, the coarse time moved), so a hot key does
+    /// not take its line from the other cores that read it; where it is, both are stored without
+    /// a branch on the time (which a key used about once per tick of the coarse clock
+    /// mispredicts).
     KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
-        if constexpr (Eviction::uses_lru)
-            if (!e.referenced.load(std::memory_order_relaxed)) e.referenced.store(true, std::memory_order_relaxed);
-        if constexpr (Eviction::uses_idle) {
-            // Written only when the coarse time moved (every few ms): an unchanged line is not
-            // taken from the other cores that use the key.
-            const auto now = coarse_now.time_since_epoch().count();
-            if (e.last_used.load(std::memory_order_relaxed) != now) e.last_used.store(now, std::memory_order_relaxed);
+        const auto now = coarse_now.time_since_epoch().count();
+        if constexpr (Eviction::uses_lru) {
+            if (touch_in_head_line || !e.referenced.load(std::memory_order_relaxed))
+                e.referenced.store(true, std::memory_order_relaxed);
         }
+        if constexpr (Eviction::uses_idle) {
+            if (touch_in_head_line || e.last_used.load(std::memory_order_relaxed) != now)
+                e.last_used.store(now, std::memory_order_relaxed);
+        }
+        (void)now;
     }
 
     /// What the lock-free step of an acquire found: no ready pool for the key (`missing`), a ready
