@@ -12,7 +12,15 @@
 // prints the median over rounds of registry time ÷ the same round's baseline time, with its range
 // and the baseline's median time. On a shared machine the baseline's own time moves by 2× within
 // minutes (docs/benchmarks.md, "Session 13"); a ratio taken round by round follows it.
+//
+// `w3_cycles <keys> <cycles> <rounds> <threads>`: the same with <threads> threads running
+// <cycles> cycles each at once (each from its own place in the key array), timed from a common
+// start until the last one ends; it prints the median over rounds of the registry's throughput ÷
+// the same round's baseline throughput (W3's 2-thread target is >= 4x). registry_bench's rows
+// time the two sides minutes apart, and the baseline's 2-thread collapse alone moves by 2× from
+// run to run there.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -71,6 +79,30 @@ double ns_per_cycle(std::size_t n, Run run) {
     return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / double(n);
 }
 
+/// Seconds from a common start until `threads` threads have each run `run(n, from)` (each from
+/// its own offset in the key array), after each has run a quarter as many to warm its caches.
+template <class Run>
+double seconds_on_threads(int threads, std::size_t n, Run run) {
+    std::atomic<int> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+        ts.emplace_back([&, t] {
+            const std::size_t from = static_cast<std::size_t>(t) * (g_keys.size() / static_cast<std::size_t>(threads));
+            run(n / 4, from);
+            ready.fetch_add(1);
+            while (!go.load(std::memory_order_acquire)) {
+            }
+            run(n, from + n / 4);
+        });
+    while (ready.load() != threads) {
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    go.store(true, std::memory_order_release);
+    for (auto& t : ts) t.join();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -82,7 +114,8 @@ int main(int argc, char** argv) {
     const std::size_t keys = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 10'000;
     const std::size_t cycles = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200'000;
     const int rounds = argc > 3 ? std::atoi(argv[3]) : 0;
-    if (keys == 0 || cycles == 0 || rounds < 0) return 2;
+    const int threads = argc > 4 ? std::atoi(argv[4]) : 0;
+    if (keys == 0 || cycles == 0 || rounds < 0 || threads < 0 || threads > 64 || (threads > 0 && rounds == 0)) return 2;
     // As every benchmark binary (baselines/process.hpp): once a second thread has run, glibc's
     // mutex takes a locked instruction. (Not under callgrind: its figures stay comparable.)
     if (rounds > 0) std::thread([] {}).join();
@@ -104,6 +137,19 @@ int main(int argc, char** argv) {
         return 0;
     }
     std::vector<double> ratio, base;
+    if (threads > 0) {
+        for (int i = 0; i < rounds; ++i) {
+            const double b = seconds_on_threads(threads, cycles, [&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
+            const keypool::coarse_ticker ticker;
+            const double k = seconds_on_threads(threads, cycles, [&](std::size_t n, std::size_t from) { run_keypool(r, n, from); });
+            base.push_back(b * 1e9 / double(cycles));
+            ratio.push_back(b / k);
+        }
+        const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
+        std::printf("%zu keys, %d threads, %d rounds of %zu cycles each: registry throughput / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns per cycle per thread\n",
+                    keys, threads, rounds, cycles, median(ratio), *lo, *hi, median(base));
+        return 0;
+    }
     for (int i = 0; i < rounds; ++i) {
         const double b = ns_per_cycle(cycles, [&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
         const keypool::coarse_ticker ticker;
