@@ -69,6 +69,19 @@ if ((${#jsons[@]} > 0)); then
   python3 bench/plot.py "$plots" "${jsons[@]}"
 fi
 
+# W3 round by round: each round times the bare keyed baseline and then the registry, back to back,
+# on 1 and on 2 threads (bench/profile/w3_cycles.cpp); the median ratio follows the machine's load,
+# which moves registry_bench's separately timed rows by 2x on this kind of machine.
+if [[ -x "$dir/bench/w3_cycles" ]]; then
+  echo "== W3 round by round (w3_cycles: registry / baseline time on 1 thread, throughput on 2)"
+  cycles=300000
+  if [[ $mode == full ]]; then cycles=2000000; fi
+  for keys in 1000 10000 100000; do
+    "$dir/bench/w3_cycles" "$keys" "$cycles" 7
+    "$dir/bench/w3_cycles" "$keys" "$cycles" 7 2
+  done | tee "$results/w3-rounds.txt"
+fi
+
 # --full, with valgrind installed: W3's instructions and cache misses per cycle (deterministic).
 if [[ $mode == full ]] && command -v valgrind >/dev/null; then
   echo "== W3 under callgrind's cache simulator (scripts/cache-profile.sh)"
