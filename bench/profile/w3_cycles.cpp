@@ -136,29 +136,24 @@ int main(int argc, char** argv) {
         run_keypool(r, cycles);
         return 0;
     }
+    // Nanoseconds per cycle (per thread, wall time from the common start, with threads).
+    auto timed = [&](auto run) {
+        return threads > 0 ? seconds_on_threads(threads, cycles, run) * 1e9 / double(cycles) : ns_per_cycle(cycles, run);
+    };
     std::vector<double> ratio, base;
-    if (threads > 0) {
-        for (int i = 0; i < rounds; ++i) {
-            const double b = seconds_on_threads(threads, cycles, [&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
-            const keypool::coarse_ticker ticker;
-            const double k = seconds_on_threads(threads, cycles, [&](std::size_t n, std::size_t from) { run_keypool(r, n, from); });
-            base.push_back(b * 1e9 / double(cycles));
-            ratio.push_back(b / k);
-        }
-        const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
-        std::printf("%zu keys, %d threads, %d rounds of %zu cycles each: registry throughput / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns per cycle per thread\n",
-                    keys, threads, rounds, cycles, median(ratio), *lo, *hi, median(base));
-        return 0;
-    }
     for (int i = 0; i < rounds; ++i) {
-        const double b = ns_per_cycle(cycles, [&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
+        const double b = timed([&](std::size_t n, std::size_t from) { run_baseline(baseline, n, from); });
         const keypool::coarse_ticker ticker;
-        const double k = ns_per_cycle(cycles, [&](std::size_t n, std::size_t from) { run_keypool(r, n, from); });
+        const double k = timed([&](std::size_t n, std::size_t from) { run_keypool(r, n, from); });
         base.push_back(b);
-        ratio.push_back(k / b);
+        ratio.push_back(threads > 0 ? b / k : k / b); // throughput ratio with threads, else time ratio
     }
     const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
-    std::printf("%zu keys, %d rounds of %zu cycles: registry / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns\n",
-                keys, rounds, cycles, median(ratio), *lo, *hi, median(base));
+    if (threads > 0)
+        std::printf("%zu keys, %d threads, %d rounds of %zu cycles each: registry throughput / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns per cycle per thread\n",
+                    keys, threads, rounds, cycles, median(ratio), *lo, *hi, median(base));
+    else
+        std::printf("%zu keys, %d rounds of %zu cycles: registry / baseline %.2fx median (%.2f-%.2f), baseline median %.1f ns\n",
+                    keys, rounds, cycles, median(ratio), *lo, *hi, median(base));
     return 0;
 }

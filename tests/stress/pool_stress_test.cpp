@@ -87,9 +87,9 @@ void run_stress(std::uint64_t seed, std::optional<std::size_t> cpu_caches = std:
                               // connect once per backoff while ops inject every few microseconds, so
                               // injecting whenever none was pending starved it of every connect (seed
                               // 908381717; and 2251406574: 0 connects, 9571 failed acquires)
+                        const std::uint64_t done = fake.stats().connects;
                         auto next = fail_from.load();
-                        if (fake.stats().connects >= next && fail_from.compare_exchange_strong(next, fake.stats().connects + 1))
-                            fake.fail_next_connects(1);
+                        if (done >= next && fail_from.compare_exchange_strong(next, done + 1)) fake.fail_next_connects(1);
                         break;
                     }
                     case 1: fake.fail_next_resets(1); break;
