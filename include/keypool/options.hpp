@@ -152,8 +152,10 @@ struct registry_options {
     /// more first closes another key's least recently used idle connection, else waits in line
     /// with every other key's callers. Default 100; range 1..1'000'000.
     std::size_t max_connections = 100;
-    /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired.
-    /// Default 15 min; nullopt = never; when set, must be positive.
+    /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired (by
+    /// `maintain()` / `evict_idle()`, once between this and 33/32 of it: an acquire stores its time
+    /// only when the stored one is 1/32 of it old). Default 15 min; nullopt = never; when set,
+    /// must be positive.
     std::optional<duration> pool_idle_timeout = 15min;
     /// How long a failed resolution is remembered and returned at once to later callers for the key.
     /// Default 1 s; must be zero or positive.

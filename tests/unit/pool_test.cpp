@@ -92,6 +92,26 @@ TEST_CASE("a slot's header is 32 bytes: a connection's first 32 bytes share its 
     CHECK(offset == 32);
 }
 
+TEST_CASE("the idle-stack head, slot 0's header and what a fake reset reads share one cache line") {
+    // A checkout and a release of slot 0 (the one an idle pool hands out) write that line alone:
+    // a registry's key node, which every lookup reads, lies on another (docs/design.md, "Block
+    // layout"). The fake connection's reset reads its 8-byte hot state and its session's length.
+    fixture f;
+    auto p = f.make({.max_size = 2});
+    p.acquire().release();
+    const auto* core = keypool::detail::pool_access::core(p);
+    const auto line = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a) / 64; };
+    const auto* s0 = core->slots();
+    REQUIRE(s0->conn);
+    const auto* conn = reinterpret_cast<const unsigned char*>(&*s0->conn);
+    const auto* session = reinterpret_cast<const unsigned char*>(&s0->conn->session);
+    CHECK(line(&core->head()) == line(s0));
+    CHECK(line(conn) == line(s0));
+    CHECK(session - conn == 8);
+    CHECK(line(session + 15) == line(s0)); // (std::string's pointer and length)
+    CHECK(line(core) != line(s0));
+}
+
 TEST_CASE("idle connections are reused most recently used first") {
     fixture f;
     auto p = f.make({.max_size = 4});

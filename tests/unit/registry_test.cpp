@@ -362,12 +362,35 @@ TEST_CASE("idle eviction retires pools unused for pool_idle_timeout, never one w
     auto held = r.acquire("b");
     f.clock.advance(14min);
     CHECK(r.evict_idle() == 0);
-    f.clock.advance(1min);
+    f.clock.advance(1min + 28125ms); // the timeout and the staleness a hit may leave (1/32 of it, below)
     r.maintain();
     auto s = r.stats();
     CHECK(s.evicted_for(evict_reason::idle) == 1);
     CHECK(s.keys_active == 1);
     CHECK(r.try_acquire("b").key() == std::string()); // b's only connection is held
+}
+
+TEST_CASE("idle eviction retires a pool between pool_idle_timeout and 33/32 of it after its last acquire, never before") {
+    // A hit stores the key's last use only once the stored one is 1/32 of the timeout old (it
+    // leaves the key's node line unwritten, docs/design.md), and evict_idle() allows for that.
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = 32min});
+    r.acquire("a").release(); // t = 0: stored
+    f.clock.advance(59s);
+    r.acquire("a").release(); // t = 59 s: under a minute (1/32) since the stored use: not stored
+    f.clock.advance(31min + 59s);
+    CHECK(r.evict_idle() == 0); // t = 32:58: idle 31:59, under the timeout
+    f.clock.advance(1s);
+    CHECK(r.evict_idle() == 0); // idle 32:00: due, and allowed until 33:00 + 59 s
+    f.clock.advance(1min);
+    CHECK(r.evict_idle() == 1); // t = 33:59 = 0 + 33/32 of the timeout: idle 33:00
+    r.acquire("b").release(); // t = 33:59: stored
+    f.clock.advance(1min);
+    r.acquire("b").release(); // a minute later: stored again
+    f.clock.advance(32min + 59s);
+    CHECK(r.evict_idle() == 0); // idle 32:59 since the last acquire (stored): within 33/32
+    f.clock.advance(1s);
+    CHECK(r.evict_idle() == 1); // idle 33:00
 }
 
 TEST_CASE("invalidate closes idle connections now, leased ones on return, and rebuilds next time") {

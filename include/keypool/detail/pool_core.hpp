@@ -158,8 +158,8 @@ public:
         std::size_t prefix = 0, head_back = 0, slots_back = 0;
         void set_prefix(std::size_t bytes) noexcept {
             prefix = bytes;
-            head_back = bytes + sizeof(head_type);
-            slots_back = core_offset(max_size, bytes);
+            head_back = core_offset(max_size, bytes) - (slot0_offset() - sizeof(head_type));
+            slots_back = core_offset(max_size, bytes) - slot0_offset();
         }
     };
     using shared_context = boost::intrusive_ptr<context>;
@@ -198,13 +198,14 @@ public:
         intrusive_ptr_release(ctx_);
     }
 
-    // One allocation: [slot 0 .. slot n-1][padding to a cache line][idle-stack head, 8 bytes]
-    // [the owner's prefix][core]. Slot 0, the one an idle pool hands out (most recently used
-    // first), starts on a cache line, so its 32-byte header and a connection's first 32 bytes
-    // share one. The head starts the next line: at a fixed distance from the slots and from the
-    // core, so a caller that knows the context reaches both without reading the core (head_at,
-    // slots_at), and a registry builds the key's node in the prefix, in the head's line. A
-    // standalone pool has no prefix: the head shares its line with the core's first fields.
+    // One allocation: [idle-stack head, 8 bytes][slot 0 .. slot n-1][padding to a cache line]
+    // [the owner's prefix][core]. The head and slot 0, the one an idle pool hands out (most
+    // recently used first), share the first cache line: slot 0's 32-byte header and a
+    // connection's first 24 bytes. A checkout and a release of slot 0 write that line alone,
+    // so the owner's prefix (a registry's key node) and the core's first fields, which they
+    // read, stay shared between cores. Head, slots and prefix lie at fixed distances from the
+    // core, so a caller that knows the context reaches each without reading the core (head_at,
+    // slots_at, prefix_at); a registry builds the key's node in the prefix.
     static void* operator new(std::size_t size, slot_count c) {
         void* block = ::operator new(core_offset(c.n, c.prefix) + size, std::align_val_t{allocation_alignment()});
         return static_cast<unsigned char*>(block) + core_offset(c.n, c.prefix);
@@ -223,13 +224,16 @@ public:
         ::operator delete(block, std::align_val_t{allocation_alignment()});
     }
     static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
-    /// The slots' bytes, rounded up to a cache line: where the head starts.
+    /// Where slot 0 starts: right after the head (later only for a connection aligned wider
+    /// than 8 bytes; the head then ends where slot 0 starts).
+    static constexpr std::size_t slot0_offset() noexcept { return std::max(sizeof(head_type), alignof(slot)); }
+    /// The head's and the slots' bytes, rounded up to a cache line: where the prefix starts.
     static constexpr std::size_t slots_bytes(std::size_t slots) noexcept {
         const std::size_t a = allocation_alignment();
-        return (slots * sizeof(slot) + a - 1) / a * a;
+        return (slot0_offset() + slots * sizeof(slot) + a - 1) / a * a;
     }
     static constexpr std::size_t core_offset(std::size_t slots, std::size_t prefix) noexcept {
-        return slots_bytes(slots) + sizeof(head_type) + prefix;
+        return slots_bytes(slots) + prefix;
     }
     /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
     /// address alone (the core's own fields are not read).
@@ -241,7 +245,8 @@ public:
         auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.slots_back;
         return std::launder(reinterpret_cast<slot*>(p));
     }
-    /// Where the owner's prefix of core `c` (made with context `x`) starts: right after the head.
+    /// Where the owner's prefix of core `c` (made with context `x`) starts: on the line after the
+    /// slots.
     static void* prefix_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.prefix; }
     /// The bytes a prefix of `n` bytes takes (the core after it stays 8-byte aligned).
     static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
@@ -416,14 +421,13 @@ public:
     /// this core's context (shared()), which a caller has at hand: see pop_fast.
     KEYPOOL_ALWAYS_INLINE slot* pop_idle(const context& x) noexcept { return pop_ready(x); }
 
-    /// Starts loading what a checkout of `c` (made with context `x`) touches: the idle-stack
-    /// head's line and slot 0's first (its 32-byte header and the connection's first 32 bytes;
-    /// slot 0 is the slot an idle pool hands out when one connection serves it). Computed from
-    /// the address alone, so a caller that has just found the core's pointer (the registry) waits
-    /// for these misses side by side, not one after the other.
+    /// Starts loading what a checkout of `c` (made with context `x`) touches: the line of the
+    /// idle-stack head and slot 0's header (slot 0 is the slot an idle pool hands out when one
+    /// connection serves it). Computed from the address alone, so a caller that has just found
+    /// the core's pointer (the registry) waits for this miss beside its own, not after it.
     static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, const context& x) noexcept {
         KEYPOOL_PREFETCH_WRITE(&head_at(c, x));
-        KEYPOOL_PREFETCH_WRITE(slots_at(c, x));
+        if constexpr (slot0_offset() > sizeof(head_type)) KEYPOOL_PREFETCH_WRITE(slots_at(c, x)); // (not on the head's line)
     }
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
@@ -1652,8 +1656,8 @@ private:
     // Derived from the context, not kept twice: the slots (slots_at), how many cache words
     // (n_caches, a power of two, or 0) and how their owners reach them (rseq_caches).
     context* const ctx_; // shared with other pools: the core holds one of its references
-    // The slow path's lock: 4 bytes, in what would be padding. Every caller that finds no idle
-    // connection takes it and then sets WAITERS in head_, so sharing head_'s line costs nothing.
+    // The slow path's lock: 4 bytes, in what would be padding. (Every caller that finds no idle
+    // connection takes it and then sets WAITERS in the head, on slot 0's line.)
     mutable typename Sync::mutex_type m_;
     std::unique_ptr<cpu_cache[]> caches_;
 

@@ -362,8 +362,9 @@ public:
                 std::lock_guard rl(ring_m_);
                 for (auto it = ring_.begin(); it != ring_.end();) {
                     entry& e = *it++;
+                    // (last_used lags the last acquire by less than touch_step_: see touch)
                     if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) <
-                        *opt_.pool_idle_timeout)
+                        *opt_.pool_idle_timeout + duration(touch_step_))
                         continue;
                     if (e.core->busy()) continue;
                     dead.push_back(unlink_locked(e, evict_reason::idle));
@@ -603,26 +604,28 @@ private:
     shard& shard_for(const Key& k) const noexcept { return shard_at(table_type::hash_of(k)); }
     shard& shard_at(std::size_t mixed_hash) const noexcept { return shards_[(mixed_hash >> 52) & shard_mask_]; }
 
-    /// Whether touch() stores unconditionally: the node is in its pool's allocation (embeds) and
-    /// its CLOCK bit and last use lie in the line of the idle stack's head, which every hit writes
-    /// anyway. The head takes the line's first 8 bytes and the node's link the next 8; the
-    /// entry's last use ends 16 bytes after the key (rounded to 8): keys of up to 32 bytes.
-    static constexpr bool touch_in_head_line = embeds && sizeof(Key) <= 32;
+    /// How stale an entry's last use may get before touch() stores a newer one: 1/32 of
+    /// pool_idle_timeout (28 s of the default 15 min). A hit then writes nothing of the key's
+    /// node line but every ~idle_timeout/32 (the node is shared by every core that looks the key
+    /// up; its pool's writes go to slot 0's line), and the branch is not taken on nearly every
+    /// hit (a comparison with the coarse tick itself was taken about once per tick at 10,000
+    /// keys, a mispredict). evict_idle() allows for the staleness: a pool is retired between
+    /// pool_idle_timeout and pool_idle_timeout × 33/32 after its last acquire, never before.
+    static duration::rep touch_step_of(const registry_options& o) noexcept {
+        return o.pool_idle_timeout ? (*o.pool_idle_timeout / 32).count() : 0;
+    }
 
     /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
-    /// idle eviction. Where the line is not written anyway (touch_in_head_line false), each is
-    /// stored only when it changes (the bit is clear, the coarse time moved), so a hot key does
-    /// not take its line from the other cores that read it; where it is, both are stored without
-    /// a branch on the time (which a key used about once per tick of the coarse clock
-    /// mispredicts).
+    /// idle eviction, each stored only when it changes (the bit is clear) or has grown stale (by
+    /// touch_step_), so that a hit's stores are rare and a key's node line stays shared.
     KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
         const auto now = coarse_now.time_since_epoch().count();
         if constexpr (Eviction::uses_lru) {
-            if (touch_in_head_line || !e.referenced.load(std::memory_order_relaxed))
+            if (!e.referenced.load(std::memory_order_relaxed)) [[unlikely]]
                 e.referenced.store(true, std::memory_order_relaxed);
         }
         if constexpr (Eviction::uses_idle) {
-            if (touch_in_head_line || e.last_used.load(std::memory_order_relaxed) != now)
+            if (now - e.last_used.load(std::memory_order_relaxed) >= touch_step_) [[unlikely]]
                 e.last_used.store(now, std::memory_order_relaxed);
         }
         (void)now;
@@ -1003,6 +1006,7 @@ private:
     Connector connector_;
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
+    const duration::rep touch_step_ = touch_step_of(opt_);
     const typename core_type::shared_context pool_context_; // one for every pool: options, connector, clock, observer, budget
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;

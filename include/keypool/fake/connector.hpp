@@ -120,23 +120,28 @@ namespace detail {
 /// A connection's kill flag and counters, kept inside the connection (reset and alive touch only
 /// the connection, as a real connector's would: no second allocation to miss in the cache). Only
 /// the connection's current owner calls reset/alive, so the counters need no read-modify-write.
-/// Two parts: what every reset touches (`hot_state`) comes first in the connection, with its
-/// session, so that a pool slot's first cache line holds all of it (pool_core's slot header is 32
-/// bytes); the rest (`cold_state`) after.
-KEYPOOL_ALWAYS_INLINE void bump(std::atomic<std::uint64_t>& a) noexcept {
+/// Two parts: what every reset touches (`hot_state`, 8 bytes) comes first in the connection, then
+/// its session (whose length a reset reads), so that a pool slot's first cache line holds all of
+/// it (pool_core puts the idle-stack head and slot 0's 32-byte header before it: 8 + 32 + 8 + 16
+/// bytes); the rest (`cold_state`) after. A connection's reset count is 32 bits (it wraps after
+/// 2^32 resets of one connection); the connector's counters sum them in 64.
+template <class T>
+KEYPOOL_ALWAYS_INLINE void bump(std::atomic<T>& a) noexcept {
     a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
-inline void copy(std::atomic<std::uint64_t>& to, const std::atomic<std::uint64_t>& from) noexcept {
+template <class T>
+void copy(std::atomic<T>& to, const std::atomic<T>& from) noexcept {
     to.store(from.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 struct hot_state {
     std::atomic<bool> dead{false};
-    std::atomic<std::uint64_t> resets{0};
+    std::atomic<std::uint32_t> resets{0};
     void copy_from(const hot_state& o) noexcept {
         dead.store(o.dead.load(std::memory_order_relaxed), std::memory_order_relaxed);
         copy(resets, o.resets);
     }
 };
+static_assert(sizeof(hot_state) == 8);
 struct cold_state {
     std::atomic<std::uint64_t> reset_failures{0}, alive_checks{0}, pings{0};
     void copy_from(const cold_state& o) noexcept {
