@@ -393,6 +393,30 @@ TEST_CASE("idle eviction retires a pool between pool_idle_timeout and 33/32 of i
     CHECK(r.evict_idle() == 1); // idle 33:00
 }
 
+TEST_CASE("idle eviction with the longest pool_idle_timeout never retires a pool (no overflow)") {
+    // The timeout plus the staleness a hit may leave (1/32 of it) saturates at duration::max():
+    // under UBSan an unsaturated sum is an overflow.
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = keypool::duration::max()});
+    r.acquire("a").release();
+    f.clock.advance(std::chrono::hours(24 * 365 * 100));
+    CHECK(r.evict_idle() == 0);
+    CHECK(r.maintain() > f.clock.now()); // (its next due time, from now + the timeout, saturated)
+    CHECK(r.stats().keys_active == 1);
+}
+
+TEST_CASE("the longest failure_backoff remembers a failed resolution for good (no overflow)") {
+    fixture f;
+    auto r = f.make({.failure_backoff = keypool::duration::max()});
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK(ec == errc::key_not_found);
+    f.clock.advance(std::chrono::hours(24 * 365 * 100));
+    CHECK_FALSE(r.acquire("missing", 1s, ec));
+    CHECK(ec == errc::key_not_found);
+    CHECK(f.resolver.st->calls == 1);
+}
+
 TEST_CASE("invalidate closes idle connections now, leased ones on return, and rebuilds next time") {
     fixture f;
     auto r = f.make({.pool = {.max_size = 2}});

@@ -248,6 +248,10 @@ public:
     /// Where the owner's prefix of core `c` (made with context `x`) starts: on the line after the
     /// slots.
     static void* prefix_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.prefix; }
+    /// t + d, or time_point::max() where that would overflow (d ≥ 0).
+    static time_point saturating_add(time_point t, duration d) noexcept {
+        return d > time_point::max() - t ? time_point::max() : t + d;
+    }
     /// The bytes a prefix of `n` bytes takes (the core after it stays 8-byte aligned).
     static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
 
@@ -906,9 +910,6 @@ private:
     bool has_waiters_locked() const noexcept { return slow_ && !slow_->waiters.empty(); }
     unsigned failures() const noexcept { return slow_ ? slow_->failures : 0; }
 
-    static time_point saturating_add(time_point t, duration d) noexcept {
-        return d > time_point::max() - t ? time_point::max() : t + d;
-    }
 
     static pool_options clamped(pool_options o) noexcept {
         o.max_connecting = std::min(o.max_connecting, o.max_size);

@@ -179,7 +179,7 @@ public:
         auto resolve_deadline = [&] {
             if (!deadline) {
                 if constexpr (std::is_same_v<When, time_point>) deadline = when;
-                else deadline = when > time_point::max() - clock_->now() ? time_point::max() : clock_->now() + when;
+                else deadline = core_type::saturating_add(clock_->now(), when);
             }
             return *deadline;
         };
@@ -342,7 +342,7 @@ public:
             if (e) {
                 e->st = entry::state::failed;
                 pend->error = why;
-                pend->failed_until = clock_->now() + opt_.failure_backoff;
+                pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
                 e->pend = std::move(pend);
             }
         }
@@ -362,9 +362,7 @@ public:
                 std::lock_guard rl(ring_m_);
                 for (auto it = ring_.begin(); it != ring_.end();) {
                     entry& e = *it++;
-                    // (last_used lags the last acquire by less than touch_step_: see touch)
-                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) <
-                        *opt_.pool_idle_timeout + duration(touch_step_))
+                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) < idle_limit_)
                         continue;
                     if (e.core->busy()) continue;
                     dead.push_back(unlink_locked(e, evict_reason::idle));
@@ -380,7 +378,7 @@ public:
         evict_idle();
         time_point due = time_point::max();
         if constexpr (Eviction::uses_idle) {
-            if (opt_.pool_idle_timeout) due = clock_->now() + *opt_.pool_idle_timeout;
+            if (opt_.pool_idle_timeout) due = core_type::saturating_add(clock_->now(), *opt_.pool_idle_timeout);
         }
         for (auto& p : live_pools()) due = std::min(due, p->maintain());
         return due;
@@ -614,6 +612,14 @@ private:
     static duration::rep touch_step_of(const registry_options& o) noexcept {
         return o.pool_idle_timeout ? (*o.pool_idle_timeout / 32).count() : 0;
     }
+    /// How long after the stored last use evict_idle() retires an entry: pool_idle_timeout plus
+    /// the staleness touch() allows (the stored use lags the last acquire by less than a step),
+    /// saturated at duration::max().
+    static duration idle_limit_of(const registry_options& o) noexcept {
+        if (!o.pool_idle_timeout) return duration::max();
+        const duration step(touch_step_of(o));
+        return *o.pool_idle_timeout > duration::max() - step ? duration::max() : *o.pool_idle_timeout + step;
+    }
 
     /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
     /// idle eviction, each stored only when it changes (the bit is clear) or has grown stale (by
@@ -825,7 +831,7 @@ private:
             } else {
                 e.st = entry::state::failed;
                 e.pend->error = closed_.load() ? make_error_code(errc::closed) : rec;
-                e.pend->failed_until = clock_->now() + opt_.failure_backoff;
+                e.pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
             }
             wake_joiners_locked(*done);
             if (done->st == entry::state::failed) return ec = done->pend->error, false;
@@ -1007,6 +1013,7 @@ private:
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
     const duration::rep touch_step_ = touch_step_of(opt_);
+    const duration idle_limit_ = idle_limit_of(opt_);
     const typename core_type::shared_context pool_context_; // one for every pool: options, connector, clock, observer, budget
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
