@@ -26,6 +26,14 @@ pq::connector bouncer_connector() {
 
 std::string backend_pid(PGconn* pg) { return scalar(pg, "SELECT pg_backend_pid()").value_or("?"); }
 
+/// Whether `pid` has a SIGINT pending (/proc's ShdPnd mask: a stopped process keeps it there).
+bool sigint_pending(pid_t pid) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("ShdPnd:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (SIGINT - 1)) & 1;
+    return false;
+}
+
 } // namespace
 
 TEST_CASE("acquire, query and return over TCP, a unix socket and PgBouncer") {
@@ -218,6 +226,38 @@ TEST_CASE("a query still running when its lease returns is cancelled, not left t
     }
     auto lease = pool.acquire(10s); // reset at checkout: cancel, drain, DISCARD ALL
     CHECK(scalar(lease.native_handle(), "SELECT 1") == "1");
+    admin a;
+    CHECK(a.value("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app +
+                  "' AND query LIKE '%pg_sleep%' AND state = 'active'") == "0");
+}
+
+TEST_CASE("a cancel that reaches the backend before its query does is sent again") {
+    // The server drops a cancel request that arrives while the backend is still reading the query:
+    // CI once saw the reset's drain wait out command_timeout, the connection destroyed and
+    // pg_sleep left running, the backend not scheduled before the cancel came. Made certain here:
+    // the backend is frozen (SIGSTOP) while the query and the cancel reach it, so on SIGCONT it
+    // takes the cancel first (and drops it), then reads and runs the query.
+    const std::string app = unique_name("early_cancel");
+    pq_pool pool(pq::connector{}, app_target(app), one_connection());
+    pid_t backend = 0;
+    std::optional<frozen_process> frozen;
+    {
+        auto lease = pool.acquire(10s);
+        backend = PQbackendPID(lease.native_handle());
+        frozen.emplace(backend);
+        REQUIRE(PQsendQuery(lease.native_handle(), "SELECT pg_sleep(60)") == 1);
+    }
+    std::atomic<bool> served{false};
+    std::thread next([&] {
+        auto lease = pool.acquire(30s); // reset at checkout: cancel, drain, DISCARD ALL
+        served = lease && scalar(lease.native_handle(), "SELECT 1") == "1";
+    });
+    const bool pending = eventually([&] { return sigint_pending(backend); }, std::chrono::seconds(20));
+    frozen->resume();
+    next.join();
+    REQUIRE(pending);
+    CHECK(served.load());
+    CHECK(pool.stats().connects_ok == 1); // the same connection, its query cancelled
     admin a;
     CHECK(a.value("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app +
                   "' AND query LIKE '%pg_sleep%' AND state = 'active'") == "0");

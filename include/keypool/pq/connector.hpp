@@ -534,21 +534,43 @@ private:
     /// A lease came back with a query still running (sent, results not read): cancel it on the
     /// server, then read and drop its results. Without cancelling (or if the cancel fails) the
     /// connection is destroyed instead.
+    ///
+    /// The server drops a cancel request that reaches the backend while it is still reading the
+    /// query (it cancels only what runs): a query sent just before its lease came back, to a
+    /// backend not yet scheduled, would then run on (the drain waited out the deadline and the
+    /// connection was destroyed, the query still running on the server). So while no answer
+    /// comes, the cancel is sent again, at intervals doubling from 10 ms to 1 s. A repeated
+    /// cancel cannot hit the next command: PQcancel returns once the server has signalled the
+    /// backend, and a backend that has finished the query discards a cancel it gets while
+    /// reading the next one.
     bool finish_running_query(connection& c, time_point deadline) const {
         PGconn* pg = c.pg_;
         if (!s_->opt.cancel_running_query) return false;
-        if (PQisBusy(pg) || PQtransactionStatus(pg) == PQTRANS_ACTIVE) {
+        const auto cancel_now = [pg] {
             PGcancel* cancel = PQgetCancel(pg);
             if (!cancel) return false;
             char err[256];
             const int sent = PQcancel(cancel, err, sizeof err);
             PQfreeCancel(cancel);
-            if (!sent) return false;
+            return sent != 0;
+        };
+        std::chrono::milliseconds again{10};
+        time_point resend = time_point::max(); // when to cancel again (max: nothing was running)
+        if (PQisBusy(pg) || PQtransactionStatus(pg) == PQTRANS_ACTIVE) {
+            if (!cancel_now()) return false;
+            resend = std::chrono::steady_clock::now() + again;
         }
         // COPY IN/OUT cannot be drained by reading results: give up on those.
         for (int i = 0; i < 1000; ++i) {
             while (PQisBusy(pg)) {
-                if (!wait_readable(pg, deadline) || PQconsumeInput(pg) == 0) return false;
+                if (wait_readable(pg, std::min(deadline, resend))) {
+                    if (PQconsumeInput(pg) == 0) return false;
+                    continue;
+                }
+                if (resend == time_point::max() || std::chrono::steady_clock::now() >= deadline) return false;
+                if (!cancel_now()) return false;
+                again = std::min(again * 2, std::chrono::milliseconds(1000));
+                resend = std::chrono::steady_clock::now() + again;
             }
             PGresult* r = PQgetResult(pg);
             if (!r) return PQstatus(pg) == CONNECTION_OK;
