@@ -357,12 +357,13 @@ public:
         } else {
             if (!opt_.pool_idle_timeout) return 0;
             const time_point now = clock_->coarse_now();
+            const duration limit = idle_limit();
             std::vector<retired> dead;
             {
                 std::lock_guard rl(ring_m_);
                 for (auto it = ring_.begin(); it != ring_.end();) {
                     entry& e = *it++;
-                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) < idle_limit_)
+                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) < limit)
                         continue;
                     if (e.core->busy()) continue;
                     dead.push_back(unlink_locked(e, evict_reason::idle));
@@ -609,16 +610,16 @@ private:
     /// hit (a comparison with the coarse tick itself was taken about once per tick at 10,000
     /// keys, a mispredict). evict_idle() allows for the staleness: a pool is retired between
     /// pool_idle_timeout and pool_idle_timeout × 33/32 after its last acquire, never before.
+    /// Without a timeout the last use is never read, and never stored.
     static duration::rep touch_step_of(const registry_options& o) noexcept {
-        return o.pool_idle_timeout ? (*o.pool_idle_timeout / 32).count() : 0;
+        return o.pool_idle_timeout ? (*o.pool_idle_timeout / 32).count() : duration::max().count();
     }
-    /// How long after the stored last use evict_idle() retires an entry: pool_idle_timeout plus
-    /// the staleness touch() allows (the stored use lags the last acquire by less than a step),
-    /// saturated at duration::max().
-    static duration idle_limit_of(const registry_options& o) noexcept {
-        if (!o.pool_idle_timeout) return duration::max();
-        const duration step(touch_step_of(o));
-        return *o.pool_idle_timeout > duration::max() - step ? duration::max() : *o.pool_idle_timeout + step;
+    /// How long after the stored last use evict_idle() retires an entry (pool_idle_timeout set):
+    /// the timeout plus the staleness touch() allows (the stored use lags the last acquire by
+    /// less than a step), saturated at duration::max().
+    duration idle_limit() const noexcept {
+        const duration timeout = *opt_.pool_idle_timeout, step(touch_step_);
+        return timeout > duration::max() - step ? duration::max() : timeout + step;
     }
 
     /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
@@ -1013,7 +1014,6 @@ private:
     const Clock* clock_;
     [[no_unique_address]] Observer obs_;
     const duration::rep touch_step_ = touch_step_of(opt_);
-    const duration idle_limit_ = idle_limit_of(opt_);
     const typename core_type::shared_context pool_context_; // one for every pool: options, connector, clock, observer, budget
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
     std::unique_ptr<shard[]> shards_;
