@@ -19,6 +19,11 @@ public:
     explicit mutex_map_pool(std::size_t keys) {
         for (key_type k = 0; k < keys; ++k) map_[k] = {&conns_[k % conns_.size()], &conns_[(k + 1) % conns_.size()]};
     }
+    /// The same for the keys given (the k-th key gets what key k gets above).
+    explicit mutex_map_pool(const std::vector<key_type>& keys) {
+        for (std::size_t k = 0; k < keys.size(); ++k)
+            map_[keys[k]] = {&conns_[k % conns_.size()], &conns_[(k + 1) % conns_.size()]};
+    }
     int* acquire(key_type k) {
         std::lock_guard lk(m_);
         auto& v = map_.find(k)->second;

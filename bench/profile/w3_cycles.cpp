@@ -19,6 +19,10 @@
 // the same round's baseline throughput (W3's 2-thread target is >= 4x). registry_bench's rows
 // time the two sides minutes apart, and the baseline's 2-thread collapse alone moves by 2× from
 // run to run there.
+//
+// The keys are 0 .. <keys> - 1 (consecutive tenant ids), or, with W3_RANDOM_KEYS=1 in the
+// environment, <keys> random 64-bit integers (the same on both sides): hashes that do not spread
+// consecutive ids evenly show there.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -120,13 +124,17 @@ int main(int argc, char** argv) {
     // mutex takes a locked instruction. (Not under callgrind: its figures stay comparable.)
     if (rounds > 0) std::thread([] {}).join();
     std::mt19937_64 rng(42);
+    std::vector<key_type> ids(keys);
+    const char* random_keys = std::getenv("W3_RANDOM_KEYS");
+    std::mt19937_64 id_rng(7);
+    for (std::size_t i = 0; i < keys; ++i) ids[i] = random_keys && *random_keys == '1' ? id_rng() : i;
     g_keys.resize(std::size_t{1} << 16);
-    for (auto& k : g_keys) k = rng() % keys;
-    mutex_map_pool baseline(keys);
+    for (auto& k : g_keys) k = ids[rng() % keys];
+    mutex_map_pool baseline(ids);
     registry r(key_resolver{}, keypool::fake::connector{},
                keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys,
                                          .max_connections = keys});
-    for (key_type k = 0; k < keys; ++k) r.acquire(k).release(); // every key: a pool, one idle connection
+    for (key_type k : ids) r.acquire(k).release(); // every key: a pool, one idle connection
     // The registry's coarse ticker runs only while the registry is measured (its thread's wakeups
     // would interrupt the baseline's rounds too): built without it, and a ticker held around
     // run_keypool, as registry_bench does.

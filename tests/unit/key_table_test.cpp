@@ -80,29 +80,41 @@ TEST_CASE("key_table: at least two buckets per node, growing and reserved (short
     CHECK(r.bucket_count() == 8192); // reserved: no rehash on the way
 }
 
-TEST_CASE("key_table: integer keys that differ only in their high bits are found (the hash is mixed)") {
+TEST_CASE("key_table: integer keys that differ only in their high bits are found, and spread over the buckets") {
     // boost::hash of an integer is the integer: unmixed, these would all share bucket 0 of a
-    // power-of-two table (found, but one long list).
-    key_table<std::uint64_t, int> t;
-    t.reserve(1024);
-    for (std::uint64_t i = 0; i < 1000; ++i) t.emplace(i << 40)->second = static_cast<int>(i);
-    for (std::uint64_t i = 0; i < 1000; ++i) {
-        auto n = t.find(i << 40);
-        REQUIRE(n != t.end());
-        CHECK(n->second == static_cast<int>(i));
+    // power-of-two table (found, but one long list). A multiplicative hash alone would still put
+    // keys differing only above the bucket bits in one bucket: the mix folds the high half in.
+    using table = key_table<std::uint64_t, int>;
+    for (unsigned shift : {32u, 40u, 52u, 56u}) {
+        CAPTURE(shift);
+        table t;
+        t.reserve(1024);
+        std::vector<int> per_bucket(t.bucket_count());
+        for (std::uint64_t i = 0; i < 256; ++i) {
+            t.emplace(i << shift)->second = static_cast<int>(i);
+            ++per_bucket[table::bucket_of(table::hash_of(i << shift), t.bucket_count())];
+        }
+        for (std::uint64_t i = 0; i < 256; ++i) {
+            auto n = t.find(i << shift);
+            REQUIRE(n != t.end());
+            CHECK(n->second == static_cast<int>(i));
+        }
+        int used = 0;
+        for (int n : per_bucket) used += n != 0;
+        CHECK(used > 192); // 256 keys over 2048 buckets: ~241 buckets if random
     }
 }
 
 TEST_CASE("key_table: hash_of spreads consecutive keys over its top 12 bits, which a registry's shards use") {
-    // The registry picks a key's shard by the top 12 bits of hash_of and its bucket by the low
-    // ones: consecutive integer keys (tenant ids) must reach every one of 64 shards, evenly, and
-    // keys of one shard must still spread over its buckets.
+    // The registry picks a key's shard by the top 12 bits of hash_of and its bucket by the bits
+    // below (bucket_of): consecutive integer keys (tenant ids) must reach every one of 64 shards,
+    // evenly, and keys of one shard must still spread over its buckets.
     std::vector<int> per_shard(64), per_bucket(1024);
     for (std::uint64_t k = 0; k < 64 * 256; ++k) {
         const std::size_t h = key_table<std::uint64_t, int>::hash_of(k);
         const std::size_t shard = (h >> 52) & 63;
         ++per_shard[shard];
-        if (shard == 0) ++per_bucket[h & 1023];
+        if (shard == 0) ++per_bucket[key_table<std::uint64_t, int>::bucket_of(h, 1024)];
     }
     for (int n : per_shard) {
         CHECK(n > 128); // 256 expected

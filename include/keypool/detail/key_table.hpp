@@ -76,9 +76,9 @@ public:
         return static_cast<node&>(*boost::intrusive::get_parent_from_member(&v, &std::pair<const Key, T>::second));
     }
 
-    key_table() : buckets_(make_buckets(min_buckets)) {}
+    key_table() : buckets_(make_buckets(min_buckets).word()) {}
     ~key_table() {
-        bucket_array* b = buckets_.load(std::memory_order_relaxed);
+        const bucket_array b = current();
         each_node(b, [this](node* n) { destroy(n); });
         free_buckets(b);
         for (auto& [n, stamp] : limbo_) destroy(n);
@@ -90,15 +90,21 @@ public:
 
     std::size_t size() const noexcept { return size_; }
     /// Buckets now: at least two per node (see buckets_per_key). Under the shard's lock.
-    std::size_t bucket_count() const noexcept { return buckets_.load(std::memory_order_relaxed)->mask + 1; }
+    std::size_t bucket_count() const noexcept { return current().count(); }
     iterator end() const noexcept { return nullptr; }
 
     /// Under the shard's lock.
     iterator find(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) { return find_shared(k); }
 
-    /// The key's hash, fully mixed: its low bits index the buckets (a table never has 2^52 of
-    /// them, so a caller may use the top bits for its own split, as the registry's shards do).
+    /// The key's hash, mixed: its top `split_bits` bits are the caller's, for its own split (the
+    /// registry's shards), and the bits below them index the buckets (bucket_of).
     static std::size_t hash_of(const Key& k) noexcept(noexcept(Hash{}(k))) { return mix(Hash{}(k)); }
+    static constexpr unsigned split_bits = 12;
+    /// The bucket of hash `h` (hash_of) in a table of `buckets` (a power of two, at most
+    /// 2^(64 - split_bits)): the bits right below the caller's.
+    static std::size_t bucket_of(std::size_t h, std::size_t buckets) noexcept {
+        return bucket_array::index(h, 64 - static_cast<unsigned>(std::countr_zero(buckets)));
+    }
 
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
@@ -112,8 +118,8 @@ public:
     /// by side with the node. 0: none.
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k, std::size_t h, std::ptrdiff_t ahead) const
         noexcept(noexcept(Eq{}(k, k))) {
-        const bucket_array* b = load_acquire(buckets_);
-        for (node* n = load_acquire(b->heads[h & b->mask]); n; n = load_acquire(n->next)) {
+        const bucket_array b = bucket_array::of(load_acquire(buckets_));
+        for (node* n = load_acquire(b.heads[b.index(h)]); n; n = load_acquire(n->next)) {
             if (ahead != 0) // (an address, not a pointer into the node: computed as an integer)
                 prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
             if (Eq{}(k, n->first)) return n;
@@ -125,10 +131,10 @@ public:
     /// where to build it (the caller's memory, sizeof(node) bytes aligned for a node; the value
     /// must then say External), or nullptr for the table's own.
     iterator emplace(const Key& k, void* mem = nullptr) {
-        bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        if (size_ >= (b->mask + 1) / buckets_per_key) b = grow(2 * (b->mask + 1));
+        bucket_array b = current();
+        if (size_ >= b.count() / buckets_per_key) b = grow(2 * b.count());
         node* n = build(k, mem);
-        auto& head = b->heads[hash_of(n->first) & b->mask];
+        auto& head = b.heads[b.index(hash_of(n->first))];
         n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
         head.store(n, std::memory_order_release); // publishes the built node
         ++size_;
@@ -161,14 +167,14 @@ public:
     /// Calls `f(node&)` for every node; erases those for which it returns true.
     template <class F>
     void erase_if(F f) {
-        each_node(buckets_.load(std::memory_order_relaxed), [&](node* n) {
+        each_node(current(), [&](node* n) {
             if (f(*n)) erase(n);
         });
     }
 
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
-        if (n * buckets_per_key > buckets_.load(std::memory_order_relaxed)->mask + 1) grow(std::bit_ceil(n * buckets_per_key));
+        if (n * buckets_per_key > current().count()) grow(std::bit_ceil(n * buckets_per_key));
     }
 
     /// Destroys the erased nodes and frees the old bucket arrays no reader can still be on (a
@@ -199,14 +205,26 @@ private:
     // "Session 16"). A bucket is 8 bytes.
     static constexpr std::size_t buckets_per_key = 2;
 
+    // A bucket array: 2^k heads on their own lines, k ≥ 4. The table's `buckets_` word holds its
+    // address with 64 - k in the low 6 bits (the address is line-aligned), so a lookup reads the
+    // array's size with its address: one load fewer on its dependent chain, and no header line
+    // to miss. The bucket of hash h is bits [64 - split_bits - k, 64 - split_bits) of h.
     struct bucket_array {
-        std::size_t mask; // buckets - 1
-        std::atomic<node*> heads[1]; // (`mask + 1` of them: allocated past the end)
+        std::atomic<node*>* heads;
+        unsigned shift; // 64 - k
+        static bucket_array of(std::uintptr_t w) noexcept {
+            return {reinterpret_cast<std::atomic<node*>*>(w & ~std::uintptr_t{line - 1}), static_cast<unsigned>(w & (line - 1))};
+        }
+        std::uintptr_t word() const noexcept { return reinterpret_cast<std::uintptr_t>(heads) | shift; }
+        std::size_t count() const noexcept { return std::size_t{1} << (64 - shift); }
+        static std::size_t index(std::size_t h, unsigned shift) noexcept { return (h << split_bits) >> shift; }
+        std::size_t index(std::size_t h) const noexcept { return index(h, shift); }
     };
+    bucket_array current() const noexcept { return bucket_array::of(buckets_.load(std::memory_order_relaxed)); }
     // The link that points at linked node `n`: its bucket's head or its predecessor's next.
     std::atomic<node*>& link_of(node* n) noexcept {
-        bucket_array* b = buckets_.load(std::memory_order_relaxed);
-        std::atomic<node*>* at = &b->heads[hash_of(n->first) & b->mask];
+        const bucket_array b = current();
+        std::atomic<node*>* at = &b.heads[b.index(hash_of(n->first))];
         while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
         return *at;
     }
@@ -223,19 +241,18 @@ private:
         }
     }
 
-    static bucket_array* make_buckets(std::size_t n) {
-        void* mem = ::operator new(offsetof(bucket_array, heads) + n * sizeof(std::atomic<node*>), std::align_val_t{line});
-        auto* b = static_cast<bucket_array*>(mem);
-        b->mask = n - 1;
-        for (std::size_t i = 0; i < n; ++i) new (&b->heads[i]) std::atomic<node*>(nullptr);
-        return b;
+    static bucket_array make_buckets(std::size_t n) { // n: a power of two
+        void* mem = ::operator new(n * sizeof(std::atomic<node*>), std::align_val_t{line});
+        auto* heads = static_cast<std::atomic<node*>*>(mem);
+        for (std::size_t i = 0; i < n; ++i) new (&heads[i]) std::atomic<node*>(nullptr);
+        return {heads, 64 - static_cast<unsigned>(std::countr_zero(n))};
     }
-    static void free_buckets(bucket_array* b) noexcept { ::operator delete(b, std::align_val_t{line}); }
+    static void free_buckets(bucket_array b) noexcept { ::operator delete(static_cast<void*>(b.heads), std::align_val_t{line}); }
     // Calls f(node*) for every node linked in `b` (writers only); f may unlink or relink it.
     template <class F>
-    static void each_node(bucket_array* b, F&& f) {
-        for (std::size_t i = 0; i <= b->mask; ++i)
-            for (node* n = b->heads[i].load(std::memory_order_relaxed); n;) {
+    static void each_node(bucket_array b, F&& f) {
+        for (std::size_t i = 0; i < b.count(); ++i)
+            for (node* n = b.heads[i].load(std::memory_order_relaxed); n;) {
                 node* next = n->next.load(std::memory_order_relaxed);
                 f(n);
                 n = next;
@@ -243,16 +260,16 @@ private:
     }
 
     // Relinks every node into a fresh array, then publishes it; the old one waits in old_buckets_.
-    bucket_array* grow(std::size_t n) {
+    bucket_array grow(std::size_t n) {
         old_buckets_.reserve(old_buckets_.size() + 1);
-        bucket_array* fresh = make_buckets(n);
-        bucket_array* old = buckets_.load(std::memory_order_relaxed);
+        const bucket_array fresh = make_buckets(n);
+        const bucket_array old = current();
         each_node(old, [&](node* p) {
-            auto& head = fresh->heads[hash_of(p->first) & fresh->mask];
+            auto& head = fresh.heads[fresh.index(hash_of(p->first))];
             p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
             head.store(p, std::memory_order_relaxed); // (fresh is published below)
         });
-        buckets_.store(fresh, std::memory_order_release);
+        buckets_.store(fresh.word(), std::memory_order_release);
         if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
         else free_buckets(old);
         return fresh;
@@ -305,11 +322,11 @@ private:
     // std::atomic::load is an ordinary inline function, and inside a caller as large as the
     // registry's inlined acquire GCC 12 left it as a call (two per lookup, Release build); the
     // builtin it wraps, on the same object, is never a call.
-    template <class P>
-    static KEYPOOL_ALWAYS_INLINE P* load_acquire(const std::atomic<P*>& a) noexcept {
+    template <class V>
+    static KEYPOOL_ALWAYS_INLINE V load_acquire(const std::atomic<V>& a) noexcept {
 #if defined(__GNUC__)
-        static_assert(sizeof(std::atomic<P*>) == sizeof(P*));
-        return __atomic_load_n(reinterpret_cast<P* const*>(&a), __ATOMIC_ACQUIRE);
+        static_assert(sizeof(std::atomic<V>) == sizeof(V));
+        return __atomic_load_n(reinterpret_cast<const V*>(&a), __ATOMIC_ACQUIRE);
 #else
         return a.load(std::memory_order_acquire);
 #endif
@@ -323,21 +340,22 @@ private:
         KEYPOOL_PREFETCH_WRITE(p);
 #endif
     }
-    // Bits of every byte of the key's hash reach the bucket index (MurmurHash3's finaliser).
+    // Fibonacci hashing: the top bits of the product with 2^64/φ, which take every bit below
+    // them into account, after folding the high half into the low one (so that keys differing
+    // only in bits above the bucket bits still differ there). Bits of every byte of the key's
+    // hash reach the shard and the bucket. It sits on every lookup's dependent chain: 5 cycles
+    // here against 11 for MurmurHash3's finaliser, which it replaced (docs/benchmarks.md,
+    // "Session 18").
     static std::size_t mix(std::uint64_t h) noexcept {
-        h ^= h >> 33;
-        h *= 0xff51afd7ed558ccdULL;
-        h ^= h >> 33;
-        h *= 0xc4ceb9fe1a85ec53ULL;
-        h ^= h >> 33;
-        return static_cast<std::size_t>(h);
+        h ^= h >> 32;
+        return static_cast<std::size_t>(h * 0x9e3779b97f4a7c15ULL);
     }
 
-    std::atomic<bucket_array*> buckets_;
+    std::atomic<std::uintptr_t> buckets_; // bucket_array::word()
     std::size_t size_ = 0;
     std::size_t owned_ = 0; // nodes in the table's own memory, linked or waiting in limbo_
     std::vector<std::pair<node*, std::uint64_t>> limbo_;             // erased, destroyed after a grace period
-    std::vector<std::pair<bucket_array*, std::uint64_t>> old_buckets_; // replaced, freed after one
+    std::vector<std::pair<bucket_array, std::uint64_t>> old_buckets_; // replaced, freed after one
     std::vector<unsigned char*> chunks_;
     void* free_ = nullptr;
 };

@@ -248,6 +248,11 @@ public:
     /// Where the owner's prefix of core `c` (made with context `x`) starts: on the line after the
     /// slots.
     static void* prefix_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.prefix; }
+    /// The core whose owner's prefix starts at `p` (the inverse of prefix_at; an address only:
+    /// nothing is read).
+    static pool_core* after_prefix(const void* p, const context& x) noexcept {
+        return reinterpret_cast<pool_core*>(reinterpret_cast<std::uintptr_t>(p) + x.prefix);
+    }
     /// t + d, or time_point::max() where that would overflow (d ≥ 0).
     static time_point saturating_add(time_point t, duration d) noexcept {
         return d > time_point::max() - t ? time_point::max() : t + d;

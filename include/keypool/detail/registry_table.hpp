@@ -115,13 +115,17 @@ public:
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
           obs_(std::move(obs)), pool_context_(core_type::share(opt_.pool, connector_, clock, obs_)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
           shards_(new shard[shard_mask_ + 1]) {
-        // Size every shard's table for max_pools up front (capped): growing a shard rehashes it
-        // under its lock, and with keys spread evenly all shards rehash at nearly the same key
-        // count — 64 stalls of ≈5 ms each at ≈786k keys in BM_registry_growth_latency without this.
+        // Size every shard's table for max_pools up front (capped) when tables get large: growing
+        // a shard rehashes it under its lock, and with keys spread evenly all shards rehash at
+        // nearly the same key count — 64 stalls of ≈5 ms each at ≈786k keys in
+        // BM_registry_growth_latency without this. Small tables grow as keys come (a rehash of
+        // fewer than 1,024 nodes takes well under a millisecond): reserved ahead, 1,000 keys had 8
+        // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
+        // in 4 (docs/benchmarks.md, "Session 18").
         if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)));
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
-        for (std::size_t i = 0; i <= shard_mask_; ++i)
-            shards_[i].map.reserve(expected / (shard_mask_ + 1) * 5 / 4 + 16);
+        if (const std::size_t per_shard = expected / (shard_mask_ + 1); per_shard >= 1024)
+            for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(per_shard + per_shard / 4);
         if constexpr (Eviction::uses_size) {
             budget_ = new connection_budget(opt_.max_connections);
             pool_context_->budget = budget_; // (no pool is built yet)
@@ -668,8 +672,20 @@ private:
             return lookup::missing;
         entry& e = it->second;
         core_type* core = e.core.get();
-        if (!core) [[unlikely]] // (empty once forget_missing took it)
+        if constexpr (embeds) {
+            // The node lies in its pool's allocation, just before the core: the core's address
+            // follows from the node's without waiting for the load of e.core, which only
+            // confirms it (a node of the table's own memory has no such core: its e.core is used).
+            core_type* after = core_type::after_prefix(&*it, *pool_context_);
+            if (core == after) [[likely]] {
+                KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
+                core = after;
+            }
+            else if (!core) // (empty once forget_missing took it)
+                return lookup::missing;
+        } else if (!core) [[unlikely]] {
             return lookup::missing;
+        }
         core_type::prefetch(core, *pool_context_);
         touch(e, now);
         count_hit(sh, rs);
