@@ -80,6 +80,13 @@ if [[ -x "$dir/bench/w3_cycles" ]]; then
     "$dir/bench/w3_cycles" "$keys" "$cycles" 7
     "$dir/bench/w3_cycles" "$keys" "$cycles" 7 2
   done | tee "$results/w3-rounds.txt"
+  # The same on 1 thread with random 64-bit keys: the baseline's std::unordered_map is at its
+  # best on consecutive ids (its identity hash puts them in consecutive buckets, their nodes
+  # allocated in key order), which the rows above use.
+  echo "== W3 round by round, 1 thread, random 64-bit keys (W3_RANDOM_KEYS=1)"
+  for keys in 1000 10000 100000; do
+    W3_RANDOM_KEYS=1 "$dir/bench/w3_cycles" "$keys" "$cycles" 7
+  done | tee "$results/w3-rounds-random.txt"
 fi
 
 # --full, with valgrind installed: W3's instructions and cache misses per cycle (deterministic).

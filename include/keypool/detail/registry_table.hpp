@@ -123,6 +123,7 @@ public:
         // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
         // in 4 (docs/benchmarks.md, "Session 18").
         if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)));
+        if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
         if (const std::size_t per_shard = expected / (shard_mask_ + 1); per_shard >= 1024)
             for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(per_shard + per_shard / 4);
