@@ -41,8 +41,8 @@ namespace keypool::detail {
 /// - no stored hash: the chain compares keys, a rehash hashes each key again (under the shard's
 ///   lock, ≈ 1e6 / 64 keys per shard at most).
 ///
-/// Power-of-two buckets, indexed by a fully mixed hash (boost::hash of an integer is the integer
-/// itself). It doubles its buckets when it holds half as many nodes; reserve() sizes it up
+/// Power-of-two buckets, indexed by the bits of a mixed hash right below its top 12 (hash_of,
+/// bucket_of; boost::hash of an integer is the integer itself). It doubles its buckets when it holds half as many nodes; reserve() sizes it up
 /// front so a growing registry does not rehash under the shard lock. An iterator is a node
 /// pointer (`->first`, `->second`); end() is nullptr.
 ///
@@ -76,7 +76,7 @@ public:
         return static_cast<node&>(*boost::intrusive::get_parent_from_member(&v, &std::pair<const Key, T>::second));
     }
 
-    key_table() : buckets_(make_buckets(min_buckets).word()) {}
+    key_table() { own_word_.store(make_buckets(min_buckets).word(), std::memory_order_relaxed); }
     ~key_table() {
         const bucket_array b = current();
         each_node(b, [this](node* n) { destroy(n); });
@@ -118,7 +118,12 @@ public:
     /// by side with the node. 0: none.
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k, std::size_t h, std::ptrdiff_t ahead) const
         noexcept(noexcept(Eq{}(k, k))) {
-        const bucket_array b = bucket_array::of(load_acquire(buckets_));
+        return find_shared_at(*buckets_, k, h, ahead);
+    }
+    /// The same, for the table whose bucket word lives at `word` (publish_to).
+    static KEYPOOL_ALWAYS_INLINE iterator find_shared_at(const std::atomic<std::uintptr_t>& word, const Key& k, std::size_t h,
+                                                         std::ptrdiff_t ahead) noexcept(noexcept(Eq{}(k, k))) {
+        const bucket_array b = bucket_array::of(load_acquire(word));
         for (node* n = load_acquire(b.heads[b.index(h)]); n; n = load_acquire(n->next)) {
             if (ahead != 0) // (an address, not a pointer into the node: computed as an integer)
                 prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
@@ -172,6 +177,16 @@ public:
         });
     }
 
+    /// Before any lock-free reader, or under the shard's lock: the table's bucket word lives at
+    /// `w` from now on, for a caller that keeps the words of many tables side by side (the
+    /// registry's shard directory: one load from a few always-cached lines finds a shard's
+    /// buckets, instead of one from each shard's own line). Readers may find the table through
+    /// it with find_shared_at(w, ...). `w` must outlive the table's use.
+    void publish_to(std::atomic<std::uintptr_t>& w) noexcept {
+        w.store(buckets_->load(std::memory_order_relaxed), std::memory_order_release);
+        buckets_ = &w;
+    }
+
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
         if (n * buckets_per_key > current().count()) grow(std::bit_ceil(n * buckets_per_key));
@@ -220,7 +235,7 @@ private:
         static std::size_t index(std::size_t h, unsigned shift) noexcept { return (h << split_bits) >> shift; }
         std::size_t index(std::size_t h) const noexcept { return index(h, shift); }
     };
-    bucket_array current() const noexcept { return bucket_array::of(buckets_.load(std::memory_order_relaxed)); }
+    bucket_array current() const noexcept { return bucket_array::of(buckets_->load(std::memory_order_relaxed)); }
     // The link that points at linked node `n`: its bucket's head or its predecessor's next.
     std::atomic<node*>& link_of(node* n) noexcept {
         const bucket_array b = current();
@@ -269,7 +284,7 @@ private:
             p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
             head.store(p, std::memory_order_relaxed); // (fresh is published below)
         });
-        buckets_.store(fresh.word(), std::memory_order_release);
+        buckets_->store(fresh.word(), std::memory_order_release);
         if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
         else free_buckets(old);
         return fresh;
@@ -351,7 +366,8 @@ private:
         return static_cast<std::size_t>(h * 0x9e3779b97f4a7c15ULL);
     }
 
-    std::atomic<std::uintptr_t> buckets_; // bucket_array::word()
+    std::atomic<std::uintptr_t> own_word_{0};                // bucket_array::word(), until publish_to
+    std::atomic<std::uintptr_t>* buckets_ = &own_word_; // where the word is
     std::size_t size_ = 0;
     std::size_t owned_ = 0; // nodes in the table's own memory, linked or waiting in limbo_
     std::vector<std::pair<node*, std::uint64_t>> limbo_;             // erased, destroyed after a grace period

@@ -114,7 +114,8 @@ public:
     registry_table(registry_options o, Resolver r, Connector c, const Clock& clock, Observer obs)
         : opt_(std::move(o)), resolver_(std::move(r)), connector_(std::move(c)), clock_(&clock),
           obs_(std::move(obs)), pool_context_(core_type::share(opt_.pool, connector_, clock, obs_)), shard_mask_(std::bit_ceil(opt_.shards) - 1),
-          shards_(new shard[shard_mask_ + 1]) {
+          directory_(new std::atomic<std::uintptr_t>[shard_mask_ + 1]), shards_(new shard[shard_mask_ + 1]) {
+        for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.publish_to(directory_[i]);
         // Size every shard's table for max_pools up front (capped) when tables get large: growing
         // a shard rehashes it under its lock, and with keys spread evenly all shards rehash at
         // nearly the same key count — 64 stalls of ≈5 ms each at ≈786k keys in
@@ -668,7 +669,7 @@ private:
         std::ptrdiff_t to_slot0 = 0;
         if constexpr (embeds)
             to_slot0 = static_cast<std::ptrdiff_t>(pool_context_->prefix) - static_cast<std::ptrdiff_t>(pool_context_->slots_back);
-        auto it = sh.map.find_shared(key, h, to_slot0);
+        auto it = table_type::find_shared_at(directory_[(h >> 52) & shard_mask_], key, h, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
@@ -1033,6 +1034,11 @@ private:
     const duration::rep touch_step_ = touch_step_of(opt_);
     const typename core_type::shared_context pool_context_; // one for every pool: options, connector, clock, observer, budget
     std::size_t shard_mask_; // shards rounded up to a power of two, minus one
+    // The shards' bucket words side by side (key_table::publish_to), read by the lock-free lookup:
+    // 64 shards' in 512 bytes that stay cached, where each word on its shard's own line missed
+    // the L1 on about one hit in eight at 1,000 keys (docs/benchmarks.md, "Session 18").
+    // Declared before the shards: their tables read their words until they are destroyed.
+    std::unique_ptr<std::atomic<std::uintptr_t>[]> directory_;
     std::unique_ptr<shard[]> shards_;
     std::unique_ptr<hit_counter[]> hits_{Sync::thread_safe ? new hit_counter[hit_slots] : nullptr};
 
