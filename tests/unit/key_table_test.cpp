@@ -125,6 +125,28 @@ TEST_CASE("key_table: hash_of spreads consecutive keys over its top 12 bits, whi
     CHECK(used > per_shard[0] / 2); // ~ 1024 * (1 - e^(-1/4)) of them for 256 keys
 }
 
+TEST_CASE("key_table: a table whose bucket word lives outside it (publish_to) grows through that word") {
+    // The registry keeps its shards' words side by side and looks keys up through them.
+    using table = key_table<std::uint64_t, int>;
+    std::atomic<std::uintptr_t> word{0}; // (outlives the table, which reads it until destroyed)
+    table t;
+    t.emplace(0)->second = 0;
+    t.publish_to(word);
+    REQUIRE(word.load() != 0);
+    CHECK(table::find_shared_at(word, 0, table::hash_of(0), 0) == t.find(0));
+    const std::uintptr_t before = word.load();
+    for (std::uint64_t k = 1; k < 1000; ++k) t.emplace(k)->second = static_cast<int>(k);
+    CHECK(word.load() != before); // grown: the new array is published there
+    CHECK(t.bucket_count() >= 2000);
+    for (std::uint64_t k = 0; k < 1000; ++k) {
+        auto n = table::find_shared_at(word, k, table::hash_of(k), 0);
+        REQUIRE(n != nullptr);
+        CHECK(n->second == static_cast<int>(k));
+        CHECK(n == t.find(k));
+    }
+    CHECK(table::find_shared_at(word, 1000, table::hash_of(1000), 0) == nullptr);
+}
+
 TEST_CASE("key_table: erase_if removes exactly the nodes it is asked to, while iterating") {
     key_table<int, int> t;
     for (int k = 0; k < 100; ++k) t.emplace(k)->second = k;
