@@ -82,8 +82,9 @@ TEST_CASE("key_table: at least two buckets per node, growing and reserved (short
 
 TEST_CASE("key_table: integer keys that differ only in their high bits are found, and spread over the buckets") {
     // boost::hash of an integer is the integer: unmixed, these would all share bucket 0 of a
-    // power-of-two table (found, but one long list). A multiplicative hash alone would still put
-    // keys differing only above the bucket bits in one bucket: the mix folds the high half in.
+    // power-of-two table (found, but one long list). A 64-bit multiplicative hash alone would
+    // still put keys differing only above the bucket bits in one bucket: the mix brings the
+    // key's high bits down (the high half of a 128-bit product).
     using table = key_table<std::uint64_t, int>;
     for (unsigned shift : {32u, 40u, 52u, 56u}) {
         CAPTURE(shift);
