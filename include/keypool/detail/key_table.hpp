@@ -42,8 +42,9 @@ namespace keypool::detail {
 ///   lock, ≈ 1e6 / 64 keys per shard at most).
 ///
 /// Power-of-two buckets, indexed by the bits of a mixed hash right below its top 12 (hash_of,
-/// bucket_of; boost::hash of an integer is the integer itself). It doubles its buckets when it holds half as many nodes; reserve() sizes it up
-/// front so a growing registry does not rehash under the shard lock. An iterator is a node
+/// bucket_of; boost::hash of an integer is the integer itself). It doubles its buckets when it
+/// holds half as many nodes; reserve() sizes it up front so a growing registry does not rehash
+/// under the shard lock. An iterator is a node
 /// pointer (`->first`, `->second`); end() is nullptr.
 ///
 /// A node may also live in memory its caller owns (emplace(k, mem), replace(n, mem)): the table
@@ -109,18 +110,13 @@ public:
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        return find_shared(k, hash_of(k), 0);
+        return find_shared_at(*buckets_, k, hash_of(k), 0);
     }
-    /// The same, `h` being hash_of(k) (which a caller that also picks a shard by it computes
-    /// once), and for each node it visits, a prefetch (for writing) of the line at `ahead` bytes
-    /// from it, issued before the node is read: what a caller whose nodes live at a fixed
-    /// distance from what it reads next (the registry's, in their pools' allocations) needs side
-    /// by side with the node. 0: none.
-    KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k, std::size_t h, std::ptrdiff_t ahead) const
-        noexcept(noexcept(Eq{}(k, k))) {
-        return find_shared_at(*buckets_, k, h, ahead);
-    }
-    /// The same, for the table whose bucket word lives at `word` (publish_to).
+    /// The same, for the table whose bucket word lives at `word` (publish_to), `h` being
+    /// hash_of(k) (which a caller that also picks a shard by it computes once), and for each node
+    /// it visits, a prefetch (for writing) of the line at `ahead` bytes from it, issued before the
+    /// node is read: what a caller whose nodes live at a fixed distance from what it reads next
+    /// (the registry's, in their pools' allocations) needs side by side with the node. 0: none.
     static KEYPOOL_ALWAYS_INLINE iterator find_shared_at(const std::atomic<std::uintptr_t>& word, const Key& k, std::size_t h,
                                                          std::ptrdiff_t ahead) noexcept(noexcept(Eq{}(k, k))) {
         const bucket_array b = bucket_array::of(load_acquire(word));

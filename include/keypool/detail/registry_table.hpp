@@ -603,11 +603,14 @@ private:
                                boost::intrusive::member_hook<entry, decltype(entry::hook), &entry::hook>,
                                boost::intrusive::constant_time_size<true>>;
 
-    /// A key's shard: the top bits of its mixed hash, whose low bits pick its bucket in the
-    /// shard's table (shards ≤ 4096: 12 bits). The lock-free lookup computes the hash once for
-    /// both (shard_at).
+    /// A key's shard: the top bits of its mixed hash, whose bits below pick its bucket in the
+    /// shard's table (shards ≤ 4096: key_table::split_bits). The lock-free lookup computes the
+    /// hash once for both (shard_index, which also indexes directory_).
     shard& shard_for(const Key& k) const noexcept { return shard_at(table_type::hash_of(k)); }
-    shard& shard_at(std::size_t mixed_hash) const noexcept { return shards_[(mixed_hash >> 52) & shard_mask_]; }
+    shard& shard_at(std::size_t mixed_hash) const noexcept { return shards_[shard_index(mixed_hash)]; }
+    std::size_t shard_index(std::size_t mixed_hash) const noexcept {
+        return (mixed_hash >> (64 - table_type::split_bits)) & shard_mask_;
+    }
 
     /// How stale an entry's last use may get before touch() stores a newer one: 1/32 of
     /// pool_idle_timeout (28 s of the default 15 min). A hit then writes nothing of the key's
@@ -669,7 +672,7 @@ private:
         std::ptrdiff_t to_slot0 = 0;
         if constexpr (embeds)
             to_slot0 = static_cast<std::ptrdiff_t>(pool_context_->prefix) - static_cast<std::ptrdiff_t>(pool_context_->slots_back);
-        auto it = table_type::find_shared_at(directory_[(h >> 52) & shard_mask_], key, h, to_slot0);
+        auto it = table_type::find_shared_at(directory_[shard_index(h)], key, h, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
@@ -682,9 +685,9 @@ private:
             if (core == after) [[likely]] {
                 KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
                 core = after;
-            }
-            else if (!core) // (empty once forget_missing took it)
+            } else if (!core) { // (empty once forget_missing took it)
                 return lookup::missing;
+            }
         } else if (!core) [[unlikely]] {
             return lookup::missing;
         }
