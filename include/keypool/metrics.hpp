@@ -336,6 +336,7 @@ inline void exposition::add(const registry_stats& s, const labels& l) {
     gauge("keypool_pools_draining", "Pools that left the registry with connections still open.", base,
           s.pools_draining);
     counter("keypool_pools_created_total", "Pool entries built.", base, s.pools_created);
+    gauge("keypool_registry_huge_page_bytes", "Bytes mapped by the registry's huge-page arena.", base, s.huge_page_bytes);
     counter("keypool_registry_hits_total", "Registry acquires that found the key's pool ready.", base, s.hits);
     counter("keypool_registry_misses_total", "Registry acquires that had to create the key's pool.", base, s.misses);
     counter("keypool_registry_joins_total", "Registry acquires that waited for another caller's creation.", base,

@@ -31,7 +31,7 @@ struct prefix_resolver {
 } // namespace
 
 namespace {
-template <class Eviction>
+template <class Eviction, bool HugePages = false>
 void run_registry_stress() {
     std::uint64_t seed = std::random_device{}();
     if (const char* s = std::getenv("KEYPOOL_STRESS_SEED")) seed = std::strtoull(s, nullptr, 10);
@@ -50,7 +50,8 @@ void run_registry_stress() {
                                   .max_pools = max_pools,
                                   .max_connections = max_connections,
                                   .pool_idle_timeout = 1ms,
-                                  .failure_backoff = 1ms});
+                                  .failure_backoff = 1ms,
+                                  .huge_pages = HugePages});
 
     std::vector<std::string> keys;
     for (int i = 0; i < 64; ++i) keys.push_back("k" + std::to_string(i));
@@ -110,6 +111,7 @@ void run_registry_stress() {
     CHECK(s.pools.size == fake.live());
     CHECK(s.pools_draining == 0);
     CHECK(s.errors_for(keypool::errc::key_not_found) > 0);
+    if (keypool::detail::huge_arena::supported()) CHECK((s.huge_page_bytes > 0) == HugePages);
     reg.reset();
     CHECK(fake.live() == 0);
     std::printf("registry stress: %llu leases, %llu pools created, %llu evicted (lru %llu, idle %llu, invalidated %llu)\n",
@@ -126,4 +128,8 @@ TEST_CASE("registry_stress: random operations over many keys keep every lease on
 
 TEST_CASE("registry_stress: the connection budget holds across keys (lru + idle + size)") {
     run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>>();
+}
+
+TEST_CASE("registry_stress: pools built and freed from the huge-page arena by many threads (lru + idle + size)") {
+    run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>, true>();
 }

@@ -148,6 +148,28 @@ TEST_CASE("key_table: a table whose bucket word lives outside it (publish_to) gr
     CHECK(table::find_shared_at(word, 1000, table::hash_of(1000), 0) == nullptr);
 }
 
+TEST_CASE("key_table: bucket arrays from an arena (use_arena) grow there and go back to it") {
+    // A large registry's tables take their bucket arrays from its huge-page arena.
+    using keypool::detail::huge_arena;
+    if (!huge_arena::supported()) return;
+    using table = key_table<std::uint64_t, int>;
+    huge_arena arena;
+    {
+        table t;
+        t.use_arena(&arena);
+        CHECK(arena.mapped_bytes() == huge_arena::chunk_bytes); // the current array moved there
+        for (std::uint64_t k = 0; k < 5000; ++k) t.emplace(k)->second = static_cast<int>(k);
+        CHECK(t.bucket_count() >= 10000);
+        for (std::uint64_t k = 0; k < 5000; ++k) REQUIRE((t.find(k) != t.end() && t.find(k)->second == static_cast<int>(k)));
+        keypool::detail::rcu.synchronize();
+        t.reclaim(); // the outgrown arrays, back in the arena's free lists
+        CHECK(t.retired() == 0);
+        // 16,384 buckets (128 KiB) and every smaller array in one chunk: nothing mapped beyond it.
+        CHECK(arena.mapped_bytes() == huge_arena::chunk_bytes);
+    } // destroyed: its array goes back to the arena, which is still alive
+    CHECK(arena.mapped_bytes() == huge_arena::chunk_bytes);
+}
+
 TEST_CASE("key_table: erase_if removes exactly the nodes it is asked to, while iterating") {
     key_table<int, int> t;
     for (int k = 0; k < 100; ++k) t.emplace(k)->second = k;

@@ -243,6 +243,7 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
     r.pools_active = 4;
     r.pools_draining = 1;
     r.pools_created = 9;
+    r.huge_page_bytes = 4194304;
     r.hits = 100;
     r.misses = 9;
     r.joins = 3;
@@ -269,6 +270,9 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
         "# HELP keypool_pools_created_total Pool entries built.\n"
         "# TYPE keypool_pools_created_total counter\n"
         "keypool_pools_created_total{service=\"api\"} 9\n"
+        "# HELP keypool_registry_huge_page_bytes Bytes mapped by the registry's huge-page arena.\n"
+        "# TYPE keypool_registry_huge_page_bytes gauge\n"
+        "keypool_registry_huge_page_bytes{service=\"api\"} 4194304\n"
         "# HELP keypool_registry_hits_total Registry acquires that found the key's pool ready.\n"
         "# TYPE keypool_registry_hits_total counter\n"
         "keypool_registry_hits_total{service=\"api\"} 100\n"

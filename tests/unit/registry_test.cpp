@@ -672,6 +672,34 @@ TEST_CASE("leases may outlive the registry, with or without a connection budget"
     }
 }
 
+TEST_CASE("huge_pages: pools come from the registry's arena, which reuses evicted pools' memory and outlives the registry while leases are out") {
+    if (!keypool::detail::huge_arena::supported()) return;
+    fixture f;
+    constexpr std::size_t chunk = keypool::detail::huge_arena::chunk_bytes;
+    {
+        auto r = f.make({.max_pools = 1000});
+        r.acquire("a").release();
+        CHECK(r.stats().huge_page_bytes == 0); // by default only for many pools
+        auto big = f.make({.max_pools = 1'000'000});
+        CHECK(big.stats().huge_page_bytes > 0); // 1e6 pools of ~0.5 KiB: on by default
+        auto off = f.make({.max_pools = 1'000'000, .huge_pages = false});
+        CHECK(off.stats().huge_page_bytes == 0);
+    }
+    // Pools of 2,000 slots (over 100 KiB each), 2 at a time under lru: 60 pools built one after
+    // another take one chunk, since each new pool gets an evicted one's block.
+    auto r = std::make_unique<test_registry<keypool::with_eviction<keypool::evict::lru>>>(
+        f.resolver, f.fake, keypool::registry_options{.pool = {.max_size = 2000}, .max_pools = 2, .huge_pages = true}, f.clock);
+    CHECK(r->stats().huge_page_bytes == chunk); // the shards' bucket arrays
+    for (int i = 0; i < 60; ++i) r->acquire(std::to_string(i)).release();
+    CHECK(r->stats().evicted_for(evict_reason::lru) == 58);
+    CHECK(r->stats().huge_page_bytes <= 2 * chunk); // not 60 blocks' worth (3 chunks and more)
+    auto lease = r->acquire("last");
+    r.reset(); // the arena stays with the last pool: the lease's
+    CHECK(lease->target == "db_last");
+    lease.release();
+    CHECK(f.fake.live() == 0);
+}
+
 TEST_CASE("the registry's maintain keeps each pool's min_idle warm") {
     fixture f;
     auto r = f.make({.pool = {.max_size = 4, .min_idle = 2}});

@@ -19,6 +19,7 @@
 #include <boost/intrusive/parent_from_member.hpp>
 
 #include <keypool/detail/config.hpp>
+#include <keypool/detail/huge_arena.hpp>
 #include <keypool/detail/rcu.hpp>
 
 namespace keypool::detail {
@@ -77,13 +78,13 @@ public:
         return static_cast<node&>(*boost::intrusive::get_parent_from_member(&v, &std::pair<const Key, T>::second));
     }
 
-    key_table() { own_word_.store(make_buckets(min_buckets).word(), std::memory_order_relaxed); }
+    key_table() { own_word_.store(make_buckets(min_buckets, nullptr).word(), std::memory_order_relaxed); }
     ~key_table() {
         const bucket_array b = current();
         each_node(b, [this](node* n) { destroy(n); });
-        free_buckets(b);
+        free_buckets(b, arena_);
         for (auto& [n, stamp] : limbo_) destroy(n);
-        for (auto& [a, stamp] : old_buckets_) free_buckets(a);
+        for (auto& [a, stamp] : old_buckets_) free_buckets(a, arena_);
         for (unsigned char* c : chunks_) ::operator delete(c, std::align_val_t{line});
     }
     key_table(const key_table&) = delete;
@@ -183,6 +184,16 @@ public:
         buckets_ = &w;
     }
 
+    /// Before any node or lock-free reader: bucket arrays come from `a` from now on (a large
+    /// registry's huge-page arena; it must outlive the table), the current one included.
+    void use_arena(huge_arena* a) {
+        const bucket_array old = current();
+        const bucket_array fresh = make_buckets(old.count(), a);
+        free_buckets(old, arena_);
+        arena_ = a;
+        buckets_->store(fresh.word(), std::memory_order_release);
+    }
+
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
         if (n * buckets_per_key > current().count()) grow(std::bit_ceil(n * buckets_per_key));
@@ -197,7 +208,7 @@ public:
             destroy(p.first);
             return ++done, true;
         });
-        std::erase_if(old_buckets_, [](auto& p) { return rcu.passed(p.second) ? (free_buckets(p.first), true) : false; });
+        std::erase_if(old_buckets_, [this](auto& p) { return rcu.passed(p.second) ? (free_buckets(p.first, arena_), true) : false; });
         return done;
     }
     /// Erased nodes and replaced bucket arrays not yet freed.
@@ -252,13 +263,17 @@ private:
         }
     }
 
-    static bucket_array make_buckets(std::size_t n) { // n: a power of two
-        void* mem = ::operator new(n * sizeof(std::atomic<node*>), std::align_val_t{line});
+    static bucket_array make_buckets(std::size_t n, huge_arena* arena) { // n: a power of two
+        const std::size_t bytes = n * sizeof(std::atomic<node*>);
+        void* mem = arena ? arena->allocate(bytes) : ::operator new(bytes, std::align_val_t{line});
         auto* heads = static_cast<std::atomic<node*>*>(mem);
         for (std::size_t i = 0; i < n; ++i) new (&heads[i]) std::atomic<node*>(nullptr);
         return {heads, 64 - static_cast<unsigned>(std::countr_zero(n))};
     }
-    static void free_buckets(bucket_array b) noexcept { ::operator delete(static_cast<void*>(b.heads), std::align_val_t{line}); }
+    static void free_buckets(bucket_array b, huge_arena* arena) noexcept {
+        if (arena) arena->deallocate(static_cast<void*>(b.heads), b.count() * sizeof(std::atomic<node*>));
+        else ::operator delete(static_cast<void*>(b.heads), std::align_val_t{line});
+    }
     // Calls f(node*) for every node linked in `b` (writers only); f may unlink or relink it.
     template <class F>
     static void each_node(bucket_array b, F&& f) {
@@ -273,7 +288,7 @@ private:
     // Relinks every node into a fresh array, then publishes it; the old one waits in old_buckets_.
     bucket_array grow(std::size_t n) {
         old_buckets_.reserve(old_buckets_.size() + 1);
-        const bucket_array fresh = make_buckets(n);
+        const bucket_array fresh = make_buckets(n, arena_);
         const bucket_array old = current();
         each_node(old, [&](node* p) {
             auto& head = fresh.heads[fresh.index(hash_of(p->first))];
@@ -282,7 +297,7 @@ private:
         });
         buckets_->store(fresh.word(), std::memory_order_release);
         if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
-        else free_buckets(old);
+        else free_buckets(old, arena_);
         return fresh;
     }
 
@@ -381,6 +396,7 @@ private:
     std::vector<std::pair<bucket_array, std::uint64_t>> old_buckets_; // replaced, freed after one
     std::vector<unsigned char*> chunks_;
     void* free_ = nullptr;
+    huge_arena* arena_ = nullptr; // where bucket arrays come from (use_arena), else operator new
 };
 
 } // namespace keypool::detail

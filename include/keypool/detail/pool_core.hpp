@@ -32,6 +32,7 @@
 #include <keypool/detail/budget.hpp>
 #include <keypool/detail/config.hpp>
 #include <keypool/detail/cpu.hpp>
+#include <keypool/detail/huge_arena.hpp>
 #include <keypool/detail/percpu.hpp>
 #include <keypool/detail/rng.hpp>
 
@@ -144,6 +145,10 @@ public:
         const Clock* const clock;
         [[no_unique_address]] Observer obs;
         boost::intrusive_ptr<connection_budget> budget; // evict::size: set before the first pool is built
+        // Where the pools' blocks come from when not from operator new (a large registry's
+        // huge-page arena): set before the first pool is built, freed with the context, so after
+        // the last pool.
+        std::unique_ptr<huge_arena> arena;
         // Every core built from this context has as many per-CPU cache words (cache_count, from
         // the affinity of the thread that made the context), reached the same way.
         const std::uint16_t n_caches;
@@ -172,6 +177,7 @@ public:
     struct slot_count {
         std::size_t n;
         std::size_t prefix = 0;
+        huge_arena* arena = nullptr; // the context's, if it has one
     };
 
     /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->prefix}) pool_core(...)`:
@@ -207,11 +213,12 @@ public:
     // core, so a caller that knows the context reaches each without reading the core (head_at,
     // slots_at, prefix_at); a registry builds the key's node in the prefix.
     static void* operator new(std::size_t size, slot_count c) {
-        void* block = ::operator new(core_offset(c.n, c.prefix) + size, std::align_val_t{allocation_alignment()});
+        const std::size_t bytes = core_offset(c.n, c.prefix) + size;
+        void* block = c.arena ? c.arena->allocate(bytes) : ::operator new(bytes, std::align_val_t{allocation_alignment()});
         return static_cast<unsigned char*>(block) + core_offset(c.n, c.prefix);
     }
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
-        ::operator delete(static_cast<unsigned char*>(p) - core_offset(c.n, c.prefix), std::align_val_t{allocation_alignment()});
+        free_block(static_cast<unsigned char*>(p) - core_offset(c.n, c.prefix), core_offset(c.n, c.prefix) + sizeof(pool_core), c.arena);
     }
     // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
     // pool that left a registry hands its final counters over while it is still alive (a
@@ -220,10 +227,19 @@ public:
         if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
         const std::size_t offset = core_offset(p->ctx_->max_size, p->ctx_->prefix);
         unsigned char* block = reinterpret_cast<unsigned char*>(p) - offset;
+        // The arena lives in the context, whose last reference the destructor may drop: held
+        // until the block is back in it.
+        const shared_context keep = p->ctx_->arena ? shared_context(p->ctx_) : shared_context();
         p->~pool_core();
-        ::operator delete(block, std::align_val_t{allocation_alignment()});
+        free_block(block, offset + sizeof(pool_core), keep ? keep->arena.get() : nullptr);
     }
-    static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
+    static void free_block(void* block, std::size_t bytes, huge_arena* arena) noexcept {
+        if (arena) arena->deallocate(block, bytes);
+        else ::operator delete(block, std::align_val_t{allocation_alignment()});
+    }
+    /// The bytes of one pool's allocation (head, slots, the owner's prefix and the core).
+    static std::size_t block_bytes(const context& x) noexcept { return core_offset(x.max_size, x.prefix) + sizeof(pool_core); }
+        static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
     /// Where slot 0 starts: right after the head (later only for a connection aligned wider
     /// than 8 bytes; the head then ends where slot 0 starts).
     static constexpr std::size_t slot0_offset() noexcept { return std::max(sizeof(head_type), alignof(slot)); }

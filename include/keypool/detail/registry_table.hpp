@@ -126,6 +126,10 @@ public:
         if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)));
         if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
+        if (wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_))) {
+            pool_context_->arena = std::make_unique<huge_arena>(); // (no pool is built yet)
+            for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.use_arena(pool_context_->arena.get());
+        }
         if (const std::size_t per_shard = expected / (shard_mask_ + 1); per_shard >= 1024)
             for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(per_shard + per_shard / 4);
         if constexpr (Eviction::uses_size) {
@@ -134,6 +138,16 @@ public:
             budget_->set_trim([this](const void* except) { return trim_one(except); });
         }
     }
+    /// registry_options::huge_pages: as set, or, by default, whether `expected` pools of
+    /// `block_bytes` each would take 32 MiB (16 huge pages) or more.
+    static bool wants_huge_pages(const registry_options& o, std::size_t expected, std::size_t block_bytes) noexcept {
+        if (!huge_arena::supported()) return false;
+        if (o.huge_pages) return *o.huge_pages;
+        return expected >= (std::size_t{32} << 20) / block_bytes;
+    }
+    /// Bytes mapped by the huge-page arena (0 without one).
+    std::size_t arena_bytes() const { return pool_context_->arena ? pool_context_->arena->mapped_bytes() : 0; }
+
     ~registry_table() {
         if (budget_) budget_->set_trim(nullptr); // pools (and leases) may outlive the table
     }
@@ -388,6 +402,9 @@ public:
             if (opt_.pool_idle_timeout) due = core_type::saturating_add(clock_->now(), *opt_.pool_idle_timeout);
         }
         for (auto& p : live_pools()) due = std::min(due, p->maintain());
+        // Huge pages for the arena's chunks filled since the last run (registry_options::huge_pages):
+        // here, off the acquire path, since the kernel copies each chunk.
+        if (pool_context_->arena) pool_context_->arena->collapse();
         return due;
     }
 
@@ -445,6 +462,7 @@ public:
             r.joins += shards_[i].joins;
         }
         for (std::size_t i = 0; i < r.errors.size(); ++i) r.errors[i] = errors_[i].load(std::memory_order_relaxed);
+        r.huge_page_bytes = arena_bytes();
         return r;
     }
 
