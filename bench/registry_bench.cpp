@@ -26,6 +26,7 @@
 #include <cstring>
 #include <new>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <string>
@@ -247,6 +248,14 @@ void growth_mutex_map(benchmark::State& state, std::size_t keys) {
         });
 }
 
+/// registry_options::huge_pages for the registries measured: KEYPOOL_BENCH_HUGE_PAGES=0 or 1 in
+/// the environment, else the default (on from about 58,000 keys here).
+std::optional<bool> huge_pages_from_env() {
+    const char* h = std::getenv("KEYPOOL_BENCH_HUGE_PAGES");
+    if (!h || !*h) return std::nullopt;
+    return *h == '1';
+}
+
 void growth_keypool(benchmark::State& state, std::size_t keys) {
     const keypool::coarse_ticker ticker; // only while keypool is measured (see keypool_registry)
     using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>; // the default
@@ -256,7 +265,8 @@ void growth_keypool(benchmark::State& state, std::size_t keys) {
             return std::make_unique<reg>(key_resolver{}, keypool::fake::connector{},
                                          keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false},
                                                                    .max_pools = keys,
-                                                                   .max_connections = keys});
+                                                                   .max_connections = keys,
+                                                                   .huge_pages = huge_pages_from_env()});
         },
         [](reg& r, key_t k) {
             auto l = r.acquire(k);
@@ -276,8 +286,10 @@ void keypool_registry(benchmark::State& state, std::size_t keys) {
         const auto t0 = std::chrono::steady_clock::now();
         auto r = std::make_shared<reg>(
             key_resolver{}, Connector{},
-            keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys, .max_connections = keys});
+            keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys, .max_connections = keys,
+                                      .huge_pages = huge_pages_from_env()});
         for (key_t k = 0; k < keys; ++k) r->acquire(k).release(); // every key has a pool and an idle connection
+        (void)r->maintain(); // as a janitor would: huge pages for the arena's chunks (registry_options::huge_pages)
         shared_instance<reg>(keys) = std::move(r);
         setup_seconds<reg>(keys) = since(t0);
     }

@@ -20,6 +20,9 @@
 // time the two sides minutes apart, and the baseline's 2-thread collapse alone moves by 2× from
 // run to run there.
 //
+// W3_HUGE_PAGES=0 or 1 in the environment turns the registry's huge-page arena off or on
+// (registry_options::huge_pages; by default on from about 58,000 keys here).
+//
 // The keys are 0 .. <keys> - 1 (consecutive tenant ids), or, with W3_RANDOM_KEYS=1 in the
 // environment, <keys> random 64-bit integers (the same on both sides): the baseline's
 // std::unordered_map is at its best on consecutive ids (its identity hash puts key k in bucket k,
@@ -132,10 +135,14 @@ int main(int argc, char** argv) {
     g_keys.resize(std::size_t{1} << 16);
     for (auto& k : g_keys) k = ids[rng() % keys];
     mutex_map_pool baseline(ids);
+    // W3_HUGE_PAGES=0 or 1 sets registry_options::huge_pages (default: on from ~58,000 keys).
+    std::optional<bool> huge_pages;
+    if (const char* h = std::getenv("W3_HUGE_PAGES"); h && *h) huge_pages = *h == '1';
     registry r(key_resolver{}, keypool::fake::connector{},
                keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys,
-                                         .max_connections = keys});
+                                         .max_connections = keys, .huge_pages = huge_pages});
     for (key_type k : ids) r.acquire(k).release(); // every key: a pool, one idle connection
+    (void)r.maintain(); // as a janitor would: huge pages for the arena's chunks (registry_options::huge_pages)
     // The registry's coarse ticker runs only while the registry is measured (its thread's wakeups
     // would interrupt the baseline's rounds too): built without it, and a ticker held around
     // run_keypool, as registry_bench does.
