@@ -145,6 +145,7 @@ public:
         {
             std::lock_guard lk(m_);
             if (collapsing_) return 0; // another thread is at it
+            todo.reserve(maps_.size()); // (so none is marked settled and then lost to a throw)
             for (mapping& m : maps_)
                 if (!m.settled && m.at != current_chunk()) todo.emplace_back(m.at, m.bytes), m.settled = true;
             if (todo.empty()) return 0;
