@@ -25,6 +25,9 @@
 //   pair_arena the two hot lines of every key side by side in one array, 128 bytes per key
 //              ([node + head][slot 0's first line]): what a dense layout would buy (the rest of
 //              slot 0 and the other slots would live elsewhere).
+//   direct     open addressing over the keys' blocks ([key + head][slot 0][slot 1], 448 bytes, at
+//              least two entries per key): the block's address follows from the hash, so its
+//              first line and slot 0 load side by side with no bucket before them (session 19).
 //   *_nocas    diagnostic: the same with plain stores for the head (not thread-safe): what the
 //              two locked instructions cost.
 //
@@ -318,6 +321,49 @@ private:
     u64 mask_ = 0;
 };
 
+// open addressing over the keys' blocks themselves: a power-of-two array of 448-byte entries
+// ([key + head, 64 bytes][slot 0][slot 1]), at least two per key, probed linearly from the key's
+// mixed hash. The entry's address follows from the hash alone, so its first line and slot 0's
+// load side by side with no bucket before them: one round to memory per hit, not two. (Entries
+// never move here; a table that grows would have to move them, or be sized up front.)
+template <bool Cas>
+class direct {
+public:
+    static constexpr std::size_t stride = 448;
+    struct line {
+        u64 key = ~u64{0}; // ~0: empty
+        std::atomic<u64> head{0};
+        unsigned char pad[48] = {};
+    };
+    static_assert(sizeof(line) == 64);
+    explicit direct(std::size_t keys) {
+        std::size_t n = 16;
+        while (n < 2 * keys) n *= 2;
+        mask_ = n - 1;
+        base_ = static_cast<unsigned char*>(alloc(n * stride));
+        for (std::size_t i = 0; i < n; ++i) new (base_ + i * stride) line;
+        for (u64 k = 0; k < keys; ++k) {
+            std::size_t i = mix(k) & mask_;
+            while (at(i)->key != ~u64{0}) i = (i + 1) & mask_;
+            at(i)->key = k;
+            new (base_ + i * stride + 64) slot[2];
+        }
+    }
+    direct(const direct&) = delete;
+    direct& operator=(const direct&) = delete;
+    void cycle(u64 k, u64 now) {
+        std::size_t i = mix(k) & mask_;
+        __builtin_prefetch(base_ + i * stride + 64, 1);
+        while (at(i)->key != k) i = (i + 1) & mask_;
+        cycle_on<Cas>(at(i)->head, reinterpret_cast<slot*>(base_ + i * stride + 64), now);
+    }
+
+private:
+    line* at(std::size_t i) const { return reinterpret_cast<line*>(base_ + i * stride); }
+    unsigned char* base_; // (the model's memory lives until the process exits)
+    u64 mask_ = 0;
+};
+
 std::vector<u64> g_keys; // 65,536 keys picked at random, as bench/registry_bench.cpp
 u64 g_tick = 0;
 
@@ -366,6 +412,7 @@ const std::pair<const char*, runner> models[] = {
     {"one_level", run<node_then_slot<true, false>>},
     {"one_level_nocas", run<node_then_slot<false, false>>},
     {"pair_arena", run<node_then_slot<true, true>>},
+    {"direct", run<direct<true>>},
 };
 
 } // namespace
