@@ -212,11 +212,11 @@ private:
     static void settle(void* p, std::size_t n) noexcept {
 #if defined(__linux__)
 #if defined(MADV_COLLAPSE)
-        constexpr int collapse = MADV_COLLAPSE;
+        constexpr int advice = MADV_COLLAPSE;
 #else
-        constexpr int collapse = 25; // (Linux 6.1's value; older headers lack it)
+        constexpr int advice = 25; // MADV_COLLAPSE (Linux 6.1's value; older headers lack it)
 #endif
-        if (::madvise(p, n, collapse) != 0) (void)::madvise(p, n, MADV_HUGEPAGE);
+        if (::madvise(p, n, advice) != 0) (void)::madvise(p, n, MADV_HUGEPAGE);
 #else
         (void)p, (void)n;
 #endif

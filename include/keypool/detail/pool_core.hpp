@@ -172,15 +172,15 @@ public:
         return new context(o, std::move(c), clock, std::move(obs));
     }
 
-    /// How many slots a core is allocated with, and the owner's prefix bytes:
-    /// `new (slot_count{max_size, prefix}) pool_core(...)`, both as the context says.
+    /// How many slots a core is allocated with, the owner's prefix bytes and where from:
+    /// `new (slot_count{max_size, prefix, arena}) pool_core(...)`, all as the context says.
     struct slot_count {
         std::size_t n;
         std::size_t prefix = 0;
         huge_arena* arena = nullptr; // the context's, if it has one
     };
 
-    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->prefix}) pool_core(...)`:
+    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->prefix, o->arena.get()}) pool_core(...)`:
     /// the slots and the idle-stack head live in the same allocation, before the core (one
     /// allocation per pool; see operator new).
     pool_core(target_type t, shared_context o)
@@ -239,7 +239,7 @@ public:
     }
     /// The bytes of one pool's allocation (head, slots, the owner's prefix and the core).
     static std::size_t block_bytes(const context& x) noexcept { return core_offset(x.max_size, x.prefix) + sizeof(pool_core); }
-        static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
+    static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
     /// Where slot 0 starts: right after the head (later only for a connection aligned wider
     /// than 8 bytes; the head then ends where slot 0 starts).
     static constexpr std::size_t slot0_offset() noexcept { return std::max(sizeof(head_type), alignof(slot)); }

@@ -145,8 +145,6 @@ public:
         if (o.huge_pages) return *o.huge_pages;
         return expected >= (std::size_t{32} << 20) / block_bytes;
     }
-    /// Bytes mapped by the huge-page arena (0 without one).
-    std::size_t arena_bytes() const { return pool_context_->arena ? pool_context_->arena->mapped_bytes() : 0; }
 
     ~registry_table() {
         if (budget_) budget_->set_trim(nullptr); // pools (and leases) may outlive the table
@@ -462,7 +460,7 @@ public:
             r.joins += shards_[i].joins;
         }
         for (std::size_t i = 0; i < r.errors.size(); ++i) r.errors[i] = errors_[i].load(std::memory_order_relaxed);
-        r.huge_page_bytes = arena_bytes();
+        if (pool_context_->arena) r.huge_page_bytes = pool_context_->arena->mapped_bytes();
         return r;
     }
 
