@@ -28,6 +28,9 @@
 //   direct     open addressing over the keys' blocks ([key + head][slot 0][slot 1], 448 bytes, at
 //              least two entries per key): the block's address follows from the hash, so its
 //              first line and slot 0 load side by side with no bucket before them (session 19).
+//   inline_key open addressing over 16-byte {key, block} pairs, at least two per key; the block
+//              is [head + slot 0][slot 1]: a hit reads the pair, then one line of the key (the
+//              key compared in the index, no node line): two rounds, one hot line (session 20).
 //   *_nocas    diagnostic: the same with plain stores for the head (not thread-safe): what the
 //              two locked instructions cost.
 //
@@ -364,6 +367,47 @@ private:
     u64 mask_ = 0;
 };
 
+// a flat index: open addressing over 16-byte {key, block} pairs (at least two per key), probed
+// linearly from the key's mixed hash; the block is [head + slot 0's first bytes][slot 0][slot 1],
+// its own allocation. A hit reads the pair (the key compared there, no node), then the head's
+// line: still two rounds, but one hot line of the key and 32 bytes of index, not two lines and
+// 16 bytes (session 20).
+template <bool Cas>
+class inline_key {
+public:
+    struct pair {
+        u64 key = ~u64{0}; // ~0: empty
+        unsigned char* block = nullptr;
+    };
+    explicit inline_key(std::size_t keys) {
+        std::size_t n = 16;
+        while (n < 2 * keys) n *= 2;
+        mask_ = n - 1;
+        pairs_ = static_cast<pair*>(alloc(n * sizeof(pair)));
+        for (std::size_t i = 0; i < n; ++i) new (pairs_ + i) pair;
+        for (u64 k = 0; k < keys; ++k) {
+            std::size_t i = mix(k) & mask_;
+            while (pairs_[i].key != ~u64{0}) i = (i + 1) & mask_;
+            auto* block = static_cast<unsigned char*>(alloc(8 + 2 * sizeof(slot)));
+            new (block) std::atomic<u64>{0};
+            new (block + 8) slot[2];
+            pairs_[i] = {k, block};
+        }
+    }
+    inline_key(const inline_key&) = delete;
+    inline_key& operator=(const inline_key&) = delete;
+    void cycle(u64 k, u64 now) {
+        std::size_t i = mix(k) & mask_;
+        while (pairs_[i].key != k) i = (i + 1) & mask_;
+        unsigned char* b = pairs_[i].block;
+        cycle_on<Cas>(*reinterpret_cast<std::atomic<u64>*>(b), reinterpret_cast<slot*>(b + 8), now);
+    }
+
+private:
+    pair* pairs_; // (the model's memory lives until the process exits)
+    u64 mask_ = 0;
+};
+
 std::vector<u64> g_keys; // 65,536 keys picked at random, as bench/registry_bench.cpp
 u64 g_tick = 0;
 
@@ -413,6 +457,7 @@ const std::pair<const char*, runner> models[] = {
     {"one_level_nocas", run<node_then_slot<false, false>>},
     {"pair_arena", run<node_then_slot<true, true>>},
     {"direct", run<direct<true>>},
+    {"inline_key", run<inline_key<true>>},
 };
 
 } // namespace

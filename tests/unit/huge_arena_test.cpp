@@ -84,28 +84,32 @@ TEST_CASE("huge_arena: a request of a chunk or more gets a mapping of its own, u
     CHECK(a.mapped_bytes() == chunk); // chunks stay until the arena goes
 }
 
-TEST_CASE("huge_arena: collapse hands each filled chunk and each own mapping to the kernel once, never the chunk being carved") {
+TEST_CASE("huge_arena: prepare maps as many spares as the carving took since the last call, and the carving uses them first") {
     if (!huge_arena::supported()) return;
     huge_arena a;
-    CHECK(a.collapse() == 0);
+    CHECK(a.prepare(0) == 0); // no room: nothing
+    CHECK(a.mapped_bytes() == 0);
+    CHECK(a.prepare(10 * chunk) == 1); // at least one
+    CHECK(a.mapped_bytes() == chunk);
+    CHECK(a.prepare(10 * chunk) == 0); // one is left unused: enough for no carving since
     const std::size_t size = 100'000; // 20 per chunk
     std::vector<void*> blocks;
-    for (int i = 0; i < 45; ++i) blocks.push_back(a.allocate(size)); // 2 chunks filled, a third begun
+    blocks.push_back(a.allocate(size));
+    CHECK(a.mapped_bytes() == chunk); // carved from the spare, nothing mapped
+    // The spare is zeroed and faulted in; whatever the kernel backed it with, it keeps its bytes.
+    CHECK(static_cast<unsigned char*>(blocks[0])[size - 1] == 0);
     std::memset(blocks[0], 5, size);
-    CHECK(a.collapse() == 2);
-    CHECK(static_cast<unsigned char*>(blocks[0])[size - 1] == 5); // (what MADV_COLLAPSE keeps and MADV_DONTNEED would not)
-    CHECK(a.collapse() == 0); // once each
-    for (int i = 0; i < 20; ++i) blocks.push_back(a.allocate(size)); // the third filled, a fourth begun
-    void* big = a.allocate(2 * chunk);
-    CHECK(a.collapse() == 2); // the third chunk and the own mapping
-    // Whatever the kernel did (huge pages, or none where THP is off), the memory keeps its bytes.
-    std::memset(blocks.back(), 7, size);
-    std::memset(big, 9, 2 * chunk);
-    CHECK(static_cast<unsigned char*>(blocks.back())[size - 1] == 7);
-    CHECK(static_cast<unsigned char*>(big)[2 * chunk - 1] == 9);
-    a.deallocate(big, 2 * chunk);
-    for (void* b : blocks) a.deallocate(b, size);
+    CHECK(static_cast<unsigned char*>(blocks[0])[size - 1] == 5);
+    for (int i = 1; i < 65; ++i) blocks.push_back(a.allocate(size)); // the spare and 3 chunks of its own begun
     CHECK(a.mapped_bytes() == 4 * chunk);
+    CHECK(a.prepare(3 * chunk) == 3); // 4 begun since the last call, room for 3
+    CHECK(a.mapped_bytes() == 7 * chunk);
+    for (int i = 0; i < 40; ++i) blocks.push_back(a.allocate(size)); // 2 more chunks: the spares
+    CHECK(a.mapped_bytes() == 7 * chunk);
+    CHECK(a.prepare(10 * chunk) == 1); // 2 begun, 1 spare left: 1 more
+    CHECK(a.mapped_bytes() == 8 * chunk);
+    for (void* b : blocks) a.deallocate(b, size);
+    CHECK(a.mapped_bytes() == 8 * chunk); // chunks stay until the arena goes
 }
 
 } // TEST_SUITE

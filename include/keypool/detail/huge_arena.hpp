@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 // huge_arena: a large registry's pool blocks and bucket arrays, carved from 2 MiB chunks that
-// maintenance turns into transparent huge pages (Linux).
+// maintenance prepares with transparent huge pages (Linux).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -36,7 +37,7 @@
 
 namespace keypool::detail {
 
-/// Memory in 2 MiB-aligned chunks that collapse() asks the kernel to back with transparent huge
+/// Memory in 2 MiB-aligned chunks, the ones prepared by maintenance backed by transparent huge
 /// pages: a registry of 100,000 keys spreads its pools over ≈ 60 MB, and with 4 KiB pages nearly
 /// every hit misses the TLB on its bucket's page and on its pool's, where one huge page covers
 /// ≈ 3,600 pools (docs/benchmarks.md, "Session 19").
@@ -45,17 +46,22 @@ namespace keypool::detail {
 ///   a registry's pool blocks all have one size, so they pack densely.
 /// - A freed block goes to a free list of its size and is reused by the next request of that size
 ///   (few sizes: a registry's pool block and its tables' power-of-two bucket arrays). Requests of
-///   a chunk or more get mappings of their own, unmapped when freed.
-/// - Chunks are faulted in with ordinary pages, so carving never waits for the kernel to find a
-///   huge page: a chunk advised with MADV_HUGEPAGE up front took 0.3–7 ms on its first touch
-///   here, inside whichever acquire built a pool there. collapse() (the registry's maintain())
-///   turns every chunk filled since the last call into a huge page, off the acquire path
-///   (MADV_COLLAPSE, Linux 6.1; where the kernel has none, MADV_HUGEPAGE leaves it to
-///   khugepaged). Where THP is off (`never`), chunks stay ordinary pages, still dense.
+///   a chunk or more get mappings of their own (ordinary pages), unmapped when freed.
+/// - **No acquire ever waits for a huge page.** prepare() (the registry's maintain()) maps spare
+///   chunks advised with MADV_HUGEPAGE and faults them in, off the acquire path, while nothing
+///   uses them; carving takes a spare before it maps a chunk of its own. A chunk mapped on the
+///   carving path (no spare left: the registry grew faster than maintenance ran) keeps ordinary
+///   pages for good. Two ways of getting huge pages were measured and dropped, because each made
+///   acquires wait (docs/benchmarks.md, "Session 20"):
+///   - advising chunks when mapping them: their first touch, inside whichever acquire built a
+///     pool there, waited 0.3–7 ms for the kernel to find and zero a huge page;
+///   - collapsing filled chunks in maintenance (MADV_COLLAPSE): the kernel freezes a chunk while it
+///     copies it, and an acquire touching it meanwhile waited a median 6–7 ms, once per chunk.
+///   Where THP is off (`never`), spares are ordinary pages, still dense.
 /// - Chunks go back to the system only when the arena is destroyed (with its registry's last
 ///   pool): memory of evicted pools is kept for the pools that replace them.
-/// - Thread-safe (one mutex: pools are built and freed off the acquire fast path; collapse()
-///   does not hold it while the kernel works).
+/// - Thread-safe (one mutex: pools are built and freed off the acquire fast path; prepare() does
+///   not hold it while the kernel faults the spares in).
 /// - Without mmap (not Linux) the arena is not available (`supported()`).
 class huge_arena {
 public:
@@ -85,7 +91,7 @@ public:
             maps_.reserve(maps_.size() + 1);
             const std::size_t len = round_up(n, chunk_bytes);
             void* p = map(len);
-            maps_.push_back({p, len, false});
+            maps_.push_back({p, len});
             return p;
         }
         auto cls = free_.try_emplace(n, nullptr).first; // (deallocate() then never inserts)
@@ -95,10 +101,16 @@ public:
             return b;
         }
         if (left_ < n) {
-            maps_.reserve(maps_.size() + 1);
-            cur_ = static_cast<unsigned char*>(map(chunk_bytes));
-            maps_.push_back({cur_, chunk_bytes, false});
+            if (!spares_.empty()) {
+                cur_ = static_cast<unsigned char*>(spares_.back());
+                spares_.pop_back();
+            } else {
+                maps_.reserve(maps_.size() + 1);
+                cur_ = static_cast<unsigned char*>(map(chunk_bytes));
+                maps_.push_back({cur_, chunk_bytes});
+            }
             left_ = chunk_bytes; // (the old chunk's tail, under one block, stays unused)
+            ++carved_;
         }
         void* p = cur_;
         cur_ += n;
@@ -113,17 +125,7 @@ public:
         if (n >= chunk_bytes) {
             for (auto it = maps_.begin(); it != maps_.end(); ++it)
                 if (it->at == p) {
-                    // While collapse() works unlocked it may still name this range: unmapped
-                    // once it is done, so the kernel is never told about a range reused since.
-                    bool later = collapsing_;
-                    if (later) {
-                        try {
-                            doomed_.push_back(*it);
-                        } catch (...) { // (out of memory: unmapped now; a stray collapse is only a hint)
-                            later = false;
-                        }
-                    }
-                    if (!later) unmap(it->at, it->bytes);
+                    unmap(it->at, it->bytes);
                     maps_.erase(it);
                     return;
                 }
@@ -135,29 +137,38 @@ public:
         KEYPOOL_ARENA_POISON(p, n);
     }
 
-    /// Asks the kernel to back every chunk filled since the last call (and every mapping of its
-    /// own) with huge pages; the chunk still being carved waits for the next call. Returns how
-    /// many mappings it handed over. For maintenance threads: the kernel finds a huge page for
-    /// each chunk and copies it there (0.7–5.4 ms a chunk here), and a reader touching the chunk
-    /// during the copy waits for it.
-    std::size_t collapse() {
-        std::vector<std::pair<void*, std::size_t>> todo;
+    /// Maps spare chunks for the carving to come, advised for huge pages and faulted in now, so
+    /// no later touch waits for the kernel: as many as the carving took since the last call (at
+    /// least one, at most max_spares, within `limit` bytes), less the spares still unused.
+    /// Returns how many it mapped. For maintenance threads: each chunk costs the kernel 0.1–5 ms
+    /// here (finding a free huge page, zeroing it), and nothing else waits for it.
+    std::size_t prepare(std::size_t limit) {
+        std::size_t want = 0;
         {
             std::lock_guard lk(m_);
-            if (collapsing_) return 0; // another thread is at it
-            todo.reserve(maps_.size()); // (so none is marked settled and then lost to a throw)
-            for (mapping& m : maps_)
-                if (!m.settled && m.at != current_chunk()) todo.emplace_back(m.at, m.bytes), m.settled = true;
-            if (todo.empty()) return 0;
-            collapsing_ = true;
+            if (preparing_) return 0; // another thread is at it
+            const std::size_t target = std::min({std::max<std::size_t>(carved_, 1), max_spares, limit / chunk_bytes});
+            carved_ = 0;
+            if (spares_.size() >= target) return 0;
+            want = target - spares_.size();
+            preparing_ = true;
         }
-        for (auto [p, n] : todo) settle(p, n);
-        std::lock_guard lk(m_);
-        collapsing_ = false;
-        for (const mapping& m : doomed_) unmap(m.at, m.bytes);
-        doomed_.clear();
-        return todo.size();
+        return add_spares(want);
     }
+    /// The same for `bytes` of requests the caller is about to make (the registry's reserved
+    /// tables, when it is built), whatever the carving did before: spares for all of them.
+    std::size_t prepare_for(std::size_t bytes) {
+        std::size_t want = 0;
+        {
+            std::lock_guard lk(m_);
+            const std::size_t n = (bytes + chunk_bytes - 1) / chunk_bytes;
+            if (preparing_ || spares_.size() >= n) return 0;
+            want = n - spares_.size();
+            preparing_ = true;
+        }
+        return add_spares(want);
+    }
+    static constexpr std::size_t max_spares = 32; // 64 MiB
 
     /// Bytes mapped now: chunks and own mappings.
     std::size_t mapped_bytes() const {
@@ -174,7 +185,6 @@ private:
     struct mapping {
         void* at;
         std::size_t bytes;
-        bool settled; // handed to the kernel by collapse()
     };
     static constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
     static constexpr std::size_t rounded(std::size_t n) noexcept { return round_up(n == 0 ? 1 : n, alignment); }
@@ -206,19 +216,58 @@ private:
         (void)p, (void)n;
 #endif
     }
-    // Huge pages for a filled range: collapsed now where the kernel can (Linux 6.1+), else left to
-    // khugepaged (the range is populated, so no later fault waits for a huge page). Failures
-    // (THP off, no huge page free) leave ordinary pages: only slower.
-    static void settle(void* p, std::size_t n) noexcept {
+    // Maps up to `want` spares without the lock (preparing_ is set; cleared here) and lists them.
+    std::size_t add_spares(std::size_t want) noexcept {
+        std::vector<void*> got;
+        try {
+            got.reserve(want);
+        } catch (...) {
+            want = 0;
+        }
+        while (got.size() < want) {
+            void* p = nullptr;
+            try {
+                p = map(chunk_bytes);
+            } catch (const std::bad_alloc&) {
+                break; // (no memory for more: the carving maps its own)
+            }
+            fault_in_huge(p);
+            got.push_back(p);
+        }
+        std::lock_guard lk(m_);
+        preparing_ = false;
+        std::size_t listed = 0;
+        for (void* p : got) {
+            try {
+                maps_.push_back({p, chunk_bytes});
+            } catch (...) {
+                unmap(p, chunk_bytes);
+                continue;
+            }
+            ++listed;
+            try {
+                spares_.push_back(p);
+            } catch (...) { // (listed, so unmapped with the arena; never carved)
+            }
+        }
+        return listed;
+    }
+
+    // Advises a fresh chunk for huge pages and faults it in (MADV_POPULATE_WRITE, Linux 5.14;
+    // else a write to each 4 KiB page, the first of which takes the huge page when the kernel has
+    // one). Failures (THP off, no huge page free) leave ordinary pages: only slower.
+    static void fault_in_huge(void* p) noexcept {
 #if defined(__linux__)
-#if defined(MADV_COLLAPSE)
-        constexpr int advice = MADV_COLLAPSE;
+        (void)::madvise(p, chunk_bytes, MADV_HUGEPAGE);
+#if defined(MADV_POPULATE_WRITE)
+        constexpr int populate = MADV_POPULATE_WRITE;
 #else
-        constexpr int advice = 25; // MADV_COLLAPSE (Linux 6.1's value; older headers lack it)
+        constexpr int populate = 23; // MADV_POPULATE_WRITE (Linux 5.14's value; older headers lack it)
 #endif
-        if (::madvise(p, n, advice) != 0) (void)::madvise(p, n, MADV_HUGEPAGE);
+        if (::madvise(p, chunk_bytes, populate) != 0)
+            for (std::size_t off = 0; off < chunk_bytes; off += 4096) static_cast<volatile unsigned char*>(p)[off] = 0;
 #else
-        (void)p, (void)n;
+        (void)p;
 #endif
     }
 
@@ -228,8 +277,9 @@ private:
     unsigned char* cur_ = nullptr; // the current chunk's next free byte
     std::size_t left_ = 0;         // and how many follow it
     std::vector<mapping> maps_;    // every mapping (a chunk per 3,600 pools of 576 bytes)
-    bool collapsing_ = false;      // collapse() is working without the lock
-    std::vector<mapping> doomed_;  // own mappings freed meanwhile: unmapped after it
+    std::vector<void*> spares_;    // prepared chunks not carved yet
+    std::size_t carved_ = 0;       // chunks the carving began since the last prepare()
+    bool preparing_ = false;       // prepare() is faulting spares in without the lock
 };
 
 } // namespace keypool::detail

@@ -194,6 +194,10 @@ public:
         buckets_->store(fresh.word(), std::memory_order_release);
     }
 
+    /// The bytes of the bucket array that holds `n` keys without growing (0: the smallest).
+    static std::size_t bytes_for(std::size_t n) noexcept {
+        return std::max(min_buckets, std::bit_ceil(n * buckets_per_key)) * sizeof(std::atomic<node*>);
+    }
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
         if (n * buckets_per_key > current().count()) grow(std::bit_ceil(n * buckets_per_key));

@@ -128,15 +128,25 @@ public:
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
         if (wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_))) {
             pool_context_->arena = std::make_unique<huge_arena>(); // (no pool is built yet)
+            // The tables' arrays, reserved below, are read by every hit: spares in huge pages for
+            // them (a hit's bucket in a 4 KiB page missed the TLB; the pools' own spares come
+            // with maintain()).
+            pool_context_->arena->prepare_for((shard_mask_ + 1) * (table_type::bytes_for(0) + table_type::bytes_for(reserved_per_shard(expected))));
             for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.use_arena(pool_context_->arena.get());
         }
-        if (const std::size_t per_shard = expected / (shard_mask_ + 1); per_shard >= 1024)
-            for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(per_shard + per_shard / 4);
+        if (const std::size_t n = reserved_per_shard(expected); n > 0)
+            for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(n);
         if constexpr (Eviction::uses_size) {
             budget_ = new connection_budget(opt_.max_connections);
             pool_context_->budget = budget_; // (no pool is built yet)
             budget_->set_trim([this](const void* except) { return trim_one(except); });
         }
+    }
+    /// The keys each shard's table is sized for up front, of `expected` in all: none for small
+    /// tables (see the constructor).
+    std::size_t reserved_per_shard(std::size_t expected) const noexcept {
+        const std::size_t per_shard = expected / (shard_mask_ + 1);
+        return per_shard >= 1024 ? per_shard + per_shard / 4 : 0;
     }
     /// registry_options::huge_pages: as set, or, by default, whether `expected` pools of
     /// `block_bytes` each would take 32 MiB (16 huge pages) or more.
@@ -400,10 +410,22 @@ public:
             if (opt_.pool_idle_timeout) due = core_type::saturating_add(clock_->now(), *opt_.pool_idle_timeout);
         }
         for (auto& p : live_pools()) due = std::min(due, p->maintain());
-        // Huge pages for the arena's chunks filled since the last run (registry_options::huge_pages):
-        // here, off the acquire path, since the kernel copies each chunk.
-        if (pool_context_->arena) pool_context_->arena->collapse();
+        // Spare chunks in huge pages for the pools to come (registry_options::huge_pages): faulted
+        // in here, off the acquire path, and only as many as room is left for.
+        if (pool_context_->arena) pool_context_->arena->prepare(room_for_pools());
         return due;
+    }
+
+    /// The bytes the pools not yet built would take, up to max_pools.
+    std::size_t room_for_pools() const {
+        std::size_t live;
+        {
+            std::lock_guard rl(ring_m_);
+            live = ring_.size();
+        }
+        const std::size_t left = opt_.max_pools > live ? opt_.max_pools - live : 0;
+        const std::size_t block = core_type::block_bytes(*pool_context_);
+        return left > SIZE_MAX / block ? SIZE_MAX : left * block;
     }
 
     void close() noexcept {
