@@ -18,6 +18,8 @@
 // rehashes. Each acquire + release is timed with steady_clock; counters worst_us, p99_us, p999_us,
 // over_1ms (how many took longer than 1 ms) and keys. keys = 100,000, or 1,000,000 with
 // KEYPOOL_BENCH_1E6=1 (then replacing the 100,000 rows). Target (issue 5): worst ≤ 5 ms at 1e6.
+// keypool_with_janitor (1 thread): the same while another thread runs maintain() and stats() back
+// to back, as the busiest janitor and metrics scraper would.
 //
 // BM_registry_maintain_latency_<keys>/keypool/iterations:1/real_time/threads:2: a registry grown
 // to <keys> keys with no maintain() on the way; one thread acquires and releases existing keys at
@@ -37,6 +39,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -349,6 +352,42 @@ void growth_keypool(benchmark::State& state, std::size_t keys) {
         });
 }
 
+/// A registry with a janitor: a thread that runs maintain() and stats() back to back until the
+/// registry goes (a busier janitor than any real one: every creation meets one at work).
+template <class Registry>
+struct with_janitor {
+    Registry r;
+    std::jthread janitor; // (declared after r: stopped and joined before r goes)
+    template <class... A>
+    explicit with_janitor(A&&... a) : r(std::forward<A>(a)...) {
+        janitor = std::jthread([this](std::stop_token st) {
+            while (!st.stop_requested()) {
+                (void)r.maintain();
+                benchmark::DoNotOptimize(r.stats());
+            }
+        });
+    }
+};
+
+void growth_keypool_janitor(benchmark::State& state, std::size_t keys) {
+    const keypool::coarse_ticker ticker;
+    using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>; // the default
+    using T = with_janitor<reg>;
+    growth_latency<T>(
+        state, keys,
+        [keys] {
+            return std::make_unique<T>(key_resolver{}, keypool::fake::connector{},
+                                       keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false},
+                                                                 .max_pools = keys,
+                                                                 .max_connections = keys,
+                                                                 .huge_pages = huge_pages_from_env()});
+        },
+        [](T& w, key_t k) {
+            auto l = w.r.acquire(k);
+            benchmark::DoNotOptimize(l);
+        });
+}
+
 /// `Try`: try_acquire() instead of acquire() (a diagnostic row: the call that never waits).
 template <class Eviction, class Connector = keypool::fake::connector, bool Try = false>
 void keypool_registry(benchmark::State& state, std::size_t keys) {
@@ -470,6 +509,8 @@ void register_all() {
             benchmark::RegisterBenchmark((scenario + "/keypool").c_str(), growth_keypool, keys)
                 ->Iterations(1)->Threads(threads)->UseRealTime();
         }
+        benchmark::RegisterBenchmark((scenario + "/keypool_with_janitor").c_str(), growth_keypool_janitor, keys)
+            ->Iterations(1)->Threads(1)->UseRealTime();
     }
     {
         const std::size_t keys = big ? 1'000'000 : 100'000;

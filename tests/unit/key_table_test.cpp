@@ -51,6 +51,20 @@ TEST_CASE("key_table: find, emplace and erase by key and by node") {
     CHECK(t.size() == 0);
 }
 
+TEST_CASE("key_table: for_each visits every linked node once, erased ones not") {
+    key_table<int, int> t;
+    for (int i = 0; i < 100; ++i) t.emplace(i)->second = i * 2;
+    t.erase(7);
+    std::set<int> seen;
+    const auto& ct = t;
+    ct.for_each([&](const auto& n) {
+        CHECK(n.second == n.first * 2);
+        CHECK(seen.insert(n.first).second);
+    });
+    CHECK(seen.size() == 99);
+    CHECK_FALSE(seen.contains(7));
+}
+
 TEST_CASE("key_table: growing past its buckets keeps every node where it was") {
     key_table<std::uint64_t, std::uint64_t> t;
     std::vector<decltype(t)::iterator> nodes;

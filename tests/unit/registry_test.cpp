@@ -2,6 +2,8 @@
 // basic_registry: resolution, role switch, run_as, LRU and idle eviction, invalidate, single
 // flight, close. Manual clock, fake connector, threads synchronised on observable state.
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -379,6 +381,72 @@ TEST_CASE("idle eviction retires pools unused for pool_idle_timeout, never one w
     CHECK(s.evicted_for(evict_reason::idle) == 1);
     CHECK(s.keys_active == 1);
     CHECK(r.try_acquire("b").key() == std::string()); // b's only connection is held
+}
+
+namespace {
+/// A key whose copy runs a hook once, for the key `hooked_id`: a test's window into the registry
+/// while it copies that key.
+struct hooked_key {
+    int id = 0;
+    static inline std::atomic<int> hooked_id{-1};
+    static inline std::function<void()> hook;
+    hooked_key() = default;
+    explicit hooked_key(int i) : id(i) {}
+    hooked_key(const hooked_key& o) : id(o.id) {
+        if (id == hooked_id.load() && hooked_id.exchange(-1) == id) hook();
+    }
+    hooked_key& operator=(const hooked_key&) = default;
+    bool operator==(const hooked_key& o) const { return id == o.id; }
+    friend std::size_t hash_value(const hooked_key& k) { return static_cast<std::size_t>(k.id); }
+};
+struct hooked_resolver {
+    using target_type = std::string;
+    using setup_type = keypool::no_setup;
+    std::optional<keypool::route<std::string>> resolve(const hooked_key& k, std::error_code&) const {
+        return keypool::route<std::string>{"db_" + std::to_string(k.id), {}};
+    }
+};
+} // namespace
+
+TEST_CASE("idle eviction holds no lock over all pools: a new key's pool is built while it looks at the pools") {
+    // Session 20: evict_idle() (and maintain(), stats()) walked every pool under the lock that a
+    // pool's creation takes; at 1e6 keys creations waited for it for tens to hundreds of ms.
+    // Now a shard's scan holds that shard's lock alone. The hook runs while evict_idle() copies
+    // the idle key (key 1): another thread then creates a pool for a key of the other shard.
+    keypool::manual_clock clock;
+    keypool::fake::connector fake{clock};
+    using reg = keypool::basic_registry<hooked_key, hooked_resolver, keypool::fake::connector, keypool::with_clock<keypool::manual_clock>,
+                                        keypool::with_eviction<keypool::evict::idle>>;
+    reg r(hooked_resolver{}, fake, {.pool_idle_timeout = 15min, .shards = 2}, clock);
+    auto shard_of = [](int id) { return (keypool::detail::key_table<hooked_key, int>::hash_of(hooked_key(id)) >> 52) & 1; };
+    int other = 2;
+    while (shard_of(other) == shard_of(1)) ++other;
+    r.acquire(hooked_key(1)).release();
+    clock.advance(16min);
+    std::mutex m;
+    std::condition_variable cv;
+    bool built = false, built_in_time = false;
+    hooked_key::hook = [&] {
+        std::thread([&] {
+            r.acquire(hooked_key(other)).release();
+            std::lock_guard lk(m);
+            built = true;
+            cv.notify_all();
+        }).detach();
+        std::unique_lock lk(m);
+        // A failure detector, not synchronisation: before the fix the creation waited for this
+        // very call to return, and this wait ran out.
+        built_in_time = cv.wait_for(lk, 20s, [&] { return built; });
+    };
+    hooked_key::hooked_id = 1;
+    CHECK(r.evict_idle() == 1);
+    CHECK(built_in_time);
+    {
+        std::unique_lock lk(m);
+        cv.wait(lk, [&] { return built; }); // (the thread is done with the locals)
+    }
+    CHECK(r.stats().keys_active == 1); // the other key's
+    hooked_key::hook = nullptr;
 }
 
 TEST_CASE("idle eviction retires a pool between pool_idle_timeout and 33/32 of it after its last acquire, never before") {

@@ -166,6 +166,12 @@ public:
         return n != nullptr;
     }
 
+    /// Calls `f(const node&)` for every node (under the shard's lock).
+    template <class F>
+    void for_each(F f) const {
+        each_node(current(), [&](const node* n) { f(*n); });
+    }
+
     /// Calls `f(node&)` for every node; erases those for which it returns true.
     template <class F>
     void erase_if(F f) {

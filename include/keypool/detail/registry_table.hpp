@@ -7,11 +7,11 @@
 #include <bit>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <new>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <stop_token>
 #include <system_error>
 #include <tuple>
@@ -386,15 +386,34 @@ public:
             if (!opt_.pool_idle_timeout) return 0;
             const time_point now = clock_->coarse_now();
             const duration limit = idle_limit();
+            auto idle = [&](const entry& e) {
+                return e.st == entry::state::ready && e.core &&
+                       now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) >= limit && !e.core->busy();
+            };
+            // The candidates, one shard at a time under its lock alone; then each is checked again
+            // and retired under ring_m_, a batch at a time. No lock is held for a scan of all
+            // pools: a creation (which takes ring_m_) waits for a shard's scan or a batch at most.
+            std::vector<Key> candidates;
+            for (std::size_t i = 0; i <= shard_mask_; ++i) {
+                std::lock_guard lk(shards_[i].m);
+                shards_[i].map.for_each([&](const node_type& n) {
+                    if (idle(n.second)) candidates.push_back(n.first);
+                });
+            }
             std::vector<retired> dead;
-            {
+            constexpr std::size_t batch = 64;
+            for (std::size_t from = 0; from < candidates.size(); from += batch) {
                 std::lock_guard rl(ring_m_);
-                for (auto it = ring_.begin(); it != ring_.end();) {
-                    entry& e = *it++;
-                    if (now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) < limit)
-                        continue;
-                    if (e.core->busy()) continue;
-                    dead.push_back(unlink_locked(e, evict_reason::idle));
+                for (std::size_t i = from; i < std::min(candidates.size(), from + batch); ++i) {
+                    entry* e = nullptr;
+                    {
+                        shard& sh = shard_for(candidates[i]);
+                        std::lock_guard lk(sh.m);
+                        auto it = sh.map.find(candidates[i]);
+                        if (it != sh.map.end() && idle(it->second)) e = &it->second;
+                    }
+                    // (a ready entry leaves its shard only under ring_m_, held: e stays)
+                    if (e) dead.push_back(unlink_locked(*e, evict_reason::idle));
                 }
             }
             quiesce_retired(dead);
@@ -456,22 +475,26 @@ public:
 
     registry_stats stats() const {
         registry_stats r;
-        std::set<const core_type*> seen;
         {
             std::lock_guard rl(ring_m_);
             r.keys_active = ring_.size();
             r.pools_created = created_;
             r.evicted = evicted_;
-            for (const entry& e : ring_) {
-                if (!seen.insert(e.core.get()).second) continue;
-                add(r.pools, e.core->stats());
-            }
+        }
+        // The live pools, one shard at a time (live_pools: no walk of all pools under ring_m_),
+        // then those that left and are still open. A pool that leaves meanwhile is counted once:
+        // the references keep it from closing (its counters would then move to `gone`), and the
+        // open ones already counted are skipped.
+        const std::vector<core_ref> live = live_pools();
+        for (const core_ref& p : live) add(r.pools, p->stats());
+        {
             std::lock_guard lk(retired_->m);
             for (const core_type* c : retired_->open)
-                if (!seen.contains(c)) add(r.pools, c->stats()), ++r.pools_draining; // left, still open
+                if (!std::binary_search(live.begin(), live.end(), c, [](const auto& a, const auto& b) { return std::less<>{}(address(a), address(b)); }))
+                    add(r.pools, c->stats()), ++r.pools_draining; // left, still open
             add_counters(r.pools, retired_->gone);
         }
-        r.pools_active = seen.size();
+        r.pools_active = live.size();
         if (budget_) r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
         if constexpr (Sync::thread_safe)
             for (unsigned i = 0; i < hit_slots; ++i) r.hits += hits_[i].n.load(std::memory_order_relaxed);
@@ -1044,14 +1067,29 @@ private:
         }
     }
 
-    std::vector<core_ref> live_pools() {
+    /// A reference to every ready key's pool, each once (keys with a setup share pools), sorted
+    /// by address. Taken one shard at a time under its lock alone (not ring_m_, which a creation
+    /// takes: at 1e6 keys a walk of the ring under it held creations up for hundreds of ms).
+    std::vector<core_ref> live_pools() const {
         std::vector<core_ref> v;
-        std::set<const core_type*> seen;
-        std::lock_guard rl(ring_m_);
-        for (entry& e : ring_)
-            if (seen.insert(e.core.get()).second) v.push_back(e.core.share());
+        {
+            std::lock_guard rl(ring_m_);
+            v.reserve(ring_.size() + ring_.size() / 8); // (not grown under a shard's lock: at 1e6 keys a copy of 8 MB)
+        }
+        for (std::size_t i = 0; i <= shard_mask_; ++i) {
+            std::lock_guard lk(shards_[i].m);
+            shards_[i].map.for_each([&](const node_type& n) {
+                if (n.second.st == entry::state::ready && n.second.core) v.push_back(n.second.core.share());
+            });
+        }
+        std::sort(v.begin(), v.end(), [](const core_ref& a, const core_ref& b) { return std::less<>{}(a.get(), b.get()); });
+        if constexpr (!embeds) // (a key of its own per pool otherwise)
+            v.erase(std::unique(v.begin(), v.end(), [](const core_ref& a, const core_ref& b) { return a.get() == b.get(); }), v.end());
         return v;
     }
+
+    static const core_type* address(const core_ref& p) noexcept { return p.get(); }
+    static const core_type* address(const core_type* p) noexcept { return p; }
 
     static void add(pool_stats& a, const pool_stats& b) {
         a.size += b.size, a.idle += b.idle, a.in_use += b.in_use, a.connecting += b.connecting;
