@@ -68,7 +68,9 @@ struct registry_stats {
     std::array<std::uint64_t, evict_reason_count> evicted{};
     std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
     /// Bytes the registry's huge-page arena has mapped (registry_options::huge_pages; 0 without
-    /// one): pools' allocations and bucket arrays, in use or kept for reuse.
+    /// one): pools' allocations and bucket arrays, in use, kept for reuse or prepared as spares
+    /// by maintain(). The spares carry huge pages; chunks the registry mapped itself, growing
+    /// faster than maintain() ran, keep ordinary pages.
     std::uint64_t huge_page_bytes = 0;
     /// The pools' stats, summed (peaks are maxima): the live and the draining pools', plus the
     /// counters of pools since gone, so no counter goes down when a pool leaves.

@@ -253,19 +253,17 @@ private:
         return listed;
     }
 
-    // Advises a fresh chunk for huge pages and faults it in (MADV_POPULATE_WRITE, Linux 5.14;
-    // else a write to each 4 KiB page, the first of which takes the huge page when the kernel has
-    // one). Failures (THP off, no huge page free) leave ordinary pages: only slower.
+    // Advises a fresh chunk for huge pages and faults it in with a write to each 4 KiB page: the
+    // first takes a huge page when the kernel has one, the others then fault nothing. Not
+    // MADV_POPULATE_WRITE: that holds the process's mapping lock while the kernel finds each huge
+    // page (compacting, at times for milliseconds), and a pool creation that mapped a chunk of its
+    // own meanwhile waited for it — 33–39 acquires over 5 ms while growing to 1e6 keys beside a
+    // busy janitor, none with writes (docs/benchmarks.md, "Session 20"). Failures (THP off, no
+    // huge page free) leave ordinary pages: only slower.
     static void fault_in_huge(void* p) noexcept {
 #if defined(__linux__)
         (void)::madvise(p, chunk_bytes, MADV_HUGEPAGE);
-#if defined(MADV_POPULATE_WRITE)
-        constexpr int populate = MADV_POPULATE_WRITE;
-#else
-        constexpr int populate = 23; // MADV_POPULATE_WRITE (Linux 5.14's value; older headers lack it)
-#endif
-        if (::madvise(p, chunk_bytes, populate) != 0)
-            for (std::size_t off = 0; off < chunk_bytes; off += 4096) static_cast<volatile unsigned char*>(p)[off] = 0;
+        for (std::size_t off = 0; off < chunk_bytes; off += 4096) static_cast<volatile unsigned char*>(p)[off] = 0;
 #else
         (void)p;
 #endif
