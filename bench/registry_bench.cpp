@@ -265,6 +265,13 @@ std::optional<bool> huge_pages_from_env() {
     return *h == '1';
 }
 
+/// The options of every registry measured here: `keys` pools of up to two connections, the
+/// budget holding every key's idle connection, huge pages as KEYPOOL_BENCH_HUGE_PAGES says.
+keypool::registry_options keyed_options(std::size_t keys) {
+    return {.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys, .max_connections = keys,
+            .huge_pages = huge_pages_from_env()};
+}
+
 /// Builds every key's pool (one idle connection each) in key order, calling maintain() 16 times
 /// on the way and once after, as a janitor would: each call maps the spare huge-page chunks the
 /// growth since the last one suggests (registry_options::huge_pages), so the pools built after
@@ -291,11 +298,7 @@ void maintain_latency(benchmark::State& state, std::size_t keys) {
     static std::atomic<bool> done{false};
     static double maintain_ms = 0;
     if (state.thread_index() == 0) {
-        r = std::make_unique<reg>(key_resolver{}, keypool::fake::connector{},
-                                  keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false},
-                                                            .max_pools = keys,
-                                                            .max_connections = keys,
-                                                            .huge_pages = huge_pages_from_env()});
+        r = std::make_unique<reg>(key_resolver{}, keypool::fake::connector{}, keyed_options(keys));
         for (key_t k = 0; k < keys; ++k) r->acquire(k).release();
         cycles = 0;
         done = false;
@@ -334,24 +337,6 @@ void maintain_latency(benchmark::State& state, std::size_t keys) {
     if (state.thread_index() == 0) state.counters["maintain_ms"] = maintain_ms;
 }
 
-void growth_keypool(benchmark::State& state, std::size_t keys) {
-    const keypool::coarse_ticker ticker; // only while keypool is measured (see keypool_registry)
-    using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>; // the default
-    growth_latency<reg>(
-        state, keys,
-        [keys] {
-            return std::make_unique<reg>(key_resolver{}, keypool::fake::connector{},
-                                         keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false},
-                                                                   .max_pools = keys,
-                                                                   .max_connections = keys,
-                                                                   .huge_pages = huge_pages_from_env()});
-        },
-        [](reg& r, key_t k) {
-            auto l = r.acquire(k);
-            benchmark::DoNotOptimize(l);
-        });
-}
-
 /// A registry with a janitor: a thread that runs maintain() and stats() back to back until the
 /// registry goes (a busier janitor than any real one: every creation meets one at work).
 template <class Registry>
@@ -369,21 +354,19 @@ struct with_janitor {
     }
 };
 
-void growth_keypool_janitor(benchmark::State& state, std::size_t keys) {
-    const keypool::coarse_ticker ticker;
+/// Growth of the default registry; `Janitor`: beside a busy janitor (with_janitor).
+template <bool Janitor>
+void growth_keypool(benchmark::State& state, std::size_t keys) {
+    const keypool::coarse_ticker ticker; // only while keypool is measured (see keypool_registry)
     using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>; // the default
-    using T = with_janitor<reg>;
+    using T = std::conditional_t<Janitor, with_janitor<reg>, reg>;
     growth_latency<T>(
-        state, keys,
-        [keys] {
-            return std::make_unique<T>(key_resolver{}, keypool::fake::connector{},
-                                       keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false},
-                                                                 .max_pools = keys,
-                                                                 .max_connections = keys,
-                                                                 .huge_pages = huge_pages_from_env()});
-        },
-        [](T& w, key_t k) {
-            auto l = w.r.acquire(k);
+        state, keys, [keys] { return std::make_unique<T>(key_resolver{}, keypool::fake::connector{}, keyed_options(keys)); },
+        [](T& t, key_t k) {
+            reg* r;
+            if constexpr (Janitor) r = &t.r;
+            else r = &t;
+            auto l = r->acquire(k);
             benchmark::DoNotOptimize(l);
         });
 }
@@ -398,10 +381,7 @@ void keypool_registry(benchmark::State& state, std::size_t keys) {
     using reg = registry_t<Eviction, Connector>;
     if (state.thread_index() == 0 && !shared_instance<reg>(keys)) {
         const auto t0 = std::chrono::steady_clock::now();
-        auto r = std::make_shared<reg>(
-            key_resolver{}, Connector{},
-            keypool::registry_options{.pool = {.max_size = 2, .use_coarse_ticker = false}, .max_pools = keys, .max_connections = keys,
-                                      .huge_pages = huge_pages_from_env()});
+        auto r = std::make_shared<reg>(key_resolver{}, Connector{}, keyed_options(keys));
         grow_with_janitor(*r, keys); // every key has a pool and an idle connection
         shared_instance<reg>(keys) = std::move(r);
         setup_seconds<reg>(keys) = since(t0);
@@ -506,10 +486,10 @@ void register_all() {
         for (int threads : {1, 2}) {
             benchmark::RegisterBenchmark((scenario + "/mutex_map").c_str(), growth_mutex_map, keys)
                 ->Iterations(1)->Threads(threads)->UseRealTime();
-            benchmark::RegisterBenchmark((scenario + "/keypool").c_str(), growth_keypool, keys)
+            benchmark::RegisterBenchmark((scenario + "/keypool").c_str(), growth_keypool<false>, keys)
                 ->Iterations(1)->Threads(threads)->UseRealTime();
         }
-        benchmark::RegisterBenchmark((scenario + "/keypool_with_janitor").c_str(), growth_keypool_janitor, keys)
+        benchmark::RegisterBenchmark((scenario + "/keypool_with_janitor").c_str(), growth_keypool<true>, keys)
             ->Iterations(1)->Threads(1)->UseRealTime();
     }
     {
