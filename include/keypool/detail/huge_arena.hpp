@@ -140,33 +140,19 @@ public:
     /// Maps spare chunks for the carving to come, advised for huge pages and faulted in now, so
     /// no later touch waits for the kernel: as many as the carving took since the last call (at
     /// least one, at most max_spares, within `limit` bytes), less the spares still unused.
-    /// Returns how many it mapped. For maintenance threads: each chunk costs the kernel 0.1–5 ms
-    /// here (finding a free huge page, zeroing it), and nothing else waits for it.
+    /// Returns how many it mapped. For maintenance threads: a chunk's first touch took the kernel
+    /// 0.3–7 ms here (finding a free huge page, zeroing it), and nothing else waits for it.
     std::size_t prepare(std::size_t limit) {
-        std::size_t want = 0;
-        {
-            std::lock_guard lk(m_);
-            if (preparing_) return 0; // another thread is at it
+        return top_up([&] {
             const std::size_t target = std::min({std::max<std::size_t>(carved_, 1), max_spares, limit / chunk_bytes});
             carved_ = 0;
-            if (spares_.size() >= target) return 0;
-            want = target - spares_.size();
-            preparing_ = true;
-        }
-        return add_spares(want);
+            return target;
+        });
     }
     /// The same for `bytes` of requests the caller is about to make (the registry's reserved
     /// tables, when it is built), whatever the carving did before: spares for all of them.
     std::size_t prepare_for(std::size_t bytes) {
-        std::size_t want = 0;
-        {
-            std::lock_guard lk(m_);
-            const std::size_t n = (bytes + chunk_bytes - 1) / chunk_bytes;
-            if (preparing_ || spares_.size() >= n) return 0;
-            want = n - spares_.size();
-            preparing_ = true;
-        }
-        return add_spares(want);
+        return top_up([&] { return round_up(bytes, chunk_bytes) / chunk_bytes; });
     }
     static constexpr std::size_t max_spares = 32; // 64 MiB
 
@@ -188,8 +174,6 @@ private:
     };
     static constexpr std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
     static constexpr std::size_t rounded(std::size_t n) noexcept { return round_up(n == 0 ? 1 : n, alignment); }
-    // The chunk being carved (the one cur_ points into or just past), or nullptr.
-    const void* current_chunk() const noexcept { return cur_ ? cur_ - (chunk_bytes - left_) : nullptr; }
 
     // `n` bytes (a multiple of chunk_bytes) at a chunk-aligned address: a huge page can back only
     // an aligned 2 MiB range. Maps a chunk more and unmaps what lies outside the aligned range.
@@ -215,6 +199,21 @@ private:
 #else
         (void)p, (void)n;
 #endif
+    }
+    // Unless another thread is preparing: as many spares as `target()` (called under the lock)
+    // says, less those still unused.
+    template <class Target>
+    std::size_t top_up(Target target) {
+        std::size_t want = 0;
+        {
+            std::lock_guard lk(m_);
+            if (preparing_) return 0;
+            const std::size_t n = target();
+            if (spares_.size() >= n) return 0;
+            want = n - spares_.size();
+            preparing_ = true;
+        }
+        return add_spares(want);
     }
     // Maps up to `want` spares without the lock (preparing_ is set; cleared here) and lists them.
     std::size_t add_spares(std::size_t want) noexcept {

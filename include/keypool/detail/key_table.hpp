@@ -201,12 +201,10 @@ public:
     }
 
     /// The bytes of the bucket array that holds `n` keys without growing (0: the smallest).
-    static std::size_t bytes_for(std::size_t n) noexcept {
-        return std::max(min_buckets, std::bit_ceil(n * buckets_per_key)) * sizeof(std::atomic<node*>);
-    }
+    static std::size_t bytes_for(std::size_t n) noexcept { return buckets_for(n) * sizeof(std::atomic<node*>); }
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
-        if (n * buckets_per_key > current().count()) grow(std::bit_ceil(n * buckets_per_key));
+        if (buckets_for(n) > current().count()) grow(buckets_for(n));
     }
 
     /// Destroys the erased nodes and frees the old bucket arrays no reader can still be on (a
@@ -236,6 +234,7 @@ private:
     // further down costs a mispredicted branch and one more dependent miss (docs/benchmarks.md,
     // "Session 16"). A bucket is 8 bytes.
     static constexpr std::size_t buckets_per_key = 2;
+    static std::size_t buckets_for(std::size_t keys) noexcept { return std::max(min_buckets, std::bit_ceil(keys * buckets_per_key)); }
 
     // A bucket array: 2^k heads on their own lines, k ≥ 4. The table's `buckets_` word holds its
     // address with 64 - k in the low 6 bits (the address is line-aligned), so a lookup reads the

@@ -490,7 +490,7 @@ public:
         {
             std::lock_guard lk(retired_->m);
             for (const core_type* c : retired_->open)
-                if (!std::binary_search(live.begin(), live.end(), c, [](const auto& a, const auto& b) { return std::less<>{}(address(a), address(b)); }))
+                if (!std::ranges::binary_search(live, c, std::less<>{}, &core_ref::get))
                     add(r.pools, c->stats()), ++r.pools_draining; // left, still open
             add_counters(r.pools, retired_->gone);
         }
@@ -1082,14 +1082,13 @@ private:
                 if (n.second.st == entry::state::ready && n.second.core) v.push_back(n.second.core.share());
             });
         }
-        std::sort(v.begin(), v.end(), [](const core_ref& a, const core_ref& b) { return std::less<>{}(a.get(), b.get()); });
-        if constexpr (!embeds) // (a key of its own per pool otherwise)
-            v.erase(std::unique(v.begin(), v.end(), [](const core_ref& a, const core_ref& b) { return a.get() == b.get(); }), v.end());
+        std::ranges::sort(v, std::less<>{}, &core_ref::get);
+        if constexpr (!embeds) { // (a key of its own per pool otherwise)
+            const auto dup = std::ranges::unique(v, {}, &core_ref::get);
+            v.erase(dup.begin(), dup.end());
+        }
         return v;
     }
-
-    static const core_type* address(const core_ref& p) noexcept { return p.get(); }
-    static const core_type* address(const core_type* p) noexcept { return p; }
 
     static void add(pool_stats& a, const pool_stats& b) {
         a.size += b.size, a.idle += b.idle, a.in_use += b.in_use, a.connecting += b.connecting;
