@@ -347,6 +347,8 @@ inline void exposition::add(const registry_stats& s, const labels& l) {
         for (std::size_t i = 0; i < evict_reason_count; ++i)
             line(f, "", base, "reason", to_string(static_cast<evict_reason>(i)), std::to_string(s.evicted[i]));
     }
+    counter("keypool_registry_trim_scans_total", "Pools evict::size looked at for an idle connection to close.",
+            base, s.trim_scans);
     {
         // Every keypool::errc, zero or not, so each series exists from the first scrape. The error
         // category names unknown values with one fixed text, the same as for 0 (no enumerator).

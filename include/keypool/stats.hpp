@@ -66,6 +66,10 @@ struct registry_stats {
     /// Pools retired, indexed by evict_reason; for `size`, idle connections closed to free the
     /// connection budget for another key (the budget retires connections, not whole pools).
     std::array<std::uint64_t, evict_reason_count> evicted{};
+    /// evict::size: pools looked at for an idle connection to close (each look takes that
+    /// pool's lock). Amortised about one per trim: a walk resumes where the last one stopped, and
+    /// while callers stay queued after a walk found nothing idle, none walks again.
+    std::uint64_t trim_scans = 0;
     std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
     /// Bytes the registry's huge-page arena has mapped (registry_options::huge_pages; 0 without
     /// one): pools' allocations and bucket arrays, in use, kept for reuse or prepared as spares

@@ -133,3 +133,42 @@ TEST_CASE("registry_stress: the connection budget holds across keys (lru + idle 
 TEST_CASE("registry_stress: pools built and freed from the huge-page arena by many threads (lru + idle + size)") {
     run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>, true>();
 }
+
+TEST_CASE("registry_stress: under a full connection budget every caller is served (no idle connection left unused)") {
+    // More keys and callers than connections: most acquires need another key's idle connection
+    // closed, or a token from a return. Returns run until the end, so no caller should time out:
+    // one that did waited while a connection sat idle somewhere (evict::size's dry mark gone stale).
+    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+                                          keypool::with_eviction<keypool::evict::size>>;
+    keypool::fake::connector fake;
+    reg_t reg(prefix_resolver{}, fake,
+              keypool::registry_options{.pool = {.max_size = 2}, .max_pools = 64, .max_connections = 3});
+    constexpr int threads = 6, per_thread = 2'000;
+    std::atomic<int> failed{0};
+    {
+        std::vector<std::jthread> ts;
+        for (int t = 0; t < threads; ++t)
+            ts.emplace_back([&, t] {
+                std::mt19937_64 rng(static_cast<std::uint64_t>(t) * 7919 + 1);
+                for (int i = 0; i < per_thread; ++i) {
+                    const std::string key = "k" + std::to_string(rng() % 12 + 20); // (not k13)
+                    std::error_code ec;
+                    auto l = reg.acquire(key, 20s, ec);
+                    if (!l) {
+                        ++failed;
+                        continue;
+                    }
+                    l->use();
+                    if (rng() % 4 == 0) std::this_thread::yield(); // (others queue meanwhile)
+                }
+            });
+    }
+    CHECK(failed == 0);
+    auto s = reg.stats();
+    CHECK(s.pools.size == fake.live());
+    CHECK(fake.live() <= 3);
+    CHECK(s.evicted_for(keypool::evict_reason::size) > 0);
+    std::printf("budget stress: %llu trims, %llu pools looked at\n",
+                static_cast<unsigned long long>(s.evicted_for(keypool::evict_reason::size)),
+                static_cast<unsigned long long>(s.trim_scans));
+}

@@ -873,4 +873,54 @@ TEST_CASE("evict::size serves waiting keys in arrival order (no key starves)") {
     CHECK(f.fake.live() <= 1);
 }
 
+TEST_CASE("evict::size: callers queued behind a full budget look over the pools once, not once each") {
+    fixture f;
+    constexpr std::size_t pools = 100, callers = 8;
+    auto r = f.make<keypool::with_eviction<keypool::evict::size>>(
+        {.pool = {.max_size = 1}, .max_pools = 1000, .max_connections = pools});
+    std::vector<decltype(r)::lease> held;
+    for (std::size_t i = 0; i < pools; ++i) held.push_back(r.acquire("busy" + std::to_string(i)));
+    REQUIRE(f.fake.live() == pools); // the budget is spent and nothing is idle
+    const std::uint64_t before = r.stats().trim_scans;
+    std::vector<std::string> order;
+    std::vector<decltype(r)::lease> got; // kept: a return would feed the next caller itself
+    std::mutex m;
+    std::vector<std::jthread> ts;
+    for (std::size_t i = 0; i < callers; ++i) {
+        ts.emplace_back([&, i] {
+            auto l = r.acquire("w" + std::to_string(i), 60s);
+            std::lock_guard lk(m);
+            order.push_back(l.key());
+            got.push_back(std::move(l));
+        });
+        // The first caller looks at every pool (its own too) twice: before it queues, and once
+        // queued; a walk's count appears after its mark.
+        REQUIRE(eventually([&] {
+            const auto s = r.stats();
+            return s.pools.waiters == ts.size() && s.trim_scans - before >= 2 * (pools + 1);
+        }));
+    }
+    // The others, queued behind a walk that found nothing, looked at none (before: every one
+    // looked at every pool twice).
+    const std::uint64_t scans = r.stats().trim_scans - before;
+    CHECK(scans <= 2 * (pools + 1) + callers);
+    // Each return is closed and its token goes to the oldest caller, in arrival order.
+    for (std::size_t i = 0; i < callers; ++i) {
+        held[i].release();
+        REQUIRE(eventually([&] {
+            std::lock_guard lk(m);
+            return order.size() == i + 1;
+        }));
+    }
+    for (auto& t : ts) t.join();
+    CHECK(order == std::vector<std::string>{"w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7"});
+    CHECK(f.fake.live() == pools);
+    CHECK(r.stats().trim_scans - before <= 2 * (pools + 1) + callers);
+    // Nobody queued any more: a connection idle again is found by the next caller's walk.
+    held[callers].release(); // busy8 idles
+    auto late = r.acquire("late", 0s);
+    CHECK(late);
+    CHECK(r.stats().evicted_for(evict_reason::size) == callers + 1);
+}
+
 } // TEST_SUITE

@@ -137,9 +137,9 @@ public:
         if (const std::size_t n = reserved_per_shard(expected); n > 0)
             for (std::size_t i = 0; i <= shard_mask_; ++i) shards_[i].map.reserve(n);
         if constexpr (Eviction::uses_size) {
-            budget_ = new connection_budget(opt_.max_connections);
+            budget_ = new connection_budget(opt_.max_connections, Sync::thread_safe);
             pool_context_->budget = budget_; // (no pool is built yet)
-            budget_->set_trim([this](const void* except) { return trim_one(except); });
+            budget_->set_trim([this](const void* except, std::uint64_t& scanned) { return trim_one(except, scanned); });
         }
     }
     /// The keys each shard's table is sized for up front, of `expected` in all: none for small
@@ -495,7 +495,10 @@ public:
             add_counters(r.pools, retired_->gone);
         }
         r.pools_active = live.size();
-        if (budget_) r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
+        if (budget_) {
+            r.evicted[static_cast<std::size_t>(evict_reason::size)] = budget_->trimmed();
+            r.trim_scans = budget_->scans();
+        }
         if constexpr (Sync::thread_safe)
             for (unsigned i = 0; i < hit_slots; ++i) r.hits += hits_[i].n.load(std::memory_order_relaxed);
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
@@ -994,15 +997,23 @@ private:
         return core_ref(pool_access::release_core(p));
     }
 
-    /// evict::size: closes the idle connection of the least recently used pool that has one,
-    /// other than `except`. Called with no pool lock held.
-    bool trim_one(const void* except) {
+    /// evict::size: closes an idle connection (its pool's least recently used) of the first pool
+    /// from the CLOCK hand that has one, other than `except`. A pool passed over (no idle
+    /// connection: all leased) moves behind the others, as a referenced pool does under CLOCK, so
+    /// the next walk starts where this one stopped: over a run of trims each pool is looked at
+    /// about once per lap, not once per trim. Called with no pool lock held.
+    bool trim_one(const void* except, std::uint64_t& scanned) {
         std::lock_guard rl(ring_m_);
-        for (entry& e : ring_) {
-            if (e.core.get() == except) continue;
-            if (e.core->close_one_idle()) return true; // counted as the pool's close_reason::trimmed
+        bool found = false;
+        for (std::size_t n = ring_.size(); n > 0 && !found; --n) {
+            entry& e = ring_.front();
+            ++scanned;
+            if (e.core.get() != except && e.core->close_one_idle()) // counted as the pool's close_reason::trimmed
+                found = true;
+            else
+                ring_.splice(ring_.end(), ring_, ring_.begin());
         }
-        return false;
+        return found;
     }
 
     /// A pool for `target`: the live one other keys already share, or a new one.

@@ -28,9 +28,10 @@ struct idle : none {
 };
 
 /// At most `max_connections` server connections across all pools. A pool that needs another one
-/// when the budget is spent closes the least recently used idle connection of another key; if no
-/// other key has one, its caller waits, in one queue shared by all keys (no key starves), within
-/// its own deadline.
+/// when the budget is spent closes an idle connection of another key (the least recently used of
+/// the pool nearest the CLOCK hand that has one); if no other key has one, its caller waits, in one
+/// queue shared by all keys (no key starves), within its own deadline. Finding one costs about
+/// one pool lock per trim over time (docs/design.md, "A dry budget").
 struct size : none {
     static constexpr bool uses_size = true;
 };
