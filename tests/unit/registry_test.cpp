@@ -873,6 +873,39 @@ TEST_CASE("evict::size serves waiting keys in arrival order (no key starves)") {
     CHECK(f.fake.live() <= 1);
 }
 
+TEST_CASE("evict::size: a connection that turns idle while callers wait is closed for the oldest of them") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::size>>(
+        {.pool = {.max_size = 2, .min_idle = 1}, .max_connections = 2});
+    auto a = r.acquire("a"); // one token
+    auto g = std::make_shared<keypool::fake::gate>();
+    f.fake.push(keypool::fake::outcome::wait_for(g));
+    // maintain() tops a's pool up to min_idle: the second token, its connect held at the gate.
+    std::jthread m([&] { (void)r.maintain(); });
+    REQUIRE(eventually([&] { return g->waiting() == 1; }));
+    // A caller for c finds the budget full and nothing idle: it queues, and its walk finds nothing.
+    std::atomic<bool> served{false};
+    decltype(r)::lease got;
+    std::jthread c([&] {
+        got = r.acquire("c", 60s);
+        served = true;
+    });
+    REQUIRE(eventually([&] {
+        const auto s = r.stats();
+        return s.pools.waiters == 1 && s.trim_scans >= 4; // (a and c, before it queued and once queued)
+    }));
+    // The connect ends with nobody waiting in a's pool: the connection turns idle under a's lock,
+    // not through a release. It is closed and its token goes to c (before: it stayed idle, and c
+    // waited until its deadline while the budget had a connection to spare).
+    g->open();
+    m.join();
+    CHECK(eventually([&] { return served.load(); }));
+    a.release(); // (ends the wait in any case)
+    c.join();
+    CHECK(got);
+    CHECK(r.stats().evicted_for(evict_reason::size) >= 1);
+}
+
 TEST_CASE("evict::size: callers queued behind a full budget look over the pools once, not once each") {
     fixture f;
     constexpr std::size_t pools = 100, callers = 8;
