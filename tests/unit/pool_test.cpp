@@ -3,6 +3,7 @@
 // lifetime, idle eviction, connect failures and backoff, close. Deterministic: manual clock,
 // fake connector, threads synchronised on observable pool state.
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -768,6 +769,47 @@ TEST_CASE("the janitor runs maintenance on its own thread") {
     keypool::pool<keypool::fake::connector> p(fake, "db", {.max_size = 4, .min_idle = 2});
     keypool::janitor j(p, 10ms);
     CHECK(eventually([&] { return p.stats().idle == 2; }));
+}
+
+TEST_CASE("the janitor spends at most max_share of a core, however soon maintenance is due") {
+    // A target as a registry of a million keys looks: each call takes a while (here 2 ms of
+    // work) and something is always due at once. Before the bound, the calls ran back to back.
+    struct always_due {
+        std::mutex m;
+        std::vector<std::pair<keypool::time_point, keypool::time_point>> calls; // start, end
+        keypool::time_point maintain() {
+            const auto start = std::chrono::steady_clock::now();
+            std::this_thread::sleep_for(2ms); // (the work; nothing waits on it)
+            const auto end = std::chrono::steady_clock::now();
+            std::lock_guard lk(m);
+            calls.emplace_back(start, end);
+            return end; // due again at once
+        }
+        std::size_t count() {
+            std::lock_guard lk(m);
+            return calls.size();
+        }
+    } target;
+    {
+        keypool::janitor j(target, 1h, 0.25); // a quarter of a core: rest three times the call
+        REQUIRE(eventually([&] { return target.count() >= 4; }));
+    }
+    std::lock_guard lk(target.m);
+    for (std::size_t i = 0; i + 1 < target.calls.size(); ++i) {
+        const auto took = target.calls[i].second - target.calls[i].first;
+        const auto rest = target.calls[i + 1].first - target.calls[i].second;
+        CHECK(rest >= 3 * took - 1us); // (the rest is computed in double nanoseconds)
+    }
+}
+
+TEST_CASE("janitor options are checked") {
+    keypool::fake::connector fake;
+    keypool::pool<keypool::fake::connector> p(fake, "db", {.max_size = 1});
+    CHECK_THROWS_WITH_AS(keypool::janitor(p, 1s, 0.0), doctest::Contains("max_share"), keypool::error);
+    CHECK_THROWS_WITH_AS(keypool::janitor(p, 1s, 1.5), doctest::Contains("max_share"), keypool::error);
+    CHECK_THROWS_WITH_AS(keypool::janitor(p, 1s, std::nan("")), doctest::Contains("max_share"), keypool::error);
+    CHECK_THROWS_WITH_AS(keypool::janitor(p, 0s), doctest::Contains("max_interval"), keypool::error);
+    keypool::janitor whole_core(p, keypool::duration::max(), 1.0); // (no overflow)
 }
 
 } // TEST_SUITE
