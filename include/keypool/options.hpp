@@ -149,8 +149,9 @@ struct registry_options {
     /// Default 500; range 1..100'000'000.
     std::size_t max_pools = 500;
     /// Under `evict::size`, server connections open at once across all pools; a pool that needs one
-    /// more first closes another key's least recently used idle connection, else waits in line
-    /// with every other key's callers. Default 100; range 1..1'000'000.
+    /// more first closes an idle connection of another key (the pool nearest the CLOCK hand that
+    /// has one), else waits in line with every other key's callers. Default 100; range
+    /// 1..1'000'000.
     std::size_t max_connections = 100;
     /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired (by
     /// `maintain()` / `evict_idle()`, once between this and 33/32 of it: an acquire stores its time
