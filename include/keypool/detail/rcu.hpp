@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <utility>
 
 #include <boost/container/small_vector.hpp>
@@ -227,5 +228,14 @@ private:
     }
     rcu_record* r_;
 };
+
+/// What code that is generic over thread-safety enters: an rcu_section, or nothing where no
+/// other thread can read (sync::none).
+struct no_rcu_section {
+    void leave() noexcept {}
+    unsigned index() const noexcept { return 0; }
+};
+template <bool ThreadSafe>
+using rcu_section_if = std::conditional_t<ThreadSafe, rcu_section, no_rcu_section>;
 
 } // namespace keypool::detail

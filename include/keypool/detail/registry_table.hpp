@@ -619,11 +619,7 @@ private:
     };
 
     /// The lock-free lookup's read-side section (nothing for sync::none: no other thread).
-    struct no_section {
-        void leave() noexcept {}
-        unsigned index() const noexcept { return 0; }
-    };
-    using read_section = std::conditional_t<Sync::thread_safe, rcu_section, no_section>;
+    using read_section = rcu_section_if<Sync::thread_safe>;
 
     /// Hits of lock-free lookups, one counter per thread (by its rcu record's index), each on its
     /// own line and written only by its thread: no read-modify-write and no line shared between
