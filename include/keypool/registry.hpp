@@ -228,6 +228,16 @@ public:
     /// Idle eviction, then `maintain()` of every pool. Returns when it is next due.
     time_point maintain() { return table_.maintain(); }
 
+    /// `reset_at::background` only: `f` is called when a returned connection of any of the
+    /// registry's pools waits for its reset (so maintain() should run soon). A `janitor` on the
+    /// registry registers its `poke()` here. `f` runs under that pool's lock: it must be short and
+    /// must not call into the registry. Empty = none.
+    void set_reset_signal(std::function<void()> f) noexcept
+        requires std::same_as<reset_type, reset_at::background>
+    {
+        table_.set_reset_signal(std::move(f));
+    }
+
     /// Closes every pool and wakes every waiter with `closed`; later acquires fail with `closed`.
     void close() noexcept { table_.close(); }
 

@@ -956,4 +956,48 @@ TEST_CASE("evict::size: callers queued behind a full budget look over the pools 
     CHECK(r.stats().evicted_for(evict_reason::size) == callers + 1);
 }
 
+TEST_CASE("background reset: a registry's pools signal a returned connection, and maintenance resets it") {
+    fixture f;
+    auto r = f.make<keypool::with_reset<keypool::reset_at::background>>({.pool = {.max_size = 2}});
+    int signals = 0;
+    r.set_reset_signal([&] { ++signals; });
+    {
+        auto a = r.acquire("acme");
+        auto b = r.acquire("globex"); // another pool: the one signal serves every pool
+        a->use("SET search_path = acme");
+        b->use();
+    }
+    CHECK(signals == 2);
+    CHECK(f.fake.stats().resets == 0);
+    r.maintain();
+    CHECK(f.fake.stats().resets == 2);
+    auto a = r.acquire("acme"); // clean already: no reset on the borrower's path
+    CHECK_FALSE(a->dirty());
+    CHECK(f.fake.stats().resets == 2);
+    r.set_reset_signal({});
+    a.release();
+    CHECK(signals == 2);
+}
+
+TEST_CASE("background reset with a janitor on a registry: the return wakes it and the reset runs on its thread") {
+    // Before the registry had set_reset_signal, the janitor could not be told: the reset waited
+    // for its next call (here an hour away) or for a borrower.
+    keypool::fake::connector fake;
+    test_resolver resolver;
+    keypool::basic_registry<std::string, test_resolver, keypool::fake::connector,
+                            keypool::with_reset<keypool::reset_at::background>>
+        r(resolver, fake, {.pool = {.max_size = 2, .min_idle = 1}});
+    auto used = r.acquire("acme");
+    used->use();
+    keypool::janitor j(r, std::chrono::hours(1));
+    // Its first pass (it runs one at once) tops the pool up to min_idle: after that, only a
+    // signal wakes it within the hour.
+    CHECK(eventually([&] { return r.stats().pools.idle == 1; }));
+    used.release();
+    CHECK(eventually([&] { return fake.stats().resets == 1; }));
+    auto l = r.acquire("acme");
+    CHECK_FALSE(l->dirty());
+    CHECK(fake.stats().resets == 1);
+}
+
 } // TEST_SUITE

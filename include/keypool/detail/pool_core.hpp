@@ -162,6 +162,29 @@ public:
         // from a core back to its head and to its slots. Set (set_prefix) before the first pool
         // is built.
         std::size_t prefix = 0, head_back = 0, slots_back = 0;
+        /// reset_at::background: `f` is called when a returned connection of any pool built from
+        /// this context waits for its reset (under that pool's lock and this context's signal
+        /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
+        /// a registry's pools share it (a registry registers its janitor once, not per pool).
+        void set_reset_signal(std::function<void()> f) noexcept
+            requires std::is_same_v<Reset, reset_at::background>
+        {
+            std::lock_guard lk(reset_signal.m);
+            reset_signal.f = std::move(f);
+        }
+        void signal_reset() noexcept
+            requires std::is_same_v<Reset, reset_at::background>
+        {
+            std::lock_guard lk(reset_signal.m);
+            if (reset_signal.f) reset_signal.f();
+        }
+        struct signal_box {
+            mutable typename Sync::mutex_type m;
+            std::function<void()> f;
+        };
+        struct no_signal {};
+        [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, signal_box, no_signal>
+            reset_signal;
         void set_prefix(std::size_t bytes) noexcept {
             prefix = bytes;
             head_back = core_offset(max_size, bytes) - (slot0_offset() - sizeof(head_type));
@@ -458,11 +481,11 @@ public:
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
     /// pool) when a returned connection waits for its reset, e.g. a janitor's poke(). Empty = none.
+    /// Set on the context, so for every pool built from it (context::set_reset_signal).
     void set_reset_signal(std::function<void()> f) noexcept
         requires std::is_same_v<Reset, reset_at::background>
     {
-        std::lock_guard lk(m_);
-        reset_signal_ = std::move(f);
+        ctx_->set_reset_signal(std::move(f));
     }
 
     struct no_deadline {};
@@ -1294,7 +1317,7 @@ private:
     }
 
     /// reset_at::background: a returned connection waits on the dirty list for maintain() (woken
-    /// through reset_signal_), so borrowers get reset connections; a waiter takes it at once.
+    /// through the context's reset signal), so borrowers get reset connections; a waiter takes it at once.
     bool release_dirty(slot* s) noexcept {
         {
             std::unique_lock lk(m_);
@@ -1309,8 +1332,7 @@ private:
             s->next.store(dirty_head_, std::memory_order_relaxed);
             dirty_head_ = index_of(s);
             idled_locked();
-            if constexpr (std::is_same_v<Reset, reset_at::background>)
-                if (reset_signal_) reset_signal_();
+            if constexpr (std::is_same_v<Reset, reset_at::background>) ctx_->signal_reset();
         }
         return false;
     }
@@ -1737,10 +1759,6 @@ private:
     bool owner_gone_ = false;
     bool listed_ = false;      // set_listed()
     std::uint32_t owners_ = 1; // pool objects and registry entries (add_owner / drop_owner)
-    struct no_signal {};
-    [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, std::function<void()>,
-                                             no_signal>
-        reset_signal_; // reset_at::background only
     std::unique_ptr<trouble> slow_;          // made by the first wait, failure, close or close(deadline)
     std::unique_ptr<lease_info[]> leases_;   // detect_self_deadlock or leak_threshold only
     splitmix64 rng_;

@@ -422,6 +422,9 @@ public:
         }
     }
 
+    /// reset_at::background: on the context all the registry's pools share (pool_core::context).
+    void set_reset_signal(std::function<void()> f) noexcept { pool_context_->set_reset_signal(std::move(f)); }
+
     time_point maintain() {
         evict_idle();
         time_point due = time_point::max();
