@@ -241,6 +241,12 @@ public:
     /// Closes every pool and wakes every waiter with `closed`; later acquires fail with `closed`.
     void close() noexcept { table_.close(); }
 
+    /// `close()`, then closes the pools that had left the registry and are still open (leases out,
+    /// or a pool object from `pool(key)`), and waits until every connection of every pool the
+    /// registry made has closed (each lease returned) or `deadline` passes: a service's graceful
+    /// shutdown. Returns true if none is left open.
+    bool close(time_point deadline) noexcept { return table_.close(deadline); }
+
     [[nodiscard]] registry_stats stats() const { return table_.stats(); }
     const registry_options& options() const noexcept { return table_.options(); }
     time_point now() const { return table_.now(); }

@@ -172,3 +172,57 @@ TEST_CASE("registry_stress: under a full connection budget every caller is serve
                 static_cast<unsigned long long>(s.evicted_for(keypool::evict_reason::size)),
                 static_cast<unsigned long long>(s.trim_scans));
 }
+
+TEST_CASE("registry_stress: close(deadline) while threads hold leases returns once every connection is closed") {
+    // Threads acquire through the registry and through pool objects (whose pools LRU retires
+    // while they are held, so they leave the registry still open) until acquires fail with
+    // `closed`; the main thread closes meanwhile. When close(deadline) returns true no connection
+    // of any pool the registry made may be open, whatever the threads were doing.
+    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+                                          keypool::with_eviction<keypool::evict::lru>>;
+    keypool::fake::connector fake;
+    reg_t reg(prefix_resolver{}, fake, keypool::registry_options{.pool = {.max_size = 2}, .max_pools = 4});
+    constexpr int threads = 6;
+    std::atomic<int> running{0}, wrong_error{0};
+    std::atomic<std::uint64_t> leases{0};
+    std::vector<std::jthread> ts;
+    for (int t = 0; t < threads; ++t)
+        ts.emplace_back([&, t] {
+            std::mt19937_64 rng(static_cast<std::uint64_t>(t) * 31 + 5);
+            ++running;
+            for (;;) {
+                const std::string key = "k" + std::to_string(rng() % 10 + 20);
+                std::error_code ec;
+                if (rng() % 4 == 0) { // through a pool object held across the acquire
+                    auto p = reg.pool(key, reg.now() + 20s, {}, ec);
+                    if (!p) {
+                        if (ec != keypool::errc::closed) ++wrong_error;
+                        break;
+                    }
+                    auto l = p->acquire(20s, ec);
+                    if (!l) {
+                        if (ec != keypool::errc::closed) ++wrong_error;
+                        break;
+                    }
+                    ++leases;
+                    l->use();
+                    std::this_thread::yield(); // (held while others evict its pool)
+                } else {
+                    auto l = reg.acquire(key, 20s, ec);
+                    if (!l) {
+                        if (ec != keypool::errc::closed) ++wrong_error;
+                        break;
+                    }
+                    ++leases;
+                    l->use();
+                }
+            }
+        });
+    while (running != threads || leases < 2'000) std::this_thread::yield();
+    const bool drained = reg.close(reg.now() + 20s);
+    CHECK(drained);
+    CHECK(fake.live() == 0); // (the threads can open none now: every pool is closed)
+    ts.clear();
+    CHECK(wrong_error == 0);
+    CHECK(fake.live() == 0);
+}

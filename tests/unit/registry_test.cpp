@@ -704,6 +704,30 @@ TEST_CASE("close fails later acquires and closes idle connections") {
     CHECK(f.fake.live() == 0);
 }
 
+TEST_CASE("close(deadline) closes every pool the registry made and waits for their leases") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.max_pools = 1});
+    auto pool_a = r.pool("a"); // a pool object: a's pool stays open after it leaves the registry
+    auto a = pool_a->acquire();
+    auto b = r.acquire("b"); // over the cap: a's pool leaves, still open, a lease out
+    CHECK(r.stats().evicted_for(evict_reason::lru) == 1);
+    CHECK(f.fake.live() == 2);
+    CHECK_FALSE(r.close(r.now())); // nothing returned by the deadline
+    std::error_code ec;
+    CHECK_FALSE(pool_a->acquire(1s, ec)); // the pool that had left is closed too
+    CHECK(ec == errc::closed);
+    CHECK(f.fake.live() == 2); // leased connections close only when they come back
+
+    bool drained = false;
+    std::thread closer([&] { drained = r.close(r.now() + 1h); });
+    a.release();
+    b.release();
+    closer.join(); // (returns at once if both came back before it looked)
+    CHECK(drained);
+    CHECK(f.fake.live() == 0);
+    CHECK(r.close(r.now())); // nothing left: at once
+}
+
 TEST_CASE("close wakes callers waiting for a creation in flight with closed") {
     fixture f;
     f.resolver.st->gate = std::make_shared<keypool::fake::gate>();

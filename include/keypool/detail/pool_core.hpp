@@ -185,6 +185,46 @@ public:
         struct no_signal {};
         [[no_unique_address]] std::conditional_t<std::is_same_v<Reset, reset_at::background>, signal_box, no_signal>
             reset_signal;
+        // Connections open or being opened in all the pools built from this context, counted
+        // where each pool's own count moves (reserve_locked, free_locked: on connects and closes,
+        // never on an acquire), for a registry's close(deadline), which waits for every one of
+        // its pools, including those that left it with leases out.
+        atomic<std::size_t> open_connections{0};
+        mutable typename Sync::mutex_type drain_m;
+        std::optional<typename Clock::event> all_closed; // made by the first wait_all_closed()
+        void opened() noexcept { open_connections.fetch_add(1, std::memory_order_relaxed); }
+        void closed_one() noexcept {
+            if (open_connections.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard lk(drain_m);
+                if (all_closed) all_closed->set();
+            }
+        }
+        /// Waits until no connection of any pool built from this context is open, or `deadline`
+        /// passes; true if none is. For after every pool is closed (none opens a connection again).
+        bool wait_all_closed(time_point deadline) noexcept {
+            typename Clock::event* ev = nullptr;
+            {
+                std::lock_guard lk(drain_m);
+                if (open_connections.load(std::memory_order_acquire) == 0) return true;
+                if constexpr (!thread_safe) return false; // nobody else can close one while we wait
+                try {
+                    if (!all_closed) all_closed.emplace(*clock);
+                } catch (...) {
+                    return false; // cannot wait: not drained in time
+                }
+                ev = &*all_closed;
+            }
+            for (;;) {
+                const bool signalled = ev->wait_until(deadline);
+                if (open_connections.load(std::memory_order_acquire) == 0) return true;
+                if (!signalled || clock->now() >= deadline) return false;
+                // Set when the count last reached zero, since risen (a pool not closed yet):
+                // wait for the next time.
+                std::lock_guard lk(drain_m);
+                if (open_connections.load(std::memory_order_acquire) == 0) return true;
+                ev->reset();
+            }
+        }
         void set_prefix(std::size_t bytes) noexcept {
             prefix = bytes;
             head_back = core_offset(max_size, bytes) - (slot0_offset() - sizeof(head_type));
@@ -410,7 +450,7 @@ public:
     /// lock, then `m`, then a pool's lock.
     struct retired_list : boost::intrusive_ref_counter<retired_list, boost::thread_safe_counter> {
         std::mutex m;
-        std::unordered_set<const pool_core*> open;
+        std::unordered_set<pool_core*> open;
         pool_stats gone; // counters only
 
         /// Under the registry's ring lock: `c` left the registry's live set. Listed once, however
@@ -433,7 +473,7 @@ public:
             add_counters(gone, c.stats());
         }
         /// From `delete c`, before its destructor: its final counters move from `open` to `gone`.
-        void forget(const pool_core& c) noexcept {
+        void forget(pool_core& c) noexcept {
             std::lock_guard lk(m);
             open.erase(&c);
             add_counters(gone, c.stats());
@@ -646,11 +686,11 @@ public:
         std::lock_guard lk(m_);
         listed_ = true;
     }
-    /// add_owner() unless the pool is closed or only its listing owns it (then it closed or is
-    /// about to: the registry makes a new pool for the target instead).
+    /// add_owner() unless the pool is closed, or no owner or only its listing owns it (then it
+    /// closed or is about to: the registry makes a new pool for the target instead).
     [[nodiscard]] bool try_add_owner() noexcept {
         std::lock_guard lk(m_);
-        if (closed_ || (owners_ == 1 && listed_)) return false;
+        if (closed_ || owners_ == 0 || (owners_ == 1 && listed_)) return false;
         ++owners_;
         return true;
     }
@@ -1368,6 +1408,7 @@ private:
         free_head_ = s->next.load(std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::connecting), std::memory_order_relaxed);
         ++open_;
+        ctx_->opened();
         ++connecting_;
         peak_size_ = std::max<std::uint64_t>(peak_size_, open_);
         return s;
@@ -1385,6 +1426,7 @@ private:
         s->next.store(free_head_, std::memory_order_relaxed);
         free_head_ = index_of(s);
         --open_;
+        ctx_->closed_one();
         if (ctx_->budget) ctx_->budget->give_back();
         signal_if_drained_locked();
     }

@@ -476,6 +476,29 @@ public:
         for (std::size_t i = 0; i <= shard_mask_; ++i) reclaim(shards_[i]);
     }
 
+    /// close(), then the pools that left the registry earlier and are still open (leases out, or
+    /// a pool object from pool(key)) close too, and this waits until every connection of every
+    /// pool the registry made is closed, or `deadline`. True if they all are.
+    bool close(time_point deadline) noexcept {
+        close();
+        std::vector<core_ref> left;
+        {
+            std::lock_guard lk(retired_->m);
+            try {
+                left.reserve(retired_->open.size());
+            } catch (...) {
+                return false; // cannot close them: not drained
+            }
+            // An owner each, so none is deleted while we close it (one whose last owner is going
+            // is closing already: try_add_owner refuses it).
+            for (core_type* c : retired_->open)
+                if (c->try_add_owner()) left.emplace_back(c);
+        }
+        for (core_ref& c : left) c->close();
+        left.clear(); // (outside retired_->m: a pool deleted now leaves it, under that lock)
+        return pool_context_->wait_all_closed(deadline);
+    }
+
     registry_stats stats() const {
         registry_stats r;
         {

@@ -38,6 +38,7 @@ public:
         return compare_exchange_weak(e, d, a, b);
     }
     T fetch_add(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ + d); }
+    T fetch_sub(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ - d); }
     T fetch_or(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ | d); }
     T fetch_and(T d, std::memory_order = {}) noexcept { return std::exchange(v_, v_ & d); }
 
