@@ -247,6 +247,18 @@ public:
     /// shutdown. Returns true if none is left open.
     bool close(time_point deadline) noexcept { return table_.close(deadline); }
 
+    /// The same, and on return `still_out` lists the leases that had not come back: their age
+    /// and, with `pool.leak_threshold` set, where they were acquired.
+    bool close(time_point deadline, std::vector<lease_report>& still_out) {
+        const bool drained = close(deadline);
+        still_out = leases_out();
+        return drained;
+    }
+
+    /// The leases out now, from every pool the registry made that is still open (pools that left
+    /// it with leases out included): age and (with `pool.leak_threshold` set) acquire site.
+    [[nodiscard]] std::vector<lease_report> leases_out() const { return table_.leases_out(); }
+
     [[nodiscard]] registry_stats stats() const { return table_.stats(); }
     const registry_options& options() const noexcept { return table_.options(); }
     time_point now() const { return table_.now(); }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
 // basic_registry: resolution, role switch, run_as, LRU and idle eviction, invalidate, single
 // flight, close. Manual clock, fake connector, threads synchronised on observable state.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -726,6 +727,29 @@ TEST_CASE("close(deadline) closes every pool the registry made and waits for the
     CHECK(drained);
     CHECK(f.fake.live() == 0);
     CHECK(r.close(r.now())); // nothing left: at once
+}
+
+TEST_CASE("close(deadline) lists the leases still out, from pools in the registry and from pools that left it") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::lru>>({.pool = {.leak_threshold = 1h}, .max_pools = 1});
+    const int line = __LINE__ + 1;
+    auto a = r.acquire("a");
+    f.clock.advance(2s);
+    auto b = r.acquire("b"); // over the cap: a's pool leaves with its lease out
+    CHECK(r.stats().evicted_for(evict_reason::lru) == 1);
+    CHECK(r.leases_out().size() == 2);
+    f.clock.advance(3s);
+    std::vector<keypool::lease_report> still_out;
+    CHECK_FALSE(r.close(r.now(), still_out));
+    REQUIRE(still_out.size() == 2);
+    std::sort(still_out.begin(), still_out.end(), [](auto& x, auto& y) { return x.age > y.age; });
+    CHECK(still_out[0].age == 5s);
+    CHECK(still_out[0].site.line() == static_cast<unsigned>(line));
+    CHECK(still_out[1].age == 3s);
+    a.release();
+    b.release();
+    CHECK(r.close(r.now(), still_out));
+    CHECK(still_out.empty());
 }
 
 TEST_CASE("close wakes callers waiting for a creation in flight with closed") {

@@ -499,6 +499,22 @@ public:
         return pool_context_->wait_all_closed(deadline);
     }
 
+    /// The leases out now from every pool the registry made that is still open (those that left
+    /// it included): age and, with leak_threshold set, acquire site.
+    std::vector<lease_report> leases_out() const {
+        std::vector<lease_report> r;
+        auto append = [&r](const core_type& c) {
+            const std::vector<lease_report> v = c.leases_out();
+            r.insert(r.end(), v.begin(), v.end());
+        };
+        const std::vector<core_ref> live = live_pools(); // (sorted by address)
+        for (const core_ref& p : live) append(*p.get());
+        std::lock_guard lk(retired_->m);
+        for (const core_type* c : retired_->open)
+            if (!std::ranges::binary_search(live, c, std::less<>{}, &core_ref::get)) append(*c);
+        return r;
+    }
+
     registry_stats stats() const {
         registry_stats r;
         {
