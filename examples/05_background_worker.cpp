@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // A background worker: no request, no session — each job names the tenant it belongs to, and the
 // worker takes that tenant's connection from the registry for the job alone. A janitor thread does
-// the housekeeping (idle pools retired, min_idle kept warm) so the workers never do it themselves.
+// the housekeeping (idle pools retired, min_idle kept warm) so the workers never do it themselves;
+// at the end the registry shuts down gracefully (close with a deadline).
 // Every claim is checked; the example fails if one is wrong.
 #include <condition_variable>
 #include <cstdio>
@@ -121,5 +122,12 @@ int main() {
     std::printf("background worker: %d jobs on %llu tenant pools, %llu connections, %d job refused (%s)\n", done,
                 (unsigned long long)s.pools_active, (unsigned long long)s.pools.size, failed_jobs,
                 "key_not_found");
+
+    // Shutdown: stop taking jobs (above), let the workers finish, then close every tenant's pool
+    // and wait, bounded, for any lease still out (a worker that missed the stop); the ones that
+    // did not come back are listed with their age.
+    std::vector<keypool::lease_report> still_out;
+    const bool drained = tenants.close(tenants.now() + 5s, still_out);
+    EXPECT(drained && still_out.empty() && fake.live() == 0);
     return 0;
 }
