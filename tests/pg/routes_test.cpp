@@ -63,6 +63,29 @@ TEST_CASE("routes::direct: one pool per tenant database") {
     CHECK(a.backends(app) == 2);
 }
 
+TEST_CASE("routes::direct: close(deadline) ends every tenant's backend once its lease is back") {
+    // The registry's graceful shutdown against a real server: the idle connection's backend ends
+    // at once, the leased one's when its lease returns, and close(deadline) says when both have.
+    const std::string app = unique_name("shutdown");
+    tenant_registry<pq::routes::direct> reg({.base = tenant_base(app, via::tcp), .password = app_password()},
+                                            pq::connector{});
+    auto acme = reg.acquire("acme", 10s);
+    reg.run_as("globex", [](pq::connection& c) { CHECK(current_database(c) == "globex"); }); // idle now
+    admin a;
+    CHECK(a.backends(app) == 2);
+    std::vector<keypool::lease_report> still_out;
+    CHECK_FALSE(reg.close(reg.now(), still_out)); // acme's lease is out
+    CHECK(still_out.size() == 1);
+    CHECK(eventually([&] { return a.backends(app) == 1; }, 10s)); // globex's, idle, closed at once
+    bool drained = false;
+    std::thread closer([&] { drained = reg.close(reg.now() + 30s); });
+    CHECK(current_database(*acme) == "acme"); // still usable while the shutdown waits for it
+    acme.release();
+    closer.join();
+    CHECK(drained);
+    CHECK(eventually([&] { return a.backends(app) == 0; }, 10s));
+}
+
 TEST_CASE("routes::pgbouncer: tenant databases through PgBouncer in transaction mode") {
     tenant_registry<pq::routes::pgbouncer> reg(
         {.base = tenant_base(unique_name("bouncer"), via::bouncer), .password = app_password()},
