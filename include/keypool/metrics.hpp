@@ -349,6 +349,8 @@ inline void exposition::add(const registry_stats& s, const labels& l) {
     }
     counter("keypool_registry_trim_scans_total", "Pools evict::size looked at for an idle connection to close.",
             base, s.trim_scans);
+    counter("keypool_registry_pool_passes_total", "Pools the registry's maintain() ran a pass on (quiet ones are left until due).",
+            base, s.pool_passes);
     {
         // Every keypool::errc, zero or not, so each series exists from the first scrape. The error
         // category names unknown values with one fixed text, the same as for 0 (no enumerator).

@@ -71,6 +71,10 @@ struct registry_stats {
     /// while callers stay queued after a walk found nothing idle, none walks again.
     std::uint64_t trim_scans = 0;
     std::array<std::uint64_t, 16> errors{}; ///< failed acquires, indexed by keypool::errc value
+    /// Pools maintain() ran a pass on. A pass that finds a pool quiet (no waiters, no connect in
+    /// flight or failing) notes when it next needs one, and later calls skip it until then: at
+    /// most 1/32 of its shortest timer later (never with min_idle or background resets).
+    std::uint64_t pool_passes = 0;
     /// Bytes the registry's huge-page arena has mapped (registry_options::huge_pages; 0 without
     /// one): pools' allocations and bucket arrays, in use, kept for reuse or prepared as spares
     /// by maintain(). The spares carry huge pages; chunks the registry mapped itself, growing

@@ -248,6 +248,7 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
     r.misses = 9;
     r.joins = 3;
     r.trim_scans = 11;
+    r.pool_passes = 12;
     r.evicted[static_cast<std::size_t>(evict_reason::lru)] = 2;
     r.evicted[static_cast<std::size_t>(evict_reason::invalidated)] = 1;
     r.errors[static_cast<std::size_t>(errc::timeout)] = 7;
@@ -292,6 +293,9 @@ TEST_CASE("metrics: a known registry snapshot gives the exact registry families"
         "# HELP keypool_registry_trim_scans_total Pools evict::size looked at for an idle connection to close.\n"
         "# TYPE keypool_registry_trim_scans_total counter\n"
         "keypool_registry_trim_scans_total{service=\"api\"} 11\n"
+        "# HELP keypool_registry_pool_passes_total Pools the registry's maintain() ran a pass on (quiet ones are left until due).\n"
+        "# TYPE keypool_registry_pool_passes_total counter\n"
+        "keypool_registry_pool_passes_total{service=\"api\"} 12\n"
         "# HELP keypool_errors_total Failed registry acquires, by keypool::errc.\n"
         "# TYPE keypool_errors_total counter\n"
         "keypool_errors_total{service=\"api\",reason=\"timeout\"} 7\n"

@@ -137,7 +137,7 @@ public:
     struct context : pool_options, boost::intrusive_ref_counter<context, boost::thread_safe_counter> {
         context(const pool_options& o, Connector c, const Clock& clk, Observer ob)
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
-              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()) {
+              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()), pass_slack(slack_of(*this)) {
             set_prefix(0);
             if constexpr (std::is_same_v<Clock, steady_clock> && thread_safe)
                 if (use_coarse_ticker) ticker.emplace();
@@ -154,6 +154,21 @@ public:
         // the affinity of the thread that made the context), reached the same way.
         const std::uint16_t n_caches;
         const bool rseq_caches;
+        // How long after a maintain() pass a pool it found quiet may go without another
+        // (next_pass(): a registry's maintain() skips it until then): 1/32 of the shortest timer a
+        // pass serves (idle timeout, lifetime, leak threshold, keepalive), so a pass it skips makes
+        // nothing happen more than that late, and only what a pass learns by looking (when a lease
+        // seen out came back: the idle timeout counts from the last pass that saw it out) is that
+        // much coarser. Zero, a pass every time, with min_idle (an acquire may take the pool below
+        // it, with no pass to top it up) or background resets (a release leaves work for one).
+        const duration pass_slack;
+        static duration slack_of(const pool_options& o) noexcept {
+            if (o.min_idle > 0 || std::is_same_v<Reset, reset_at::background>) return duration::zero();
+            duration d = duration::max();
+            for (const auto& t : {o.idle_timeout, o.max_lifetime, o.leak_threshold, o.keepalive_after})
+                if (t) d = std::min(d, *t / 32);
+            return d;
+        }
         // The steady clock's coarse ticker, held while any pool built from this context lives
         // (use_coarse_ticker): its fast paths' coarse_now() then reads one cache line.
         std::optional<keypool::coarse_ticker> ticker;
@@ -733,6 +748,7 @@ public:
         bool refused = false;
         std::stop_token on_close;
         time_point due = time_point::max();
+        bool quiet = false;
         {
             std::lock_guard lk(m_);
             if (closed_) return time_point::max();
@@ -833,6 +849,7 @@ public:
             if (top_up > 0) on_close = slow_->close_source.get_token();
             if (failures() > 0 && (has_waiters_locked() || top_up < ctx_->min_idle - std::min(ctx_->min_idle, idle_after)))
                 due = std::min(due, slow_->backoff_until);
+            quiet = !has_waiters_locked() && connecting_ == 0 && failures() == 0;
         }
         for (const lease_report& l : leaks) notify_leak(ctx_->obs, l);
         for (std::size_t i = 0; i < to_close.size(); ++i) (void)dispose(to_close[i], why[i]);
@@ -887,7 +904,21 @@ public:
                 !in_backoff_locked(now) && idle_count_locked() < ctx_->min_idle)
                 due = std::min(due, now);
         }
+        note_next_pass(quiet, now, due);
         return due;
+    }
+
+    /// For a registry's maintain(): whether this pool may go without a pass at `now` because
+    /// its last one found it quiet with nothing due before a later time (context::pass_slack),
+    /// which then lowers `due` to that time.
+    bool skip_pass(time_point now, time_point& due) const noexcept {
+        const std::uint32_t v = next_pass_.load(std::memory_order_relaxed);
+        if (v == 0) return false;
+        const std::int64_t n = pass_units(now);
+        const auto ahead = static_cast<std::int32_t>(v - static_cast<std::uint32_t>(n));
+        if (ahead <= 0 || ahead > pass_reach) return false;
+        due = std::min(due, time_point(std::chrono::duration_cast<duration>(std::chrono::nanoseconds((n + ahead) << pass_shift))));
+        return true;
     }
 
     // ---- stats -----------------------------------------------------------------------------
@@ -1015,6 +1046,27 @@ private:
         std::lock_guard lk(m_);
         if (trouble* t = trouble_locked()) t->*total += std::uint64_t{1} << 32;
     }
+    // next_pass_'s unit: 2^20 ns (≈ 1 ms) of the clock, kept modulo 2^32 and compared as a
+    // signed difference, so never set more than 2^30 units (≈ 13 days) ahead.
+    static constexpr int pass_shift = 20;
+    static constexpr std::int64_t pass_reach = std::int64_t{1} << 30;
+    static std::int64_t pass_units(time_point t) noexcept {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count() >> pass_shift;
+    }
+    /// maintain()'s end: when the pool needs its next pass, if it was quiet (no waiters, no
+    /// connect in flight, no failure) and the context allows a slack; else at the next pass.
+    void note_next_pass(bool quiet, time_point now, time_point due) noexcept {
+        std::uint32_t v = 0;
+        if (quiet && ctx_->pass_slack > duration::zero()) {
+            const std::int64_t ahead = pass_units(std::min(due, saturating_add(now, ctx_->pass_slack))) - pass_units(now);
+            if (ahead > 0) { // (rounded down: the pass comes at the latest when due)
+                v = static_cast<std::uint32_t>(pass_units(now) + std::min(ahead, pass_reach));
+                if (v == 0) v = ~std::uint32_t{0}; // (0 means the next pass; a unit earlier is as good)
+            }
+        }
+        next_pass_.store(v, std::memory_order_relaxed);
+    }
+
     bool has_waiters_locked() const noexcept { return slow_ && !slow_->waiters.empty(); }
     unsigned failures() const noexcept { return slow_ ? slow_->failures : 0; }
 
@@ -1789,6 +1841,9 @@ private:
     // The slow path's lock: 4 bytes, in what would be padding. (Every caller that finds no idle
     // connection takes it and then sets WAITERS in the head, on slot 0's line.)
     mutable typename Sync::mutex_type m_;
+    // When maintain() last found this pool quiet, the time it next needs a pass (skip_pass(); 4
+    // bytes, in what would be padding after m_): pass_units() of it, 0 for the next pass.
+    atomic<std::uint32_t> next_pass_{0};
     std::unique_ptr<cpu_cache[]> caches_;
 
     const target_type target_;

@@ -431,7 +431,14 @@ public:
         if constexpr (Eviction::uses_idle) {
             if (opt_.pool_idle_timeout) due = core_type::saturating_add(clock_->now(), *opt_.pool_idle_timeout);
         }
-        for (auto& p : live_pools()) due = std::min(due, p->maintain());
+        // The pools a pass found quiet are left until they next need one (pool_core::skip_pass),
+        // unless no walk ran for so long that their notes may have wrapped around.
+        const time_point now = clock_->now();
+        const auto last = time_point(duration(last_walk_.exchange(now.time_since_epoch().count(), std::memory_order_relaxed)));
+        const bool fresh = now - last < std::chrono::hours(24);
+        const auto pools = live_pools([&](const core_type& c) { return fresh && c.skip_pass(now, due); });
+        passes_.fetch_add(pools.size(), std::memory_order_relaxed);
+        for (auto& p : pools) due = std::min(due, p->maintain());
         // Spare chunks in huge pages for the pools to come (registry_options::huge_pages): faulted
         // in here, off the acquire path, and only as many as room is left for.
         if (pool_context_->arena) pool_context_->arena->prepare(room_for_pools());
@@ -550,6 +557,7 @@ public:
             r.joins += shards_[i].joins;
         }
         for (std::size_t i = 0; i < r.errors.size(); ++i) r.errors[i] = errors_[i].load(std::memory_order_relaxed);
+        r.pool_passes = passes_.load(std::memory_order_relaxed);
         if (pool_context_->arena) r.huge_page_bytes = pool_context_->arena->mapped_bytes();
         return r;
     }
@@ -1119,7 +1127,13 @@ private:
     /// A reference to every ready key's pool, each once (keys with a setup share pools), sorted
     /// by address. Taken one shard at a time under its lock alone (not ring_m_, which a creation
     /// takes: at 1e6 keys a walk of the ring under it held creations up for hundreds of ms).
-    std::vector<core_ref> live_pools() const {
+    /// The live pools but those `skip(core)` says to leave out (checked under the shard's lock,
+    /// before a reference is taken).
+    struct no_skip {
+        bool operator()(const core_type&) const noexcept { return false; }
+    };
+    template <class Skip = no_skip>
+    std::vector<core_ref> live_pools(Skip skip = {}) const {
         std::vector<core_ref> v;
         {
             std::lock_guard rl(ring_m_);
@@ -1128,7 +1142,8 @@ private:
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             shards_[i].map.for_each([&](const node_type& n) {
-                if (n.second.st == entry::state::ready && n.second.core) v.push_back(n.second.core.share());
+                if (n.second.st == entry::state::ready && n.second.core && !skip(*n.second.core.get()))
+                    v.push_back(n.second.core.share());
             });
         }
         std::ranges::sort(v, std::less<>{}, &core_ref::get);
@@ -1179,6 +1194,8 @@ private:
     std::uint64_t created_ = 0;
     std::array<std::uint64_t, evict_reason_count> evicted_{};
     std::array<atomic<std::uint64_t>, 16> errors_{};
+    atomic<std::uint64_t> passes_{0};          // maintain(): pools it ran a pass on (registry_stats::pool_passes)
+    atomic<duration::rep> last_walk_{0};       // maintain(): when its last walk began
 };
 
 } // namespace keypool::detail
