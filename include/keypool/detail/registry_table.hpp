@@ -384,15 +384,8 @@ public:
             return 0;
         } else {
             if (!opt_.pool_idle_timeout) return 0;
-            const time_point now = clock_->coarse_now();
-            const duration limit = idle_limit();
-            auto idle = [&](const entry& e) {
-                return e.st == entry::state::ready && e.core &&
-                       now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) >= limit && !e.core->busy();
-            };
-            // The candidates, one shard at a time under its lock alone; then each is checked again
-            // and retired under ring_m_, a batch at a time. No lock is held for a scan of all
-            // pools: a creation (which takes ring_m_) waits for a shard's scan or a batch at most.
+            const auto idle = idle_test(clock_->coarse_now());
+            // The candidates, one shard at a time under its lock alone; then retire_idle().
             std::vector<Key> candidates;
             for (std::size_t i = 0; i <= shard_mask_; ++i) {
                 std::lock_guard lk(shards_[i].m);
@@ -400,25 +393,7 @@ public:
                     if (idle(n.second)) candidates.push_back(n.first);
                 });
             }
-            std::vector<retired> dead;
-            constexpr std::size_t batch = 64;
-            for (std::size_t from = 0; from < candidates.size(); from += batch) {
-                std::lock_guard rl(ring_m_);
-                for (std::size_t i = from; i < std::min(candidates.size(), from + batch); ++i) {
-                    entry* e = nullptr;
-                    {
-                        shard& sh = shard_for(candidates[i]);
-                        std::lock_guard lk(sh.m);
-                        auto it = sh.map.find(candidates[i]);
-                        if (it != sh.map.end() && idle(it->second)) e = &it->second;
-                    }
-                    // (a ready entry leaves its shard only under ring_m_, held: e stays)
-                    if (e) dead.push_back(unlink_locked(*e, evict_reason::idle));
-                }
-            }
-            quiesce_retired(dead);
-            for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::idle);
-            return dead.size();
+            return retire_idle(candidates, idle);
         }
     }
 
@@ -426,17 +401,31 @@ public:
     void set_reset_signal(std::function<void()> f) noexcept { pool_context_->set_reset_signal(std::move(f)); }
 
     time_point maintain() {
-        evict_idle();
         time_point due = time_point::max();
-        if constexpr (Eviction::uses_idle) {
-            if (opt_.pool_idle_timeout) due = core_type::saturating_add(clock_->now(), *opt_.pool_idle_timeout);
-        }
-        // The pools a pass found quiet are left until they next need one (pool_core::skip_pass),
-        // unless no walk ran for so long that their notes may have wrapped around.
         const time_point now = clock_->now();
+        // One walk for both: the pools idle eviction retires (as evict_idle(), the same walk's
+        // candidates), and the others but those a pass found quiet, left until they next need
+        // one (pool_core::skip_pass) unless no walk ran for so long that their notes may have
+        // wrapped around.
         const auto last = time_point(duration(last_walk_.exchange(now.time_since_epoch().count(), std::memory_order_relaxed)));
         const bool fresh = now - last < std::chrono::hours(24);
-        const auto pools = live_pools([&](const core_type& c) { return fresh && c.skip_pass(now, due); });
+        std::vector<core_ref> pools;
+        bool walked = false;
+        if constexpr (Eviction::uses_idle) {
+            if (opt_.pool_idle_timeout) {
+                walked = true;
+                std::vector<Key> candidates;
+                due = core_type::saturating_add(now, *opt_.pool_idle_timeout);
+                const auto idle = idle_test(clock_->coarse_now());
+                pools = live_pools([&](const node_type& n) {
+                    if (idle(n.second)) return candidates.push_back(n.first), true;
+                    return fresh && n.second.core->skip_pass(now, due);
+                });
+                retire_idle(candidates, idle);
+            }
+        }
+        if (!walked)
+            pools = live_pools([&](const node_type& n) { return fresh && n.second.core->skip_pass(now, due); });
         passes_.fetch_add(pools.size(), std::memory_order_relaxed);
         for (auto& p : pools) due = std::min(due, p->maintain());
         // Spare chunks in huge pages for the pools to come (registry_options::huge_pages): faulted
@@ -736,6 +725,41 @@ private:
     /// How long after the stored last use evict_idle() retires an entry (pool_idle_timeout set):
     /// the timeout plus the staleness touch() allows (the stored use lags the last acquire by
     /// less than a step), saturated at duration::max().
+    /// Whether an entry is idle enough for idle eviction at `now`: ready, its pool unused for
+    /// pool_idle_timeout and not busy (that last check takes the pool's lock).
+    auto idle_test(time_point now) const noexcept {
+        return [now, limit = idle_limit()](const entry& e) {
+            return e.st == entry::state::ready && e.core &&
+                   now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) >= limit && !e.core->busy();
+        };
+    }
+
+    /// evict_idle()'s second half: each candidate checked again and retired under ring_m_, a
+    /// batch at a time (no lock is held for a scan of all pools: a creation, which takes ring_m_,
+    /// waits for a shard's scan or a batch at most).
+    template <class Idle>
+    std::size_t retire_idle(const std::vector<Key>& candidates, const Idle& idle) {
+        std::vector<retired> dead;
+        constexpr std::size_t batch = 64;
+        for (std::size_t from = 0; from < candidates.size(); from += batch) {
+            std::lock_guard rl(ring_m_);
+            for (std::size_t i = from; i < std::min(candidates.size(), from + batch); ++i) {
+                entry* e = nullptr;
+                {
+                    shard& sh = shard_for(candidates[i]);
+                    std::lock_guard lk(sh.m);
+                    auto it = sh.map.find(candidates[i]);
+                    if (it != sh.map.end() && idle(it->second)) e = &it->second;
+                }
+                // (a ready entry leaves its shard only under ring_m_, held: e stays)
+                if (e) dead.push_back(unlink_locked(*e, evict_reason::idle));
+            }
+        }
+        quiesce_retired(dead);
+        for (auto& d : dead) notify_pool_evicted(obs_, d.key, evict_reason::idle);
+        return dead.size();
+    }
+
     duration idle_limit() const noexcept {
         const duration timeout = *opt_.pool_idle_timeout, step(touch_step_);
         return timeout > duration::max() - step ? duration::max() : timeout + step;
@@ -1130,7 +1154,7 @@ private:
     /// The live pools but those `skip(core)` says to leave out (checked under the shard's lock,
     /// before a reference is taken).
     struct no_skip {
-        bool operator()(const core_type&) const noexcept { return false; }
+        bool operator()(const node_type&) const noexcept { return false; }
     };
     template <class Skip = no_skip>
     std::vector<core_ref> live_pools(Skip skip = {}) const {
@@ -1142,7 +1166,7 @@ private:
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             shards_[i].map.for_each([&](const node_type& n) {
-                if (n.second.st == entry::state::ready && n.second.core && !skip(*n.second.core.get()))
+                if (n.second.st == entry::state::ready && n.second.core && !skip(n))
                     v.push_back(n.second.core.share());
             });
         }
