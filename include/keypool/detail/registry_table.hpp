@@ -722,9 +722,6 @@ private:
     static duration::rep touch_step_of(const registry_options& o) noexcept {
         return o.pool_idle_timeout ? (*o.pool_idle_timeout / 32).count() : duration::max().count();
     }
-    /// How long after the stored last use evict_idle() retires an entry (pool_idle_timeout set):
-    /// the timeout plus the staleness touch() allows (the stored use lags the last acquire by
-    /// less than a step), saturated at duration::max().
     /// Whether an entry is idle enough for idle eviction at `now`: ready, its pool unused for
     /// pool_idle_timeout and not busy (that last check takes the pool's lock).
     auto idle_test(time_point now) const noexcept {
@@ -760,6 +757,9 @@ private:
         return dead.size();
     }
 
+    /// How long after the stored last use evict_idle() retires an entry (pool_idle_timeout set):
+    /// the timeout plus the staleness touch() allows (the stored use lags the last acquire by
+    /// less than a step), saturated at duration::max().
     duration idle_limit() const noexcept {
         const duration timeout = *opt_.pool_idle_timeout, step(touch_step_);
         return timeout > duration::max() - step ? duration::max() : timeout + step;
@@ -1148,14 +1148,14 @@ private:
         }
     }
 
-    /// A reference to every ready key's pool, each once (keys with a setup share pools), sorted
-    /// by address. Taken one shard at a time under its lock alone (not ring_m_, which a creation
-    /// takes: at 1e6 keys a walk of the ring under it held creations up for hundreds of ms).
-    /// The live pools but those `skip(core)` says to leave out (checked under the shard's lock,
-    /// before a reference is taken).
     struct no_skip {
         bool operator()(const node_type&) const noexcept { return false; }
     };
+    /// A reference to every ready key's pool, each once (keys with a setup share pools), sorted
+    /// by address, but those whose node `skip(node)` says to leave out (asked under the shard's
+    /// lock, before a reference is taken). Taken one shard at a time under its lock alone (not
+    /// ring_m_, which a creation takes: at 1e6 keys a walk of the ring under it held creations
+    /// up for hundreds of ms).
     template <class Skip = no_skip>
     std::vector<core_ref> live_pools(Skip skip = {}) const {
         std::vector<core_ref> v;
