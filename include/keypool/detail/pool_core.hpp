@@ -155,7 +155,7 @@ public:
         const std::uint16_t n_caches;
         const bool rseq_caches;
         // How long after a maintain() pass a pool it found quiet may go without another
-        // (next_pass(): a registry's maintain() skips it until then): 1/32 of the shortest timer a
+        // (skip_pass(): a registry's maintain() skips it until then): 1/32 of the shortest timer a
         // pass serves (idle timeout, lifetime, leak threshold, keepalive), so a pass it skips makes
         // nothing happen more than that late, and only what a pass learns by looking (when a lease
         // seen out came back: the idle timeout counts from the last pass that saw it out) is that
