@@ -44,7 +44,7 @@ namespace keypool::detail {
 ///
 /// Power-of-two buckets, indexed by the bits of a mixed hash right below its top 12 (hash_of,
 /// bucket_of; boost::hash of an integer is the integer itself). It doubles its buckets when it
-/// holds half as many nodes; reserve() sizes it up front so a growing registry does not rehash
+/// holds half as many nodes, or as many from 2,048 buckets on (capacity_of); reserve() sizes it up front so a growing registry does not rehash
 /// under the shard lock. An iterator is a node
 /// pointer (`->first`, `->second`); end() is nullptr.
 ///
@@ -91,7 +91,8 @@ public:
     key_table& operator=(const key_table&) = delete;
 
     std::size_t size() const noexcept { return size_; }
-    /// Buckets now: at least two per node (see buckets_per_key). Under the shard's lock.
+    /// Buckets now: at least two per node below 1,024 nodes, at least one from there (see
+    /// capacity_of). Under the shard's lock.
     std::size_t bucket_count() const noexcept { return current().count(); }
     iterator end() const noexcept { return nullptr; }
 
@@ -134,7 +135,7 @@ public:
     /// must then say External), or nullptr for the table's own.
     iterator emplace(const Key& k, void* mem = nullptr) {
         bucket_array b = current();
-        if (size_ >= b.count() / buckets_per_key) b = grow(2 * b.count());
+        if (size_ >= capacity_of(b.count())) b = grow(2 * b.count());
         node* n = build(k, mem);
         auto& head = b.heads[b.index(hash_of(n->first))];
         n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
@@ -229,12 +230,23 @@ private:
         sizeof(node) <= line ? line : (sizeof(node) + alignof(node) - 1) / alignof(node) * alignof(node);
     static_assert(alignof(node) <= line);
     static constexpr std::size_t min_buckets = 16;
-    // At least this many buckets per node, so a load between 1/4 and 1/2: a present key is the
-    // first of its chain 79-89% of the time, against 63-79% at a load between 1/2 and 1. A key
-    // further down costs a mispredicted branch and one more dependent miss (docs/benchmarks.md,
-    // "Session 16"). A bucket is 8 bytes.
-    static constexpr std::size_t buckets_per_key = 2;
-    static std::size_t buckets_for(std::size_t keys) noexcept { return std::max(min_buckets, std::bit_ceil(keys * buckets_per_key)); }
+    // The keys a table of `buckets` buckets holds before it doubles. Below dense_buckets, half a
+    // key per bucket (a load between 1/4 and 1/2): a present key is the first of its chain 79-89%
+    // of the time, against 63-79% at a load between 1/2 and 1, and a key further down costs a
+    // mispredicted branch and one more dependent miss (docs/benchmarks.md, "Session 16"). From
+    // dense_buckets on (16 KiB of buckets: tables of 1,024 keys and more), one key per bucket:
+    // there the bucket a hit reads first is itself a miss, and half the array stays in the L2
+    // more often than the shorter chains save (W3 at 100,000 keys, 64 tables of 2,048 buckets
+    // rather than 4,096: docs/benchmarks.md, "Session 24"). A bucket is 8 bytes.
+    static constexpr std::size_t dense_buckets = 2048;
+    static constexpr std::size_t capacity_of(std::size_t buckets) noexcept {
+        return buckets < dense_buckets ? buckets / 2 : buckets;
+    }
+    static std::size_t buckets_for(std::size_t keys) noexcept {
+        std::size_t n = min_buckets;
+        while (capacity_of(n) < keys) n *= 2;
+        return n;
+    }
 
     // A bucket array: 2^k heads on their own lines, k ≥ 4. The table's `buckets_` word holds its
     // address with 64 - k in the low 6 bits (the address is line-aligned), so a lookup reads the
