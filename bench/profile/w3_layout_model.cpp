@@ -31,6 +31,15 @@
 //   inline_key open addressing over 16-byte {key, block} pairs, at least two per key; the block
 //              is [head + slot 0][slot 1]: a hit reads the pair, then one line of the key (the
 //              key compared in the index, no node line): two rounds, one hot line (session 20).
+//   stride<S>  one_level's two hot lines at a fixed stride in one huge-page arena, block k at
+//              arena + S * k (node at 0, slot 0 at 64): `stride128` is pair_arena in huge pages,
+//              `stride192` a dense record of three lines, `stride576` the registry's block size
+//              with its hot lines first, `stride512` a power-of-two stride (its hot lines use a
+//              quarter of the cache sets). `registry576`: the registry's own block, slot 0 on line
+//              0 and the node on line 6 (session 24).
+//   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
+//              release), which keep the out-of-order window from reaching the next cycles' misses:
+//              what a longer cycle costs once a hit misses the caches (session 24).
 //   *_nocas    diagnostic: the same with plain stores for the head (not thread-safe): what the
 //              two locked instructions cost.
 //
@@ -55,6 +64,7 @@
 #include <utility>
 #include <vector>
 
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -324,6 +334,66 @@ private:
     u64 mask_ = 0;
 };
 
+// one_level's lines at stride `Stride` in one 2 MiB-aligned arena advised for huge pages (so the
+// TLB is no part of the difference): block k at arena + Stride * k, the node at NodeOff, slot 0 at
+// SlotOff. `Extra`: independent ALU instructions added per cycle, in fours (see *_plus40).
+template <std::size_t Stride, std::size_t NodeOff, std::size_t SlotOff, int Extra = 0>
+class strided {
+public:
+    struct node {
+        node* link = nullptr;
+        u64 key = 0;
+        std::atomic<u64> head{0};
+        unsigned char pad[40] = {};
+    };
+    static_assert(sizeof(node) == 64 && NodeOff % 64 == 0 && SlotOff % 64 == 0);
+    explicit strided(std::size_t keys) {
+        constexpr std::size_t huge = std::size_t{2} << 20;
+        bytes_ = (keys * Stride + 2 * huge) & ~(huge - 1);
+        void* raw = mmap(nullptr, bytes_ + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == MAP_FAILED) std::abort();
+        arena_ = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + huge - 1) & ~std::uintptr_t(huge - 1));
+        (void)madvise(arena_, bytes_, MADV_HUGEPAGE);
+        std::memset(arena_, 0, bytes_);
+        std::size_t n = 16;
+        while (n < keys) n *= 2;
+        buckets_.assign(n, nullptr);
+        mask_ = n - 1;
+        for (u64 k = 0; k < keys; ++k) {
+            unsigned char* block = arena_ + Stride * k;
+            new (block + SlotOff) slot;
+            node* nd = new (block + NodeOff) node;
+            nd->key = k;
+            node*& b = buckets_[mix(k) & mask_];
+            nd->link = b;
+            b = nd;
+        }
+    }
+    strided(const strided&) = delete;
+    strided& operator=(const strided&) = delete;
+    void cycle(u64 k, u64 now) {
+        constexpr std::ptrdiff_t to_slot = std::ptrdiff_t(SlotOff) - std::ptrdiff_t(NodeOff);
+        node* n = buckets_[mix(k) & mask_];
+        __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + to_slot, 1);
+        n = table<node>::find(n, k);
+        cycle_on<true>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + to_slot), now);
+        if constexpr (Extra > 0) {
+            u64 a = k, b = now, c = 1, d = 2;
+            for (int i = 0; i < Extra / 4; ++i) {
+                asm volatile("" : "+r"(a), "+r"(b), "+r"(c), "+r"(d));
+                a += 1, b += 3, c += 5, d += 7;
+            }
+            asm volatile("" : : "r"(a), "r"(b), "r"(c), "r"(d));
+        }
+    }
+
+private:
+    unsigned char* arena_ = nullptr; // (the model's memory lives until the process exits)
+    std::size_t bytes_ = 0;
+    std::vector<node*> buckets_;
+    u64 mask_ = 0;
+};
+
 // open addressing over the keys' blocks themselves: a power-of-two array of 448-byte entries
 // ([key + head, 64 bytes][slot 0][slot 1]), at least two per key, probed linearly from the key's
 // mixed hash. The entry's address follows from the hash alone, so its first line and slot 0's
@@ -458,6 +528,13 @@ const std::pair<const char*, runner> models[] = {
     {"pair_arena", run<node_then_slot<true, true>>},
     {"direct", run<direct<true>>},
     {"inline_key", run<inline_key<true>>},
+    {"stride128", run<strided<128, 0, 64>>},
+    {"stride192", run<strided<192, 0, 64>>},
+    {"stride512", run<strided<512, 0, 64>>},
+    {"stride576", run<strided<576, 0, 64>>},
+    {"registry576", run<strided<576, 384, 0>>},
+    {"stride128_plus40", run<strided<128, 0, 64, 40>>},
+    {"registry576_plus40", run<strided<576, 384, 0, 40>>},
 };
 
 } // namespace
