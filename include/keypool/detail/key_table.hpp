@@ -123,7 +123,7 @@ public:
                                                          std::ptrdiff_t ahead) noexcept(noexcept(Eq{}(k, k))) {
         const bucket_array b = bucket_array::of(load_acquire(word));
         for (node* n = load_acquire(b.heads[b.index(h)]); n; n = load_acquire(n->next)) {
-            if (ahead != 0) // (an address, not a pointer into the node: computed as an integer)
+            if (ahead != 0) [[likely]] // (an address, not a pointer into the node: computed as an integer)
                 prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
             if (Eq{}(k, n->first)) return n;
         }

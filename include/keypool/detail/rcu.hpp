@@ -204,7 +204,8 @@ public:
         rcu_record* r = r_;
         const std::uint64_t s = r->seq.load(std::memory_order_relaxed);
         r->seq.store(s + 1, std::memory_order_relaxed);
-        if (r->fenced) rcu_full_fence(r->seq);
+        if (r->fenced) [[unlikely]]
+            rcu_full_fence(r->seq);
         else std::atomic_signal_fence(std::memory_order_seq_cst);
     }
     KEYPOOL_ALWAYS_INLINE void leave() noexcept {

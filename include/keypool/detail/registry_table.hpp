@@ -181,16 +181,17 @@ public:
         }
         const std::size_t h = table_type::hash_of(key);
         const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
+        auto& x = *pool_context_; // (held in a register: the member is read again after every store)
         read_section rs;
         popped p;
-        const lookup found = pop_unlocked(h, key, now, rs, p);
+        const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) [[likely]] {
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(*pool_context_, p.s, now, when);
+            const auto r = p.core->checkout_detached(x, p.s, now, when);
             if (r == core_type::checkout_result::ok) [[likely]]
-                return leased(p.core, p.s, std::move(k), setup, ec);
+                return leased(p.core, p.s, std::move(k), setup, ec, x);
             if (r == core_type::checkout_result::delete_core) delete p.core;
         }
         rs.leave();
@@ -250,17 +251,18 @@ public:
     Lease try_acquire(const Key& key) noexcept {
         const std::size_t h = table_type::hash_of(key);
         const time_point now = clock_->coarse_now();
+        auto& x = *pool_context_;
         read_section rs;
         popped p;
-        const lookup found = pop_unlocked(h, key, now, rs, p);
+        const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) {
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(*pool_context_, p.s, now);
+            const auto r = p.core->checkout_detached(x, p.s, now);
             if (r == core_type::checkout_result::ok) {
                 std::error_code ec;
-                return leased(p.core, p.s, std::move(k), setup, ec);
+                return leased(p.core, p.s, std::move(k), setup, ec, x);
             }
             if (r == core_type::checkout_result::delete_core) delete p.core;
         }
@@ -797,7 +799,7 @@ private:
     /// holds keeps the core alive. Writes nothing shared but the pool's idle stack.
     /// `h`: hash_of(key), which picks the shard and the bucket.
     KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(std::size_t h, const Key& key, time_point now, const read_section& rs,
-                                              popped& p) noexcept {
+                                              popped& p, typename core_type::context& x) noexcept {
         shard& sh = shard_at(h);
         // A node in its pool's allocation (embeds) has slot 0 at a fixed distance: load it side
         // by side with the node, not after it (with two threads a key's node line, written by
@@ -805,7 +807,7 @@ private:
         // address means nothing, and its prefetch is harmless.
         std::ptrdiff_t to_slot0 = 0;
         if constexpr (embeds)
-            to_slot0 = static_cast<std::ptrdiff_t>(pool_context_->prefix) - static_cast<std::ptrdiff_t>(pool_context_->slots_back);
+            to_slot0 = static_cast<std::ptrdiff_t>(x.prefix) - static_cast<std::ptrdiff_t>(x.slots_back);
         auto it = table_type::find_shared_at(directory_[shard_index(h)], key, h, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
@@ -815,7 +817,7 @@ private:
             // The node lies in its pool's allocation, just before the core: the core's address
             // follows from the node's without waiting for the load of e.core, which only
             // confirms it (a node of the table's own memory has no such core: its e.core is used).
-            core_type* after = core_type::after_prefix(&*it, *pool_context_);
+            core_type* after = core_type::after_prefix(&*it, x);
             if (core == after) [[likely]] {
                 KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
                 core = after;
@@ -825,10 +827,10 @@ private:
         } else if (!core) [[unlikely]] {
             return lookup::missing;
         }
-        core_type::prefetch(core, *pool_context_);
+        core_type::prefetch(core, x);
         touch(e, now);
         count_hit(sh, rs);
-        typename core_type::slot* s = core->pop_idle(*pool_context_);
+        typename core_type::slot* s = core->pop_idle(x);
         if (!s) [[unlikely]]
             return lookup::empty;
         p = {core, s, &e};
@@ -839,7 +841,11 @@ private:
     /// empty lease and `ec` set if the setup failed. Built once, in the caller's return slot.
     Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
                  std::error_code& ec) noexcept {
-        Lease l(lease_access::make(core, s, *pool_context_), std::move(k));
+        return leased(core, s, std::move(k), setup, ec, *pool_context_);
+    }
+    Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
+                 std::error_code& ec, typename core_type::context& x) noexcept {
+        Lease l(lease_access::make(core, s, x), std::move(k));
         prepare(l, setup, ec);
         return l;
     }
