@@ -288,6 +288,32 @@ private:
     unsigned char* arena_ = nullptr;
 };
 
+// A key's node with its idle-stack head on the same line (one_level, pair_arena, strided).
+struct head_node {
+    head_node* link = nullptr;
+    u64 key = 0;
+    std::atomic<u64> head{0};
+    unsigned char pad[40] = {};
+};
+static_assert(sizeof(head_node) == 64);
+
+/// Power-of-two buckets for `keys` keys (at least 16), with key k's node, built in place by
+/// `make(k)`, linked in key order. Returns the bucket mask.
+template <class Make>
+u64 link_keys(std::vector<head_node*>& buckets, std::size_t keys, Make make) {
+    std::size_t n = 16;
+    while (n < keys) n *= 2;
+    buckets.assign(n, nullptr);
+    for (u64 k = 0; k < keys; ++k) {
+        head_node* nd = make(k);
+        nd->key = k;
+        head_node*& b = buckets[mix(k) & (n - 1)];
+        nd->link = b;
+        b = nd;
+    }
+    return n - 1;
+}
+
 // node and slot 0 side by side, both lines named by the bucket's pointer: each key's block an
 // allocation of its own ([node][slot 0][slot 1], 448 bytes: one_level), or (Dense: pair_arena) the
 // two hot lines of every key in one array, 128 bytes per key — the rest of slot 0 and slot 1 would
@@ -295,29 +321,16 @@ private:
 template <bool Cas, bool Dense>
 class node_then_slot {
 public:
-    struct node {
-        node* link = nullptr;
-        u64 key = 0;
-        std::atomic<u64> head{0};
-        unsigned char pad[40] = {};
-    };
-    static_assert(sizeof(node) == 64);
+    using node = head_node;
     explicit node_then_slot(std::size_t keys)
         : arena_(Dense ? static_cast<unsigned char*>(alloc(keys * 128 + sizeof(slot))) : nullptr) {
-        std::size_t n = 16;
-        while (n < keys) n *= 2;
-        buckets_.assign(n, nullptr);
-        mask_ = n - 1;
-        for (u64 k = 0; k < keys; ++k) { // in key order (Dense: node k + 1 overwrites slot k's tail)
+        // in key order (Dense: node k + 1 overwrites slot k's tail)
+        mask_ = link_keys(buckets_, keys, [&](u64 k) {
             auto* block = Dense ? arena_ + 128 * k : static_cast<unsigned char*>(alloc(64 + 2 * sizeof(slot)));
             if (Dense) new (block + 64) slot;
             else new (block + 64) slot[2];
-            node* nd = new (block) node;
-            nd->key = k;
-            node*& b = buckets_[mix(k) & mask_];
-            nd->link = b;
-            b = nd;
-        }
+            return new (block) node;
+        });
     }
     node_then_slot(const node_then_slot&) = delete;
     node_then_slot& operator=(const node_then_slot&) = delete;
@@ -340,13 +353,7 @@ private:
 template <std::size_t Stride, std::size_t NodeOff, std::size_t SlotOff, int Extra = 0>
 class strided {
 public:
-    struct node {
-        node* link = nullptr;
-        u64 key = 0;
-        std::atomic<u64> head{0};
-        unsigned char pad[40] = {};
-    };
-    static_assert(sizeof(node) == 64 && NodeOff % 64 == 0 && SlotOff % 64 == 0);
+    using node = head_node;
     explicit strided(std::size_t keys) {
         constexpr std::size_t huge = std::size_t{2} << 20;
         bytes_ = (keys * Stride + 2 * huge) & ~(huge - 1);
@@ -355,19 +362,12 @@ public:
         arena_ = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + huge - 1) & ~std::uintptr_t(huge - 1));
         (void)madvise(arena_, bytes_, MADV_HUGEPAGE);
         std::memset(arena_, 0, bytes_);
-        std::size_t n = 16;
-        while (n < keys) n *= 2;
-        buckets_.assign(n, nullptr);
-        mask_ = n - 1;
-        for (u64 k = 0; k < keys; ++k) {
+        static_assert(NodeOff % 64 == 0 && SlotOff % 64 == 0);
+        mask_ = link_keys(buckets_, keys, [&](u64 k) {
             unsigned char* block = arena_ + Stride * k;
             new (block + SlotOff) slot;
-            node* nd = new (block + NodeOff) node;
-            nd->key = k;
-            node*& b = buckets_[mix(k) & mask_];
-            nd->link = b;
-            b = nd;
-        }
+            return new (block + NodeOff) node;
+        });
     }
     strided(const strided&) = delete;
     strided& operator=(const strided&) = delete;
