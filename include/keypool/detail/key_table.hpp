@@ -44,8 +44,8 @@ namespace keypool::detail {
 ///
 /// Power-of-two buckets, indexed by the bits of a mixed hash right below its top 12 (hash_of,
 /// bucket_of; boost::hash of an integer is the integer itself). It doubles its buckets when it
-/// holds half as many nodes, or as many from 2,048 buckets on (capacity_of); reserve() sizes it up front so a growing registry does not rehash
-/// under the shard lock. An iterator is a node
+/// holds half as many nodes, or as many from 2,048 buckets on (capacity_of); reserve() sizes it
+/// up front so a growing registry does not rehash under the shard lock. An iterator is a node
 /// pointer (`->first`, `->second`); end() is nullptr.
 ///
 /// A node may also live in memory its caller owns (emplace(k, mem), replace(n, mem)): the table

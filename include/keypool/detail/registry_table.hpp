@@ -797,7 +797,8 @@ private:
     /// node, and the pool core it names, from being freed while it reads them (detail/rcu.hpp);
     /// once the caller has copied the entry's key and setup it may leave, since the connection it
     /// holds keeps the core alive. Writes nothing shared but the pool's idle stack.
-    /// `h`: hash_of(key), which picks the shard and the bucket.
+    /// `h`: hash_of(key), which picks the shard and the bucket; `x`: the pools' context
+    /// (*pool_context_, which the caller holds for the whole fast path).
     KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(std::size_t h, const Key& key, time_point now, const read_section& rs,
                                               popped& p, typename core_type::context& x) noexcept {
         shard& sh = shard_at(h);
