@@ -356,12 +356,12 @@ public:
     using node = head_node;
     explicit strided(std::size_t keys) {
         constexpr std::size_t huge = std::size_t{2} << 20;
-        bytes_ = (keys * Stride + 2 * huge) & ~(huge - 1);
-        void* raw = mmap(nullptr, bytes_ + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        const std::size_t bytes = (keys * Stride + 2 * huge) & ~(huge - 1);
+        void* raw = mmap(nullptr, bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (raw == MAP_FAILED) std::abort();
         arena_ = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + huge - 1) & ~std::uintptr_t(huge - 1));
-        (void)madvise(arena_, bytes_, MADV_HUGEPAGE);
-        std::memset(arena_, 0, bytes_);
+        (void)madvise(arena_, bytes, MADV_HUGEPAGE);
+        std::memset(arena_, 0, bytes);
         static_assert(NodeOff % 64 == 0 && SlotOff % 64 == 0);
         mask_ = link_keys(buckets_, keys, [&](u64 k) {
             unsigned char* block = arena_ + Stride * k;
@@ -389,7 +389,6 @@ public:
 
 private:
     unsigned char* arena_ = nullptr; // (the model's memory lives until the process exits)
-    std::size_t bytes_ = 0;
     std::vector<node*> buckets_;
     u64 mask_ = 0;
 };
