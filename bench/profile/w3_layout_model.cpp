@@ -19,6 +19,8 @@
 //   two        the node carries the head and the slots' address -> slot 0: two hot lines per key,
 //              slots in their own 384-byte allocation.
 //   two_arena  as two, the slots of all keys carved from one array in key order.
+//   two_arena32  as two_arena, the 32-byte nodes side by side (two a line) in the table's chunks:
+//              half the node lines of a key set (session 25).
 //   one_level  node and slots in one block ([node][slot 0][slot 1], 448 bytes): the bucket's
 //              pointer names both lines, so they load side by side (the registry's shape since
 //              session 13, without its core after the slots).
@@ -37,6 +39,10 @@
 //              with its hot lines first, `stride512` a power-of-two stride (its hot lines use a
 //              quarter of the cache sets). `registry576`: the registry's own block, slot 0 on line
 //              0 and the node on line 6 (session 24).
+//   one_line<S>  one hot line per key at stride S (huge pages): the node's link and key, the
+//              head, slot 0's header and its connection's first bytes in the block's first line,
+//              the key compared on the line the hit then writes. `one_line576` the registry's
+//              block size, `one_line64` dense (session 25).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
 //              release), which keep the out-of-order window from reaching the next cycles' misses:
 //              what a longer cycle costs once a hit misses the caches (session 24).
@@ -98,7 +104,7 @@ void* alloc(std::size_t n) {
     return p;
 }
 
-template <class Node>
+template <class Node, std::size_t NodeBytes = 64>
 class table {
 public:
     explicit table(std::size_t keys) {
@@ -112,12 +118,12 @@ public:
     }
     table(const table&) = delete;
     table& operator=(const table&) = delete;
-    Node* make() { // a 64-byte node from the table's chunks
+    Node* make() { // a node from the table's chunks, NodeBytes apart
         if (used_ == per_chunk) {
-            chunks_.push_back(alloc(64 * per_chunk));
+            chunks_.push_back(alloc(NodeBytes * per_chunk));
             used_ = 0;
         }
-        return new (static_cast<unsigned char*>(chunks_.back()) + 64 * used_++) Node;
+        return new (static_cast<unsigned char*>(chunks_.back()) + NodeBytes * used_++) Node;
     }
     void link(Node* n) {
         Node*& b = buckets_[mix(n->key) & mask_];
@@ -138,8 +144,10 @@ private:
     std::size_t used_ = per_chunk;
 };
 
-/// The work of one hit on `head` (the key's idle stack) and `slots`.
-template <bool Cas>
+/// The work of one hit on `head` (the key's idle stack) and `slots`. The reset writes the
+/// connection's bytes 0, ConnStride and 2 × ConnStride (8: the fake's hot word and its session;
+/// one_line's 2 keeps them on the slot's first line).
+template <bool Cas, int ConnStride = 8>
 inline void cycle_on(std::atomic<u64>& head, slot* slots, u64 now) {
     u64 h = head.load(std::memory_order_acquire);
     const auto i = static_cast<std::uint32_t>(h & none);
@@ -155,8 +163,8 @@ inline void cycle_on(std::atomic<u64>& head, slot* slots, u64 now) {
     if (s->dirty) { // the reset: the fake's counters and session come first in the connection
         ++s->resets;
         s->conn[0] = 0;
-        s->conn[8] = static_cast<unsigned char>(s->conn[8] + 1);
-        s->conn[16] = 0;
+        s->conn[ConnStride] = static_cast<unsigned char>(s->conn[ConnStride] + 1);
+        s->conn[2 * ConnStride] = 0;
     }
     s->last_used = now;
     s->state = 2;
@@ -258,7 +266,7 @@ private:
 };
 
 // the node carries the head
-template <bool Cas, bool Arena>
+template <bool Cas, bool Arena, std::size_t NodeBytes = 64>
 class two {
 public:
     struct node {
@@ -284,7 +292,7 @@ public:
     }
 
 private:
-    table<node> t_;
+    table<node, NodeBytes> t_;
     unsigned char* arena_ = nullptr;
 };
 
@@ -299,15 +307,15 @@ static_assert(sizeof(head_node) == 64);
 
 /// Power-of-two buckets for `keys` keys (at least 16), with key k's node, built in place by
 /// `make(k)`, linked in key order. Returns the bucket mask.
-template <class Make>
-u64 link_keys(std::vector<head_node*>& buckets, std::size_t keys, Make make) {
+template <class Node, class Make>
+u64 link_keys(std::vector<Node*>& buckets, std::size_t keys, Make make) {
     std::size_t n = 16;
     while (n < keys) n *= 2;
     buckets.assign(n, nullptr);
     for (u64 k = 0; k < keys; ++k) {
-        head_node* nd = make(k);
+        Node* nd = make(k);
         nd->key = k;
-        head_node*& b = buckets[mix(k) & (n - 1)];
+        Node*& b = buckets[mix(k) & (n - 1)];
         nd->link = b;
         b = nd;
     }
@@ -347,6 +355,19 @@ private:
     u64 mask_ = 0;
 };
 
+/// `bytes` (and a little more) of zeroed memory, 2 MiB-aligned and advised for huge pages, kept
+/// until the process exits.
+unsigned char* huge_page_arena(std::size_t bytes) {
+    constexpr std::size_t huge = std::size_t{2} << 20;
+    bytes = (bytes + 2 * huge) & ~(huge - 1);
+    void* raw = mmap(nullptr, bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) std::abort();
+    auto* arena = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + huge - 1) & ~std::uintptr_t(huge - 1));
+    (void)madvise(arena, bytes, MADV_HUGEPAGE);
+    std::memset(arena, 0, bytes);
+    return arena;
+}
+
 // one_level's lines at stride `Stride` in one 2 MiB-aligned arena advised for huge pages (so the
 // TLB is no part of the difference): block k at arena + Stride * k, the node at NodeOff, slot 0 at
 // SlotOff. `Extra`: independent ALU instructions added per cycle, in fours (see *_plus40).
@@ -355,13 +376,7 @@ class strided {
 public:
     using node = head_node;
     explicit strided(std::size_t keys) {
-        constexpr std::size_t huge = std::size_t{2} << 20;
-        const std::size_t bytes = (keys * Stride + 2 * huge) & ~(huge - 1);
-        void* raw = mmap(nullptr, bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (raw == MAP_FAILED) std::abort();
-        arena_ = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(raw) + huge - 1) & ~std::uintptr_t(huge - 1));
-        (void)madvise(arena_, bytes, MADV_HUGEPAGE);
-        std::memset(arena_, 0, bytes);
+        arena_ = huge_page_arena(keys * Stride);
         static_assert(NodeOff % 64 == 0 && SlotOff % 64 == 0);
         mask_ = link_keys(buckets_, keys, [&](u64 k) {
             unsigned char* block = arena_ + Stride * k;
@@ -390,6 +405,43 @@ public:
 private:
     unsigned char* arena_ = nullptr; // (the model's memory lives until the process exits)
     std::vector<node*> buckets_;
+    u64 mask_ = 0;
+};
+
+// one hot line per key: block k at arena + Stride * k (huge pages, as strided), its first line
+// holding the node's link and key, the idle-stack head, slot 0's 32-byte header and the first 8
+// bytes of its connection, which the reset touches (the fake's hot word); the chain's key compare
+// reads the line the hit then writes. What a hit would cost with the node's fields in slot 0's
+// line (session 25). At a stride below the slot's size (one_line64) each key's slot runs into
+// the next keys' lines, built after it (as pair_arena): only its first line is the model's.
+template <std::size_t Stride>
+class one_line {
+public:
+    struct line_head {
+        line_head* link = nullptr;
+        u64 key = 0;
+        std::atomic<u64> head{0};
+    };
+    static_assert(sizeof(line_head) == 24 && sizeof(slot) == 184);
+    explicit one_line(std::size_t keys) {
+        arena_ = huge_page_arena(keys * Stride);
+        mask_ = link_keys(buckets_, keys, [&](u64 k) {
+            unsigned char* block = arena_ + Stride * k;
+            new (block + 24) slot;
+            return new (block) line_head;
+        });
+    }
+    one_line(const one_line&) = delete;
+    one_line& operator=(const one_line&) = delete;
+    void cycle(u64 k, u64 now) {
+        line_head* n = buckets_[mix(k) & mask_];
+        while (n->key != k) n = n->link;
+        cycle_on<true, 2>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + 24), now);
+    }
+
+private:
+    unsigned char* arena_ = nullptr; // (the model's memory lives until the process exits)
+    std::vector<line_head*> buckets_;
     u64 mask_ = 0;
 };
 
@@ -522,6 +574,7 @@ const std::pair<const char*, runner> models[] = {
     {"two", run<two<true, false>>},
     {"two_arena", run<two<true, true>>},
     {"two_arena_nocas", run<two<false, true>>},
+    {"two_arena32", run<two<true, true, 32>>},
     {"one_level", run<node_then_slot<true, false>>},
     {"one_level_nocas", run<node_then_slot<false, false>>},
     {"pair_arena", run<node_then_slot<true, true>>},
@@ -532,6 +585,8 @@ const std::pair<const char*, runner> models[] = {
     {"stride512", run<strided<512, 0, 64>>},
     {"stride576", run<strided<576, 0, 64>>},
     {"registry576", run<strided<576, 384, 0>>},
+    {"one_line576", run<one_line<576>>},
+    {"one_line64", run<one_line<64>>},
     {"stride128_plus40", run<strided<128, 0, 64, 40>>},
     {"registry576_plus40", run<strided<576, 384, 0, 40>>},
 };
