@@ -41,7 +41,11 @@ public:
     }
     basic_lease(const basic_lease&) = delete;
     basic_lease& operator=(const basic_lease&) = delete;
-    KEYPOOL_ALWAYS_INLINE ~basic_lease() { give_back(false); }
+    /// Returns the connection, as release() does, but leaves the members as they are: nothing
+    /// reads them after (two stores fewer on every acquire + release).
+    KEYPOOL_ALWAYS_INLINE ~basic_lease() {
+        if (slot_ && core_->release(slot_, false, *ctx_)) delete core_;
+    }
 
     explicit operator bool() const noexcept { return slot_ != nullptr; }
 
