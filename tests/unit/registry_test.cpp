@@ -451,8 +451,10 @@ TEST_CASE("idle eviction holds no lock over all pools: a new key's pool is built
 }
 
 TEST_CASE("idle eviction retires a pool between pool_idle_timeout and 33/32 of it after its last acquire, never before") {
-    // A hit stores the key's last use only once the stored one is 1/32 of the timeout old (it
-    // leaves the key's node line unwritten, docs/design.md), and evict_idle() allows for that.
+    // A hit on a key's own pool stamps the pool's slot, not the key's entry (it leaves the key's
+    // node line unwritten, docs/design.md); a hit on a shared pool stores the key's last use once
+    // the stored one is 1/32 of the timeout old. evict_idle() allows for that staleness: it reads
+    // the slots once the stored use is that old.
     fixture f;
     auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = 32min});
     r.acquire("a").release(); // t = 0: stored
@@ -471,6 +473,23 @@ TEST_CASE("idle eviction retires a pool between pool_idle_timeout and 33/32 of i
     CHECK(r.evict_idle() == 0); // idle 32:59 since the last acquire (stored): within 33/32
     f.clock.advance(1s);
     CHECK(r.evict_idle() == 1); // idle 33:00
+}
+
+TEST_CASE("idle eviction counts acquires through a pool(key) object as uses of the key") {
+    // Its pool's slots record every checkout, whoever asked: a worker holding the pool keeps
+    // the key alive while it uses it. (Before, only the registry's own acquires stamped the key.)
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::idle>>({.pool_idle_timeout = 15min});
+    auto p = r.pool("a"); // t = 0
+    REQUIRE(p);
+    f.clock.advance(14min);
+    p->acquire().release(); // t = 14 min
+    f.clock.advance(14min);
+    CHECK(r.evict_idle() == 0); // t = 28 min: 14 min since the pool's last acquire
+    f.clock.advance(1min + 28124ms);
+    CHECK(r.evict_idle() == 0); // just under 33/32 of the timeout since that acquire
+    f.clock.advance(1ms);
+    CHECK(r.evict_idle() == 1);
 }
 
 TEST_CASE("idle eviction with the longest pool_idle_timeout never retires a pool (no overflow)") {

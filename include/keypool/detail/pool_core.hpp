@@ -973,6 +973,21 @@ public:
         return false;
     }
 
+    /// What a registry reads of a pool of its own instead of stamping its entry on every hit (the
+    /// checkout stamps the slot already): the sum of the slots' use counts, modulo 2^32 (it
+    /// changes with every checkout), and the latest checkout's time. No lock: each slot's count
+    /// and time are read once; a checkout racing with the read is seen by the next.
+    std::uint32_t uses_mod32() const noexcept {
+        std::uint32_t n = 0;
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) n += slots()[i].uses.load(std::memory_order_relaxed);
+        return n;
+    }
+    time_point last_checkout() const noexcept {
+        time_point t{};
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) t = std::max(t, used_at(slots()[i]));
+        return t;
+    }
+
     std::error_code last_connect_error() const noexcept {
         std::lock_guard lk(m_);
         return slow_ ? slow_->last_connect_error : std::error_code{};

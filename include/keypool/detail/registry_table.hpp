@@ -617,7 +617,11 @@ private:
         state_cell st;
         atomic<bool> referenced{true};
         bool embedded = false; // the node lives in its pool's allocation (see embeds)
-        atomic<duration::rep> last_used{0};
+        // An embedded entry's pool is its own: hits stamp its slots, not the entry (pop_unlocked).
+        // The CLOCK hand's note of the pool's use count (uses_mod32) at its last visit, under
+        // ring_m_; last_used is brought up to the pool's last checkout by the idle walks (last_use).
+        std::uint32_t seen_uses = 0;
+        mutable atomic<duration::rep> last_used{0};
         core_cell core; // ready: the pool (an owner of its core); empty otherwise
         [[no_unique_address]] held<setup_type> setup{}; // ready: the route's per-lease setup
         struct no_share {};
@@ -728,9 +732,27 @@ private:
     /// pool_idle_timeout and not busy (that last check takes the pool's lock).
     auto idle_test(time_point now) const noexcept {
         return [now, limit = idle_limit()](const entry& e) {
-            return e.st == entry::state::ready && e.core &&
-                   now - time_point(duration(e.last_used.load(std::memory_order_relaxed))) >= limit && !e.core->busy();
+            return e.st == entry::state::ready && e.core && now - last_use(e, now, limit) >= limit && !e.core->busy();
         };
+    }
+    /// The entry's last use as idle eviction sees it: the stored one (touch), or, once that is
+    /// `limit` old, for an entry whose pool is its own (hits stamp only the pool's slots), the
+    /// pool's last checkout if later, stored back: a busy key's slots are read once a timeout,
+    /// not on every walk.
+    static time_point last_use(const entry& e, time_point now, duration limit) noexcept {
+        const time_point stored(duration(e.last_used.load(std::memory_order_relaxed)));
+        if (!e.embedded || now - stored < limit) return stored;
+        const time_point used = e.core->last_checkout();
+        if (used <= stored) return stored;
+        e.last_used.store(used.time_since_epoch().count(), std::memory_order_relaxed);
+        return used;
+    }
+    /// The CLOCK hand's visit (under ring_m_): whether the entry's own pool had a checkout since
+    /// the hand's last visit (its use count moved), noted for the next.
+    static bool used_since_hand(entry& e) noexcept {
+        if (!e.embedded) return false;
+        const std::uint32_t u = e.core->uses_mod32();
+        return std::exchange(e.seen_uses, u) != u;
     }
 
     /// evict_idle()'s second half: each candidate checked again and retired under ring_m_, a
@@ -769,7 +791,9 @@ private:
 
     /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
     /// idle eviction, each stored only when it changes (the bit is clear) or has grown stale (by
-    /// touch_step_), so that a hit's stores are rare and a key's node line stays shared.
+    /// touch_step_), so that a hit's stores are rare and a key's node line stays shared. The fast
+    /// path calls it for entries whose pool is shared (routes with a setup) only: a key's own pool
+    /// records its use in its slots (last_use, used_since_hand).
     KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
         const auto now = coarse_now.time_since_epoch().count();
         if constexpr (Eviction::uses_lru) {
@@ -822,14 +846,19 @@ private:
             if (core == after) [[likely]] {
                 KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
                 core = after;
+                // The key's own pool: the checkout stamps the slot, which is what eviction reads
+                // (last_use, used_since_hand); nothing of the entry is touched.
             } else if (!core) { // (empty once forget_missing took it)
                 return lookup::missing;
+            } else {
+                touch(e, now);
             }
-        } else if (!core) [[unlikely]] {
-            return lookup::missing;
+        } else {
+            if (!core) [[unlikely]]
+                return lookup::missing;
+            touch(e, now);
         }
         core_type::prefetch(core, x);
-        touch(e, now);
         count_hit(sh, rs);
         typename core_type::slot* s = core->pop_idle(x);
         if (!s) [[unlikely]]
@@ -1128,8 +1157,10 @@ private:
     }
 
     /// CLOCK: sweep the ring from the hand, giving referenced or busy pools a second chance, and
-    /// retire the first that has neither, until the ring is within max_pools. Amortised O(1): each
-    /// step clears a bit that only an acquire sets again. After two full turns a busy pool is
+    /// retire the first that has neither, until the ring is within max_pools. Referenced: the bit
+    /// touch() sets, or for a key's own pool a checkout since the hand's last visit
+    /// (used_since_hand: max_size slot reads). Amortised O(1) steps: each takes a second chance
+    /// only an acquire gives again. After two full turns a busy pool is
     /// retired anyway (its leases finish first). `fresh`, the entry just created, is never chosen:
     /// its creator is about to use it.
     void evict_over_cap(entry* fresh) {
@@ -1141,8 +1172,9 @@ private:
                 while (ring_.size() > opt_.max_pools) {
                     entry& e = ring_.front();
                     const bool last_resort = steps++ > 2 * ring_.size();
+                    const bool used = used_since_hand(e);
                     if (&e == fresh ||
-                        (!last_resort && (e.referenced.load(std::memory_order_relaxed) || e.core->busy()))) {
+                        (!last_resort && (e.referenced.load(std::memory_order_relaxed) || used || e.core->busy()))) {
                         e.referenced.store(false, std::memory_order_relaxed);
                         ring_.splice(ring_.end(), ring_, ring_.begin()); // advance the hand
                         continue;
