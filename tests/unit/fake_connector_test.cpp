@@ -113,6 +113,24 @@ TEST_CASE("session state is set by use and cleared by reset, and failures are in
     CHECK(c.stats().reset_failures == 1);
 }
 
+TEST_CASE("fail_next_resets fails the next resets, of connections open before or opened after, then none") {
+    keypool::fake::connector c;
+    std::error_code ec;
+    const auto soon = keypool::steady_clock{}.now() + 1s;
+    auto x = c.connect("t", soon, {}, ec);
+    c.fail_next_resets(2);
+    auto y = c.connect("t", soon, {}, ec); // opened after the call: its resets may fail too
+    CHECK_FALSE(c.reset(*y));
+    CHECK_FALSE(c.reset(*x));
+    CHECK(c.reset(*x));
+    CHECK(c.reset(*y));
+    CHECK(c.stats().reset_failures == 2);
+    c.fail_next_resets(1); // again, once both have seen the count run out
+    CHECK_FALSE(c.reset(*y));
+    CHECK(c.reset(*x));
+    CHECK(c.stats().reset_failures == 3);
+}
+
 TEST_CASE("a killed connection is reported dead by alive and fails its reset") {
     keypool::fake::connector c;
     std::error_code ec;

@@ -117,9 +117,10 @@ struct counters {
 struct connection;
 
 namespace detail {
-/// A connection's kill flag and counters, kept inside the connection (reset and alive touch only
-/// the connection, as a real connector's would: no second allocation to miss in the cache). Only
-/// the connection's current owner calls reset/alive, so the counters need no read-modify-write.
+/// A connection's flags and counters, kept inside the connection (reset and alive touch only the
+/// connection, as a real connector's would: no second allocation to miss in the cache). Only the
+/// connection's current owner calls reset/alive, so the counters need no read-modify-write; the
+/// flags, which the connector also sets (kill, fail_next_resets), change by atomic or/and.
 /// Two parts: what every reset touches (`hot_state`, 8 bytes) comes first in the connection, then
 /// its session (whose length a reset reads), so that a pool slot's first cache line holds all of
 /// it (pool_core puts the idle-stack head and slot 0's 32-byte header before it: 8 + 32 + 8 + 16
@@ -134,10 +135,15 @@ void copy(std::atomic<T>& to, const std::atomic<T>& from) noexcept {
     to.store(from.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 struct hot_state {
-    std::atomic<bool> dead{false};
+    /// `killed`: alive, ping and reset report failure from now on. `faulty`: resets were set to
+    /// fail (fail_next_resets) while the connection was open, so its next reset looks at the
+    /// connector's count (the fault-free reset reads this byte alone, no shared state).
+    static constexpr std::uint8_t killed = 1, faulty = 2;
+    std::atomic<std::uint8_t> flags{0};
     std::atomic<std::uint32_t> resets{0};
+    bool dead() const noexcept { return (flags.load(std::memory_order_relaxed) & killed) != 0; }
     void copy_from(const hot_state& o) noexcept {
-        dead.store(o.dead.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        copy(flags, o.flags);
         copy(resets, o.resets);
     }
 };
@@ -270,8 +276,12 @@ public:
         std::lock_guard lk(st_->m);
         for (std::size_t i = 0; i < n; ++i) st_->script.push_back(outcome::fail(ec));
     }
-    /// The next `n` resets report failure.
-    void fail_next_resets(std::size_t n) { st_->failing_resets.fetch_add(n); }
+    /// The next `n` resets report failure (of connections open now or opened before they have).
+    void fail_next_resets(std::size_t n) {
+        std::lock_guard lk(st_->m);
+        st_->failing_resets.fetch_add(n);
+        for (auto& [id, r] : st_->live) r.hot->flags.fetch_or(detail::hot_state::faulty);
+    }
     /// From now on every `close` blocks until `g` opens (nullptr: closes return at once again).
     void block_closes(std::shared_ptr<gate> g) {
         std::lock_guard lk(st_->m);
@@ -280,11 +290,11 @@ public:
     /// Kills the connection with this id: `alive` and `reset` report false from now on.
     void kill(std::uint64_t id) {
         std::lock_guard lk(st_->m);
-        if (auto it = st_->live.find(id); it != st_->live.end()) it->second.hot->dead = true;
+        if (auto it = st_->live.find(id); it != st_->live.end()) it->second.hot->flags.fetch_or(detail::hot_state::killed);
     }
     void kill_all() {
         std::lock_guard lk(st_->m);
-        for (auto& [id, r] : st_->live) r.hot->dead = true;
+        for (auto& [id, r] : st_->live) r.hot->flags.fetch_or(detail::hot_state::killed);
     }
 
     // ---- inspection ---------------------------------------------------------------------------
@@ -335,6 +345,7 @@ public:
             c->id = ++st_->next_id;
             c->target = target;
             c->owner_ = st_;
+            if (st_->failing_resets.load(std::memory_order_relaxed) != 0) c->hot_.flags.store(detail::hot_state::faulty);
             st_->live[c->id].point_at(c->hot_, c->cold_);
         }
         return c; // (a move re-registers it, under m)
@@ -343,8 +354,7 @@ public:
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
     KEYPOOL_ALWAYS_INLINE bool reset(connection& c) {
         detail::bump(c.hot_.resets);
-        if (c.hot_.dead.load(std::memory_order_relaxed) || st_->failing_resets.load(std::memory_order_relaxed) != 0)
-            [[unlikely]]
+        if (c.hot_.flags.load(std::memory_order_relaxed) != 0) [[unlikely]]
             return reset_faulty(c);
         if (!c.session.empty()) c.session.clear();
         return true;
@@ -352,13 +362,13 @@ public:
 
     KEYPOOL_ALWAYS_INLINE bool alive(connection& c) {
         detail::bump(c.cold_.alive_checks);
-        return !c.hot_.dead.load(std::memory_order_relaxed);
+        return !c.hot_.dead();
     }
 
     /// The keepalive round trip: fails for a killed connection, like `alive`.
     bool ping(connection& c) {
         detail::bump(c.cold_.pings);
-        return !c.hot_.dead.load(std::memory_order_relaxed);
+        return !c.hot_.dead();
     }
 
     void close(connection& c) {
@@ -398,12 +408,18 @@ public:
     }
 
 private:
-    // reset() of a killed connection, or while resets are set to fail (fail_next_resets).
+    // reset() of a killed connection, or of one open while resets were set to fail
+    // (fail_next_resets): it fails while the count lasts; once it is out, the flag goes.
     KEYPOOL_NOINLINE bool reset_faulty(connection& c) {
-        bool fail = c.hot_.dead.load(std::memory_order_relaxed);
+        bool fail = c.hot_.dead();
         for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
             fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
         if (!fail) {
+            {
+                std::lock_guard lk(st_->m); // (fail_next_resets flags under it: none is lost)
+                if (st_->failing_resets.load(std::memory_order_relaxed) == 0)
+                    c.hot_.flags.fetch_and(static_cast<std::uint8_t>(~detail::hot_state::faulty));
+            }
             if (!c.session.empty()) c.session.clear();
             return true;
         }
