@@ -492,6 +492,20 @@ TEST_CASE("idle eviction counts acquires through a pool(key) object as uses of t
     CHECK(r.evict_idle() == 1);
 }
 
+TEST_CASE("idle eviction retires a pool that maintain keeps warm: its connects for min_idle are not uses") {
+    fixture f;
+    auto r = f.make<keypool::with_eviction<keypool::evict::idle>>(
+        {.pool = {.min_idle = 1, .max_lifetime = 4min, .lifetime_jitter = 0s}, .pool_idle_timeout = 15min});
+    r.acquire("a").release(); // t = 0
+    for (int i = 0; i < 3; ++i) {
+        f.clock.advance(4min);
+        r.maintain(); // t = 4, 8, 12 min: the connection is past its lifetime and opened again
+    }
+    CHECK(f.fake.stats().connects == 4);
+    f.clock.advance(3min + 28125ms); // t = 15 min 28 s: the timeout and its 1/32 since the acquire
+    CHECK(r.evict_idle() == 1);
+}
+
 TEST_CASE("idle eviction with the longest pool_idle_timeout never retires a pool (no overflow)") {
     // The timeout plus the staleness a hit may leave (1/32 of it) saturates at duration::max():
     // under UBSan an unsaturated sum is an overflow.

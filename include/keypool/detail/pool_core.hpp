@@ -118,6 +118,10 @@ public:
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
         std::uint32_t seen_uses = 0;
+        // The use count when maintain() opened the connection (under m_): equal to uses until
+        // its first checkout, so a registry can tell a use's stamp from such a connect's
+        // (last_use()); one less for a connect an acquire made, whose stamp is a use.
+        std::uint32_t uses_at_connect = 0;
         time_point seen_in_use_at{};
         time_point last_pinged{}; // keepalive: the last successful ping
     };
@@ -974,17 +978,23 @@ public:
     }
 
     /// What a registry reads of a pool of its own instead of stamping its entry on every hit (the
-    /// checkout stamps the slot already): the sum of the slots' use counts, modulo 2^32 (it
-    /// changes with every checkout), and the latest checkout's time. No lock: each slot's count
-    /// and time are read once; a checkout racing with the read is seen by the next.
+    /// checkout stamps the slot already). uses_mod32(): the sum of the slots' use counts, modulo
+    /// 2^32 (it changes with every checkout); no lock, each count read once (a checkout racing
+    /// with the read is seen by the next). last_use(): the latest checkout's time, under the
+    /// lock; a slot whose connection has had no checkout since it was opened does not count (its
+    /// stamp is the connect's: maintain() opens connections for min_idle that nobody asked for).
     std::uint32_t uses_mod32() const noexcept {
         std::uint32_t n = 0;
         for (std::size_t i = 0; i < ctx_->max_size; ++i) n += slots()[i].uses.load(std::memory_order_relaxed);
         return n;
     }
-    time_point last_checkout() const noexcept {
+    time_point last_use() const noexcept {
+        std::lock_guard lk(m_);
         time_point t{};
-        for (std::size_t i = 0; i < ctx_->max_size; ++i) t = std::max(t, used_at(slots()[i]));
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) {
+            const slot& s = slots()[i];
+            if (s.uses.load(std::memory_order_relaxed) != s.uses_at_connect) t = std::max(t, used_at(s));
+        }
         return t;
     }
 
@@ -1570,6 +1580,8 @@ private:
             if (slow_) slow_->failures = 0;
             s->conn.emplace(std::move(*c));
             set_used_at(*s, end);
+            // (an acquire's own connect is a use: its stamp counts at once)
+            s->uses_at_connect = s->uses.load(std::memory_order_relaxed) - (for_acquire ? 1 : 0);
             s->retire.store(0, std::memory_order_relaxed);
             s->seen_uses = 0;
             s->seen_in_use_at = {};

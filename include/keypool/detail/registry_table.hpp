@@ -737,12 +737,12 @@ private:
     }
     /// The entry's last use as idle eviction sees it: the stored one (touch), or, once that is
     /// `limit` old, for an entry whose pool is its own (hits stamp only the pool's slots), the
-    /// pool's last checkout if later, stored back: a busy key's slots are read once a timeout,
-    /// not on every walk.
+    /// pool's last checkout if later (pool_core::last_use: not maintain()'s connects), stored
+    /// back: a busy key's slots are read once a timeout, not on every walk.
     static time_point last_use(const entry& e, time_point now, duration limit) noexcept {
         const time_point stored(duration(e.last_used.load(std::memory_order_relaxed)));
         if (!e.embedded || now - stored < limit) return stored;
-        const time_point used = e.core->last_checkout();
+        const time_point used = e.core->last_use();
         if (used <= stored) return stored;
         e.last_used.store(used.time_since_epoch().count(), std::memory_order_relaxed);
         return used;
