@@ -980,9 +980,9 @@ public:
     /// What a registry reads of a pool of its own instead of stamping its entry on every hit (the
     /// checkout stamps the slot already). uses_mod32(): the sum of the slots' use counts, modulo
     /// 2^32 (it changes with every checkout); no lock, each count read once (a checkout racing
-    /// with the read is seen by the next). last_use(): the latest checkout's time, under the
-    /// lock; a slot whose connection has had no checkout since it was opened does not count (its
-    /// stamp is the connect's: maintain() opens connections for min_idle that nobody asked for).
+    /// with the read is seen by the next). last_use(): the time of the latest checkout or
+    /// acquire's own connect, under the lock; a slot whose connection maintain() opened and no one
+    /// has checked out since does not count (opened for min_idle, not asked for).
     std::uint32_t uses_mod32() const noexcept {
         std::uint32_t n = 0;
         for (std::size_t i = 0; i < ctx_->max_size; ++i) n += slots()[i].uses.load(std::memory_order_relaxed);

@@ -608,8 +608,9 @@ private:
 
     // An entry lives inside its hash-table node, after the key (the table is node-based, so it
     // never moves): finding a key and using its pool touches the bucket, then the node, then the
-    // pool — no separately allocated entry in between. The hot path reads st, core, setup and
-    // writes referenced/last_used: they come first. The ring hook is touched only by eviction.
+    // pool — no separately allocated entry in between. The hot path reads st, core, setup and,
+    // for keys that share a pool, writes referenced/last_used: they come first. The ring hook is
+    // touched only by eviction.
     // Lock-free lookups read st and core (atomics) and, once st is ready, setup and shared_key,
     // which do not change while the node is linked.
     struct entry {
@@ -619,7 +620,7 @@ private:
         bool embedded = false; // the node lives in its pool's allocation (see embeds)
         // An embedded entry's pool is its own: hits stamp its slots, not the entry (pop_unlocked).
         // The CLOCK hand's note of the pool's use count (uses_mod32) at its last visit, under
-        // ring_m_; last_used is brought up to the pool's last checkout by the idle walks (last_use).
+        // ring_m_; last_used is brought up to the pool's last use by the idle walks (last_use).
         std::uint32_t seen_uses = 0;
         mutable atomic<duration::rep> last_used{0};
         core_cell core; // ready: the pool (an owner of its core); empty otherwise
@@ -737,7 +738,7 @@ private:
     }
     /// The entry's last use as idle eviction sees it: the stored one (touch), or, once that is
     /// `limit` old, for an entry whose pool is its own (hits stamp only the pool's slots), the
-    /// pool's last checkout if later (pool_core::last_use: not maintain()'s connects), stored
+    /// pool's last use if later (pool_core::last_use: not maintain()'s connects), stored
     /// back: a busy key's slots are read once a timeout, not on every walk.
     static time_point last_use(const entry& e, time_point now, duration limit) noexcept {
         const time_point stored(duration(e.last_used.load(std::memory_order_relaxed)));
