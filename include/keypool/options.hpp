@@ -154,8 +154,9 @@ struct registry_options {
     /// 1..1'000'000.
     std::size_t max_connections = 100;
     /// Under `evict::idle`, a pool with no lease out and no acquire for this long is retired (by
-    /// `maintain()` / `evict_idle()`, once between this and 33/32 of it: an acquire stores its time
-    /// only when the stored one is 1/32 of it old). Default 15 min; nullopt = never; when set,
+    /// `maintain()` / `evict_idle()`, once between this and 33/32 of it: the last acquire's time
+    /// as a key keeps it may lag by up to 1/32). Acquires through a `pool(key)` object count;
+    /// `maintain()`'s connects for `min_idle` do not. Default 15 min; nullopt = never; when set,
     /// must be positive.
     std::optional<duration> pool_idle_timeout = 15min;
     /// How long a failed resolution is remembered and returned at once to later callers for the key.
