@@ -38,7 +38,7 @@ TEST_CASE("the coarse reading calls the vDSO directly and agrees with clock_gett
 
 namespace {
 keypool::detail::coarse_ticker_state& ticker_state() { return keypool::detail::coarse_ticker_state::get(); }
-keypool::duration::rep cell() { return keypool::detail::coarse_cell.ticks.load(); }
+keypool::duration::rep cell() { return keypool::detail::coarse_cell.copy(); }
 /// Reads the clock until the process's ticker keeps a copy (it may be idling: unread for a while).
 bool copy_kept() {
     return kp_test::eventually([] {
@@ -52,12 +52,12 @@ TEST_CASE("a coarse ticker keeps a copy of the coarse clock while held, and drop
     keypool::detail::coarse_time_cell mine; // a ticker of its own: the process's may be held by static pools
     keypool::detail::coarse_ticker_state t(mine, false);
     CHECK_FALSE(t.running());
-    CHECK(mine.ticks.load() == 0);
+    CHECK_FALSE(mine.kept());
     const keypool::time_point before = keypool::steady_clock::read_coarse();
     t.hold();
     CHECK(t.running());
-    const keypool::duration::rep first = mine.ticks.load();
-    CHECK(first >= before.time_since_epoch().count()); // published before hold() returned
+    const keypool::duration::rep first = mine.copy();
+    CHECK(first >= before.time_since_epoch().count() - 1); // published before hold() returned (lowest bit cleared)
     CHECK(first <= keypool::steady_clock::read_coarse().time_since_epoch().count());
     t.hold(); // a second holder shares the thread
     CHECK(t.holders() == 2);
@@ -66,31 +66,52 @@ TEST_CASE("a coarse ticker keeps a copy of the coarse clock while held, and drop
     // The thread refreshes the copy while it is read (the coarse clock moves every few ms).
     CHECK(kp_test::eventually([&] {
         mine.want();
-        return mine.ticks.load() > first;
+        return mine.copy() > first;
     }));
     t.drop();
     CHECK(t.holders() == 0);
     CHECK_FALSE(t.running());
-    CHECK(mine.ticks.load() == 0); // and the stopped thread never writes it again
+    CHECK_FALSE(mine.kept()); // and the stopped thread never writes it again
     t.hold(); // restarts
     CHECK(t.running());
-    CHECK(mine.ticks.load() != 0);
+    CHECK(mine.kept());
     t.drop();
-    CHECK(mine.ticks.load() == 0);
+    CHECK_FALSE(mine.kept());
 } // ~coarse_ticker_state waits for its threads to leave
 
 TEST_CASE("an unread ticker drops its copy and wakes rarely, and a read brings it back") {
     keypool::detail::coarse_time_cell mine;
     keypool::detail::coarse_ticker_state t(mine, false);
     t.hold();
-    REQUIRE(mine.ticks.load() != 0);
+    REQUIRE(mine.kept());
     // Nobody reads: after idle_after periods the copy goes (readers would call the vDSO).
-    CHECK(kp_test::eventually([&] { return mine.ticks.load() == 0; }));
+    CHECK(kp_test::eventually([&] { return !mine.kept(); }));
     CHECK(t.running());
-    mine.want(); // what coarse_now() does on every read
-    CHECK(kp_test::eventually([&] { return mine.ticks.load() != 0; })); // within an idle period
+    mine.want(); // what coarse_now() does on reading an odd word (none, here)
+    CHECK(kp_test::eventually([&] { return mine.kept(); })); // within an idle period
     t.drop();
-    CHECK(mine.ticks.load() == 0);
+    CHECK_FALSE(mine.kept());
+}
+
+TEST_CASE("a ticker asks now and then whether anyone reads, and an answer keeps its copy fresh") {
+    keypool::detail::coarse_time_cell mine;
+    keypool::detail::coarse_ticker_state t(mine, false);
+    t.hold();
+    // Readers of an even word say nothing; the ticker asks by publishing its copy odd.
+    REQUIRE(kp_test::eventually([&] { return (mine.ticks.load() & 1) == 1 && mine.kept(); }));
+    const keypool::duration::rep asked = mine.copy();
+    mine.want(); // what coarse_now() does on reading an odd word
+    CHECK(kp_test::eventually([&] { return (mine.ticks.load() & 1) == 0; })); // answered: even again
+    CHECK(mine.kept());
+    CHECK(mine.copy() >= asked);
+    t.drop();
+    CHECK_FALSE(mine.kept());
+}
+
+TEST_CASE("coarse_now's odd word: the copy the ticker asks about, or the clock when none is kept") {
+    const keypool::time_point before = keypool::steady_clock::read_coarse();
+    CHECK(keypool::steady_clock::coarse_odd(keypool::detail::coarse_time_cell::none) >= before);
+    CHECK(keypool::steady_clock::coarse_odd(1001).time_since_epoch().count() == 1000);
 }
 
 TEST_CASE("coarse_now is the ticker's copy while one runs") {

@@ -34,14 +34,24 @@ using duration = std::chrono::steady_clock::duration;
 
 namespace detail {
 /// The coarse time a coarse_ticker keeps: `CLOCK_MONOTONIC_COARSE` as steady_clock ticks, read by
-/// the ticker's thread every period; 0 while no ticker runs or while it idles. `wanted`: a read
-/// since the ticker last looked (set by readers only when clear: one store per period in all). On a
-/// line of its own: written about once per period, read by every fast path.
+/// the ticker's thread every period, in `ticks`: the copy (even: its lowest bit cleared), the copy
+/// + 1 (odd) while the ticker asks whether anyone reads, or `none` (1) while no ticker runs or it
+/// idles. So a reader tests one bit: even is the time, odd sends it to steady_clock::coarse_odd,
+/// which sets `wanted` (only when clear: one store per asking period in all) and reads the clock
+/// for `none`. On a line of its own: written about once per period, read by every fast path.
 struct alignas(64) coarse_time_cell {
-    std::atomic<duration::rep> ticks{0};
+    static constexpr duration::rep none = 1;
+    std::atomic<duration::rep> ticks{none};
     std::atomic<bool> wanted{false};
     void want() noexcept {
         if (!wanted.load(std::memory_order_relaxed)) wanted.store(true, std::memory_order_relaxed);
+    }
+    /// Whether a copy is kept (asked about or not).
+    bool kept() const noexcept { return ticks.load(std::memory_order_relaxed) != none; }
+    /// The copy kept, 0 if none.
+    duration::rep copy() const noexcept {
+        const duration::rep t = ticks.load(std::memory_order_relaxed);
+        return t == none ? 0 : t & ~duration::rep{1};
     }
 };
 inline coarse_time_cell coarse_cell;
@@ -51,7 +61,7 @@ inline coarse_time_cell coarse_cell;
 /// (4 ms resolution here, same epoch). The fast paths read only the coarse clock; idle timeout,
 /// max lifetime and validation thresholds tolerate its resolution. While a `coarse_ticker` lives
 /// (every pool and registry on this clock holds one unless `pool_options::use_coarse_ticker` is
-/// false), `coarse_now()` reads the ticker's copy and its wanted mark (one line), a period (4 ms)
+/// false), `coarse_now()` reads the ticker's copy (one load and one bit test), a period (4 ms)
 /// older than the clock at most while its thread gets a CPU; otherwise it reads the clock through
 /// the vDSO (≈3 ns alone, but up to a third of a registry cycle at 10,000 keys here:
 /// docs/benchmarks.md, "Session 15").
@@ -59,10 +69,18 @@ struct steady_clock {
     time_point now() const noexcept { return std::chrono::steady_clock::now(); }
 
     KEYPOOL_ALWAYS_INLINE time_point coarse_now() const noexcept {
-        detail::coarse_cell.want(); // (keeps an idling ticker from staying idle)
-        if (const duration::rep t = detail::coarse_cell.ticks.load(std::memory_order_relaxed); t != 0) [[likely]]
+        const duration::rep t = detail::coarse_cell.ticks.load(std::memory_order_relaxed);
+        if (!(t & 1)) [[likely]]
             return time_point(duration(t));
-        return read_coarse();
+        return coarse_odd(t);
+    }
+
+    /// coarse_now() for an odd word: the ticker asks whether anyone reads (the copy + 1), or no
+    /// copy is kept (`none`: no ticker, or it idles until a read wants it back).
+    static KEYPOOL_NOINLINE time_point coarse_odd(duration::rep t) noexcept {
+        detail::coarse_cell.want();
+        if (t == detail::coarse_time_cell::none) return read_coarse();
+        return time_point(duration(t - 1));
     }
 
     /// `CLOCK_MONOTONIC_COARSE` itself, read now: what `coarse_now()` returns while no ticker runs.
@@ -134,10 +152,13 @@ namespace detail {
 /// is detached); tests build their own on a cell of their own.
 class coarse_ticker_state {
 public:
-    /// How often a wanted copy is refreshed (the coarse clock's own resolution is 4 ms at HZ=250);
-    /// after `idle_after` periods in a row without a read the copy is dropped (readers call the
-    /// vDSO) and the thread looks only every `idle_period` for a reader that wants it back.
+    /// How often a wanted copy is refreshed (the coarse clock's own resolution is 4 ms at HZ=250).
+    /// Readers test one bit and say nothing, so every `ask_every` periods the thread asks (it
+    /// publishes the copy odd: readers then set `wanted`) until one answers; after `idle_after`
+    /// asking periods in a row without a read the copy is dropped (readers call the vDSO) and the
+    /// thread looks only every `idle_period` for a reader that wants it back.
     static constexpr std::chrono::milliseconds period{4};
+    static constexpr int ask_every = 64;
     static constexpr int idle_after = 64;
     static constexpr std::chrono::milliseconds idle_period{100};
 
@@ -185,9 +206,12 @@ public:
     }
 
 private:
-    void publish_locked() noexcept {
-        cell_.ticks.store(steady_clock::read_coarse().time_since_epoch().count(), std::memory_order_relaxed);
+    /// The coarse time, even (asking: odd).
+    void publish_locked(bool asking = false) noexcept {
+        const duration::rep t = steady_clock::read_coarse().time_since_epoch().count() & ~duration::rep{1};
+        cell_.ticks.store(asking ? t + 1 : t, std::memory_order_relaxed);
     }
+    void drop_copy_locked() noexcept { cell_.ticks.store(coarse_time_cell::none, std::memory_order_relaxed); }
     void start_locked() noexcept {
         publish_locked(); // fresh before the first holder returns
         const std::uint64_t gen = ++generation_;
@@ -196,26 +220,36 @@ private:
             running_ = true;
             ++threads_;
         } catch (...) { // no thread (resources): coarse_now() reads the clock itself
-            cell_.ticks.store(0, std::memory_order_relaxed);
+            drop_copy_locked();
         }
     }
     void stop_locked() noexcept {
         ++generation_;
         running_ = false;
-        cell_.ticks.store(0, std::memory_order_relaxed);
+        drop_copy_locked();
         cv_.notify_all();
     }
     void run(std::uint64_t gen) noexcept {
         std::unique_lock lk(m_);
-        int unread = 0; // periods in a row without a read; idle_after or more: idling
+        int unread = 0;   // asking periods in a row without a read; idle_after: idling
+        int quiet = 0;    // periods since the last ask was answered
+        bool asking = false;
         while (generation_ == gen) {
             cv_.wait_for(lk, unread < idle_after ? period : idle_period);
             if (generation_ != gen) break;
-            const bool read = cell_.wanted.exchange(false, std::memory_order_relaxed);
-            if (read) unread = 0;
-            else if (unread < idle_after) ++unread;
-            if (unread < idle_after) publish_locked(); // a non-zero copy is never more than a period old
-            else cell_.ticks.store(0, std::memory_order_relaxed); // idle: readers read the clock
+            if (asking || unread >= idle_after) {
+                if (cell_.wanted.exchange(false, std::memory_order_relaxed)) {
+                    asking = false, unread = 0, quiet = 0;
+                } else if (unread < idle_after && ++unread == idle_after) {
+                    drop_copy_locked(); // idle: readers read the clock (and say so)
+                    continue;
+                }
+                if (unread >= idle_after) continue;
+            } else if (++quiet >= ask_every) {
+                asking = true;
+                cell_.wanted.store(false, std::memory_order_relaxed); // (a stale answer)
+            }
+            publish_locked(asking); // a kept copy is never more than a period old
         }
         --threads_;
         cv_.notify_all(); // (a destructor may wait for it)
@@ -227,7 +261,7 @@ private:
         ++generation_;
         running_ = false;
         threads_ = 0;
-        cell_.ticks.store(0, std::memory_order_relaxed);
+        drop_copy_locked();
         m_.unlock();
     }
 
@@ -244,7 +278,8 @@ private:
 /// Keeps the process's coarse time fresh while it lives, for `steady_clock::coarse_now()`: one
 /// thread (shared by all coarse_tickers, started by the first, stopped by the last) reads
 /// `CLOCK_MONOTONIC_COARSE` every 4 ms into one word, and every fast path reads that word instead
-/// of calling the vDSO. Unread for a quarter of a second, the thread drops the word (readers call
+/// of calling the vDSO. Unread for about half a second (it asks readers every quarter second and
+/// waits a quarter for an answer), the thread drops the word (readers call
 /// the vDSO again) and wakes only ten times a second until a read wants it back: an idle process
 /// pays ≈ 10 wakeups a second, not 250. Pools and registries on the steady clock hold one (unless
 /// `pool_options::use_coarse_ticker` is false); a service may hold its own. The copy lags the
