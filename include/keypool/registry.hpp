@@ -134,31 +134,34 @@ public:
     /// caller, as the pool's do; everything else is out of line.
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key,
                                                       std::source_location site = std::source_location::current()) {
-        return acquire(key, table_.options().pool.acquire_timeout, site);
+        detail::throw_errors throws; // (the slow path throws: the fast path makes no error_code)
+        lease l = table_.acquire(key, detail::default_timeout{}, throws);
+        sited(l, site);
+        return l;
     }
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout,
                                                       std::source_location site = std::source_location::current()) {
-        std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        lease l = table_.acquire(key, timeout, {}, ec);
-        checked(l, ec, site);
+        detail::throw_errors throws;
+        lease l = table_.acquire(key, timeout, throws);
+        sited(l, site);
         return l;
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        lease l = table_.acquire(key, deadline, std::move(stop), ec);
+        lease l = table_.acquire(key, deadline, ec, &stop);
         checked(l, ec, site);
         return l;
     }
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout, std::error_code& ec,
                                                       std::source_location site = std::source_location::current()) noexcept {
-        lease l = table_.acquire(key, timeout, {}, ec);
+        lease l = table_.acquire(key, timeout, ec);
         sited(l, site);
         return l;
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        lease l = table_.acquire(key, deadline, std::move(stop), ec);
+        lease l = table_.acquire(key, deadline, ec, &stop);
         sited(l, site);
         return l;
     }
@@ -284,11 +287,8 @@ private:
     // In place, so the lease is built once, in the caller's return slot (no moves on the way).
     static KEYPOOL_ALWAYS_INLINE void checked(lease& l, std::error_code ec, const std::source_location& site) {
         if (!l) [[unlikely]]
-            throw_acquire_error(ec);
+            detail::throw_acquire_error(ec);
         sited(l, site);
-    }
-    [[noreturn]] static KEYPOOL_NOINLINE void throw_acquire_error(std::error_code ec) {
-        throw error(ec, "keypool: registry acquire failed");
     }
     static void sited(lease& l, const std::source_location& site) noexcept {
         detail::lease_access::record_site(l, site);

@@ -112,18 +112,20 @@ public:
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        return find_shared_at(*buckets_, k, hash_of(k), 0);
+        return find_shared_at<false>(*buckets_, k, hash_of(k), 0);
     }
     /// The same, for the table whose bucket word lives at `word` (publish_to), `h` being
     /// hash_of(k) (which a caller that also picks a shard by it computes once), and for each node
     /// it visits, a prefetch (for writing) of the line at `ahead` bytes from it, issued before the
     /// node is read: what a caller whose nodes live at a fixed distance from what it reads next
-    /// (the registry's, in their pools' allocations) needs side by side with the node. 0: none.
+    /// (the registry's, in their pools' allocations) needs side by side with the node. With
+    /// `Ahead` false, none (and `ahead` is ignored).
+    template <bool Ahead = true>
     static KEYPOOL_ALWAYS_INLINE iterator find_shared_at(const std::atomic<std::uintptr_t>& word, const Key& k, std::size_t h,
                                                          std::ptrdiff_t ahead) noexcept(noexcept(Eq{}(k, k))) {
         const bucket_array b = bucket_array::of(load_acquire(word));
         for (node* n = load_acquire(b.heads[b.index(h)]); n; n = load_acquire(n->next)) {
-            if (ahead != 0) [[likely]] // (an address, not a pointer into the node: computed as an integer)
+            if constexpr (Ahead) // (an address, not a pointer into the node: computed as an integer)
                 prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
             if (Eq{}(k, n->first)) return n;
         }

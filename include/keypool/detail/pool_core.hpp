@@ -49,9 +49,7 @@ struct adopt_core_tag {};
 /// that readers add to the count (pool_core::carry, stats).
 template <class Count32, class OnWrap>
 KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
-    const std::uint32_t v = count.load(std::memory_order_relaxed) + 1;
-    count.store(v, std::memory_order_relaxed);
-    if (v == 0) [[unlikely]]
+    if (owner_increment(count)) [[unlikely]]
         on_wrap();
 }
 
@@ -181,6 +179,7 @@ public:
         // from a core back to its head and to its slots. Set (set_prefix) before the first pool
         // is built.
         std::size_t prefix = 0, head_back = 0, slots_back = 0;
+        std::ptrdiff_t prefix_to_slot0 = 0; // from the prefix's start to slot 0 (negative, never 0)
         /// reset_at::background: `f` is called when a returned connection of any pool built from
         /// this context waits for its reset (under that pool's lock and this context's signal
         /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
@@ -248,6 +247,7 @@ public:
             prefix = bytes;
             head_back = core_offset(max_size, bytes) - (slot0_offset() - sizeof(head_type));
             slots_back = core_offset(max_size, bytes) - slot0_offset();
+            prefix_to_slot0 = static_cast<std::ptrdiff_t>(prefix) - static_cast<std::ptrdiff_t>(slots_back);
         }
     };
     using shared_context = boost::intrusive_ptr<context>;

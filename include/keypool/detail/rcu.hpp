@@ -55,11 +55,16 @@ struct alignas(64) rcu_record {
 };
 
 inline constinit thread_local rcu_record* rcu_self = nullptr;
+/// rcu_self where its sections need no fence (membarrier mode), else null: the one thing a
+/// section's start tests (a null sends it to rcu_section::enter_slow, which registers the thread
+/// or fences).
+inline constinit thread_local rcu_record* rcu_unfenced = nullptr;
 
 /// Gives the thread's record back when the thread exits (made on the record's first use only, so
 /// the read side's access to rcu_self stays a plain thread-local load).
 struct rcu_thread_exit {
     ~rcu_thread_exit() {
+        rcu_unfenced = nullptr;
         if (rcu_record* r = std::exchange(rcu_self, nullptr)) r->taken.store(false, std::memory_order_release);
     }
 };
@@ -92,7 +97,7 @@ public:
             if (!r->taken.load(std::memory_order_relaxed) &&
                 r->taken.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
                 r->fenced = fence;
-                return rcu_self = r;
+                return adopt(r);
             }
         }
         auto* r = new rcu_record; // never freed: grace periods may read it at any time
@@ -102,7 +107,7 @@ public:
         rcu_record* h = head_.load(std::memory_order_relaxed);
         do r->next = h;
         while (!head_.compare_exchange_weak(h, r, std::memory_order_release, std::memory_order_relaxed));
-        return rcu_self = r;
+        return adopt(r);
     }
 
     /// Call after unlinking something a section may be reading: free it once passed(stamp).
@@ -161,6 +166,11 @@ public:
     bool prepared() const noexcept { return mode_.load(std::memory_order_acquire) != unknown; }
 
 private:
+    static rcu_record* adopt(rcu_record* r) noexcept {
+        rcu_unfenced = r->fenced ? nullptr : r;
+        return rcu_self = r;
+    }
+
     enum mode_value : int { unknown, membarrier, fenced };
     int mode() noexcept {
         int m = mode_.load(std::memory_order_acquire);
@@ -200,17 +210,21 @@ inline constinit rcu_domain rcu{};
 /// Sections do not nest.
 class rcu_section {
 public:
-    KEYPOOL_ALWAYS_INLINE rcu_section() noexcept : r_(self()) {
-        rcu_record* r = r_;
-        const std::uint64_t s = r->seq.load(std::memory_order_relaxed);
-        r->seq.store(s + 1, std::memory_order_relaxed);
-        if (r->fenced) [[unlikely]]
-            rcu_full_fence(r->seq);
-        else std::atomic_signal_fence(std::memory_order_seq_cst);
+    /// One thread-local load and test, then the store (membarrier mode); a thread's first section
+    /// and every fenced one go through enter_slow().
+    KEYPOOL_ALWAYS_INLINE rcu_section() noexcept {
+        rcu_record* r = rcu_unfenced;
+        if (!r) [[unlikely]] {
+            r_ = enter_slow();
+            return;
+        }
+        r_ = r;
+        (void)owner_increment(r->seq);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
     }
     KEYPOOL_ALWAYS_INLINE void leave() noexcept {
         if (r_) {
-            r_->seq.store(r_->seq.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+            (void)owner_increment<true>(r_->seq); // (a release store)
             r_ = nullptr;
         }
     }
@@ -222,9 +236,12 @@ public:
     unsigned index() const noexcept { return r_->index; }
 
 private:
-    KEYPOOL_ALWAYS_INLINE static rcu_record* self() noexcept {
+    KEYPOOL_NOINLINE static rcu_record* enter_slow() noexcept {
         rcu_record* r = rcu_self;
-        if (!r) [[unlikely]] r = rcu.register_thread();
+        if (!r) r = rcu.register_thread();
+        r->seq.store(r->seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        if (r->fenced) rcu_full_fence(r->seq);
+        else std::atomic_signal_fence(std::memory_order_seq_cst);
         return r;
     }
     rcu_record* r_;

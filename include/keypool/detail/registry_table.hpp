@@ -52,6 +52,17 @@ const T& held_value(const held<T>& h) noexcept {
     else return *h;
 }
 
+/// acquire()'s error handling for the registry's throwing forms: a failure throws
+/// `keypool::error` from the slow path, so the fast path builds no std::error_code.
+struct throw_errors {};
+/// acquire()'s `when` for the forms without a timeout: the pool options' acquire_timeout, read
+/// only where a deadline is needed (the slow path; a connector's timed reset).
+struct default_timeout {};
+
+[[noreturn]] KEYPOOL_NOINLINE inline void throw_acquire_error(std::error_code ec) {
+    throw error(ec, "keypool: registry acquire failed");
+}
+
 template <class O, class Key>
 void notify_pool_created(O& o, const Key& k) {
     if constexpr (requires { o.on_pool_created(k); }) o.on_pool_created(k);
@@ -172,11 +183,20 @@ public:
     /// that passes checkout. Anything else (a missing key, no idle connection, a failed checkout)
     /// goes to acquire_slow(), which looks the key up again: a few instructions more on paths
     /// that create a pool or wait, and a fast path with nothing to set up for them.
-    template <class When>
-    KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, std::stop_token st, std::error_code& ec) noexcept {
-        if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
+    /// `ec`: a std::error_code for the error (cleared on success), or throw_errors{} to throw it.
+    /// `when`: a deadline (with the caller's stop token: `st`), or a timeout or default_timeout{}
+    /// (no token: `st` null, so the fast path has no token to build or destroy).
+    template <class When, class Err>
+    KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, Err& ec, std::stop_token* st = nullptr) noexcept(
+        std::is_same_v<Err, std::error_code>) {
+        constexpr bool throwing = std::is_same_v<Err, throw_errors>;
+        static_assert(throwing || std::is_same_v<Err, std::error_code>);
+        if constexpr (!throwing) {
+            if (ec) ec.clear(); // (clear() calls the out-of-line std::system_category())
+        }
         if constexpr (std::is_same_v<When, time_point>) { // (the timeout forms take no token)
-            if (st.stop_requested()) [[unlikely]]
+            static_assert(!throwing);
+            if (st && st->stop_requested()) [[unlikely]]
                 return cancelled(ec), Lease{};
         }
         const std::size_t h = table_type::hash_of(key);
@@ -189,13 +209,23 @@ public:
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(x, p.s, now, when);
+            const auto r = p.core->checkout_detached(x, p.s, now, checkout_when(when));
             if (r == core_type::checkout_result::ok) [[likely]]
                 return leased(p.core, p.s, std::move(k), setup, ec, x);
             if (r == core_type::checkout_result::delete_core) delete p.core;
         }
         rs.leave();
-        return acquire_slow(key, when, std::move(st), ec, found != lookup::missing);
+        if constexpr (throwing) return acquire_slow_throwing(key, when, found != lookup::missing);
+        else return acquire_slow(key, when, st ? std::move(*st) : std::stop_token{}, ec, found != lookup::missing);
+    }
+
+    /// acquire_slow() for the throwing forms: the error thrown as `keypool::error`.
+    template <class When>
+    KEYPOOL_NOINLINE Lease acquire_slow_throwing(const Key& key, When when, bool counted) {
+        std::error_code ec(0, category());
+        Lease l = acquire_slow(key, when, {}, ec, counted);
+        if (!l) throw_acquire_error(ec);
+        return l;
     }
 
     /// acquire() when its fast path found no usable idle connection. `counted`: whether the
@@ -208,7 +238,7 @@ public:
         auto resolve_deadline = [&] {
             if (!deadline) {
                 if constexpr (std::is_same_v<When, time_point>) deadline = when;
-                else deadline = core_type::saturating_add(clock_->now(), when);
+                else deadline = core_type::saturating_add(clock_->now(), checkout_when(when));
             }
             return *deadline;
         };
@@ -226,7 +256,7 @@ public:
                 if (auto* s = core->pop_idle(*pool_context_)) {
                     held<Key> k = key_of(e, key);
                     lk.unlock();
-                    switch (core->checkout_detached(*pool_context_, s, now, when)) {
+                    switch (core->checkout_detached(*pool_context_, s, now, checkout_when(when))) {
                     case core_type::checkout_result::ok: return leased(core, s, std::move(k), setup, ec);
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
@@ -681,7 +711,7 @@ private:
         } else {
             (void)sh;
             if (const unsigned i = rs.index(); i < hit_slots - 1) [[likely]]
-                hits_[i].n.store(hits_[i].n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+                (void)owner_increment(hits_[i].n);
             else
                 hits_[hit_slots - 1].n.fetch_add(1, std::memory_order_relaxed);
         }
@@ -832,9 +862,8 @@ private:
         // every acquire, is often in the other core's cache). For a node of the table's own the
         // address means nothing, and its prefetch is harmless.
         std::ptrdiff_t to_slot0 = 0;
-        if constexpr (embeds)
-            to_slot0 = static_cast<std::ptrdiff_t>(x.prefix) - static_cast<std::ptrdiff_t>(x.slots_back);
-        auto it = table_type::find_shared_at(directory_[shard_index(h)], key, h, to_slot0);
+        if constexpr (embeds) to_slot0 = x.prefix_to_slot0;
+        auto it = table_type::template find_shared_at<embeds>(directory_[shard_index(h)], key, h, to_slot0);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
@@ -869,16 +898,34 @@ private:
     }
 
     /// The lease on `s` (checked out of `core`) for key `k`, with the route's setup run on it: an
-    /// empty lease and `ec` set if the setup failed. Built once, in the caller's return slot.
+    /// empty lease and `ec` set if the setup failed (with throw_errors, the error thrown). Built
+    /// once, in the caller's return slot.
     Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
                  std::error_code& ec) noexcept {
         return leased(core, s, std::move(k), setup, ec, *pool_context_);
     }
-    Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
-                 std::error_code& ec, typename core_type::context& x) noexcept {
+    template <class Err>
+    Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup, Err& ec,
+                 typename core_type::context& x) noexcept(std::is_same_v<Err, std::error_code>) {
         Lease l(lease_access::make(core, s, x), std::move(k));
-        prepare(l, setup, ec);
+        if constexpr (std::is_same_v<Err, throw_errors>) {
+            if constexpr (!std::is_same_v<setup_type, no_setup>) {
+                std::error_code pec;
+                prepare(l, setup, pec);
+                if (!l) throw_acquire_error(pec);
+            }
+            (void)ec;
+        } else {
+            prepare(l, setup, ec);
+        }
         return l;
+    }
+
+    /// What a checkout (a timed reset) and the slow path get for `when`.
+    template <class When>
+    KEYPOOL_ALWAYS_INLINE auto checkout_when(const When& when) const noexcept {
+        if constexpr (std::is_same_v<When, default_timeout>) return opt_.pool.acquire_timeout;
+        else return when;
     }
 
     /// Runs the route's per-lease setup on `l`'s connection; on failure `l` ends empty and `ec`

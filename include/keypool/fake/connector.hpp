@@ -128,7 +128,7 @@ namespace detail {
 /// 2^32 resets of one connection); the connector's counters sum them in 64.
 template <class T>
 KEYPOOL_ALWAYS_INLINE void bump(std::atomic<T>& a) noexcept {
-    a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    (void)keypool::detail::owner_increment(a);
 }
 template <class T>
 void copy(std::atomic<T>& to, const std::atomic<T>& from) noexcept {
