@@ -135,35 +135,28 @@ public:
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key,
                                                       std::source_location site = std::source_location::current()) {
         detail::throw_errors throws; // (the slow path throws: the fast path makes no error_code)
-        lease l = table_.acquire(key, detail::default_timeout{}, throws);
-        sited(l, site);
-        return l;
+        return table_.acquire(key, detail::default_timeout{}, throws, site);
     }
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout,
                                                       std::source_location site = std::source_location::current()) {
         detail::throw_errors throws;
-        lease l = table_.acquire(key, timeout, throws);
-        sited(l, site);
-        return l;
+        return table_.acquire(key, timeout, throws, site);
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop = {},
                                 std::source_location site = std::source_location::current()) {
         std::error_code ec(0, category()); // no call to the out-of-line std::system_category()
-        lease l = table_.acquire(key, deadline, ec, &stop);
-        checked(l, ec, site);
+        lease l = table_.acquire(key, deadline, ec, site, &stop);
+        if (!l) [[unlikely]]
+            detail::throw_acquire_error(ec);
         return l;
     }
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(const Key& key, duration timeout, std::error_code& ec,
                                                       std::source_location site = std::source_location::current()) noexcept {
-        lease l = table_.acquire(key, timeout, ec);
-        sited(l, site);
-        return l;
+        return table_.acquire(key, timeout, ec, site);
     }
     [[nodiscard]] lease acquire(const Key& key, time_point deadline, std::stop_token stop, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
-        lease l = table_.acquire(key, deadline, ec, &stop);
-        sited(l, site);
-        return l;
+        return table_.acquire(key, deadline, ec, site, &stop);
     }
 
     /// Never blocks: a lease if the key's pool exists and has an idle connection, else empty.
@@ -285,11 +278,6 @@ private:
         return o;
     }
     // In place, so the lease is built once, in the caller's return slot (no moves on the way).
-    static KEYPOOL_ALWAYS_INLINE void checked(lease& l, std::error_code ec, const std::source_location& site) {
-        if (!l) [[unlikely]]
-            detail::throw_acquire_error(ec);
-        sited(l, site);
-    }
     static void sited(lease& l, const std::source_location& site) noexcept {
         detail::lease_access::record_site(l, site);
     }

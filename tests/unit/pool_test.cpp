@@ -85,6 +85,20 @@ TEST_CASE("a slot's 32-bit use count carries into the pool's 64-bit total when i
     CHECK(carried + count == (std::uint64_t{1} << 32) + 1);
 }
 
+TEST_CASE("owner_increment adds one to 32- and 64-bit counts and says when they wrap") {
+    std::atomic<std::uint64_t> wide{~std::uint64_t{0} - 1};
+    CHECK_FALSE(keypool::detail::owner_increment(wide));
+    CHECK(wide.load() == ~std::uint64_t{0});
+    CHECK(keypool::detail::owner_increment<true>(wide)); // the release form too
+    CHECK(wide.load() == 0);
+    std::atomic<std::uint32_t> narrow{41};
+    CHECK_FALSE(keypool::detail::owner_increment<true>(narrow));
+    CHECK(narrow.load() == 42);
+    keypool::sync::none::atomic<std::uint32_t> plain{0xFFFFFFFFU}; // sync::none's counts
+    CHECK(keypool::detail::owner_increment(plain));
+    CHECK(plain.load(std::memory_order_relaxed) == 0);
+}
+
 TEST_CASE("a slot's header is 32 bytes: a connection's first 32 bytes share its first cache line") {
     // What a checkout, a reset and a release touch of a slot (docs/design.md, "A reset touches
     // one line of the slot"); the fake connection keeps its reset state in those 32 bytes.

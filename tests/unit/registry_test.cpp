@@ -785,6 +785,69 @@ TEST_CASE("close(deadline) lists the leases still out, from pools in the registr
     CHECK(still_out.empty());
 }
 
+TEST_CASE("every acquire form records its site for leak reports, on the fast path as on the slow") {
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 1, .leak_threshold = 1h}});
+    const auto site_of_lease_out = [&] {
+        const auto out = r.leases_out();
+        REQUIRE(out.size() == 1);
+        return out[0].site.line();
+    };
+    unsigned line = __LINE__ + 1;
+    auto first = r.acquire("a"); // the slow path: it creates the pool
+    CHECK(site_of_lease_out() == line);
+    first.release(); // from here on "a" has an idle connection: the fast path
+    std::error_code ec;
+    {
+        line = __LINE__ + 1;
+        auto l = r.acquire("a");
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        line = __LINE__ + 1;
+        auto l = r.acquire("a", 1s);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        line = __LINE__ + 1;
+        auto l = r.acquire("a", 1s, ec);
+        REQUIRE(l);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        line = __LINE__ + 1;
+        auto l = r.acquire("a", r.now() + 1s);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        line = __LINE__ + 1;
+        auto l = r.acquire("a", r.now() + 1s, {}, ec);
+        REQUIRE(l);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        line = __LINE__ + 1;
+        auto l = r.try_acquire("a");
+        REQUIRE(l);
+        CHECK(site_of_lease_out() == line);
+    }
+}
+
+TEST_CASE("detect_self_deadlock sees a lease taken on the registry's fast path") {
+    fixture f;
+    auto r = f.make({.pool = {.max_size = 1, .detect_self_deadlock = true}});
+    r.acquire("a").release(); // the pool and one idle connection
+    auto l = r.acquire("a");  // the fast path
+    REQUIRE(r.stats().hits == 1);
+    std::error_code ec;
+    CHECK_FALSE(r.acquire("a", r.now() + 1h, {}, ec));
+    CHECK(ec == errc::would_deadlock);
+    std::error_code other; // another thread holds nothing: it waits (here: until its deadline)
+    std::jthread t([&] { (void)r.acquire("a", r.now(), {}, other); });
+    t.join();
+    CHECK(other == errc::timeout);
+}
+
 TEST_CASE("close wakes callers waiting for a creation in flight with closed") {
     fixture f;
     f.resolver.st->gate = std::make_shared<keypool::fake::gate>();

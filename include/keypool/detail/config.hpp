@@ -9,11 +9,17 @@
 // The compiler no longer knows what the variable holds (it stays in a register): a value it
 // proved equal to a loaded one is not replaced by the load.
 #define KEYPOOL_OPAQUE(v) asm("" : "+r"(v))
+// The compiler may take `c` as true (it is: a hint, never a check).
+#define KEYPOOL_ASSUME(c)                                                                            \
+    do {                                                                                             \
+        if (!(c)) __builtin_unreachable();                                                           \
+    } while (false)
 #else
 #define KEYPOOL_ALWAYS_INLINE inline
 #define KEYPOOL_NOINLINE
 #define KEYPOOL_PREFETCH_WRITE(p) ((void)(p))
 #define KEYPOOL_OPAQUE(v) ((void)(v))
+#define KEYPOOL_ASSUME(c) ((void)0)
 #endif
 
 #include <atomic>

@@ -139,7 +139,8 @@ public:
     struct context : pool_options, boost::intrusive_ref_counter<context, boost::thread_safe_counter> {
         context(const pool_options& o, Connector c, const Clock& clk, Observer ob)
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
-              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()), pass_slack(slack_of(*this)) {
+              n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()), has_caches(n_caches != 0),
+              has_lease_info(detect_self_deadlock || leak_threshold), pass_slack(slack_of(*this)) {
             set_prefix(0);
             if constexpr (std::is_same_v<Clock, steady_clock> && thread_safe)
                 if (use_coarse_ticker) ticker.emplace();
@@ -156,6 +157,8 @@ public:
         // the affinity of the thread that made the context), reached the same way.
         const std::uint16_t n_caches;
         const bool rseq_caches;
+        const bool has_caches; // n_caches != 0, for the fast paths (a byte compare, no load into a register)
+        const bool has_lease_info; // detect_self_deadlock or leak_threshold: checkouts note the lease (lease_info)
         // How long after a maintain() pass a pool it found quiet may go without another
         // (skip_pass(): a registry's maintain() skips it until then): 1/32 of the shortest timer a
         // pass serves (idle timeout, lifetime, leak threshold, keepalive), so a pass it skips makes
@@ -270,7 +273,7 @@ public:
         : ctx_(o.get()),
           caches_(o->n_caches ? new cpu_cache[o->n_caches] : nullptr),
           target_(std::move(t)),
-          leases_(ctx_->detect_self_deadlock || ctx_->leak_threshold ? new lease_info[ctx_->max_size] : nullptr),
+          leases_(ctx_->has_lease_info ? new lease_info[ctx_->max_size] : nullptr),
           rng_(ctx_->seed ? *ctx_->seed : seed_from_address()) {
         slot* const all = slots();
         std::uninitialized_default_construct_n(all, ctx_->max_size); // noexcept: atomics and nullopt
@@ -548,6 +551,7 @@ public:
     }
 
     struct no_deadline {};
+    struct no_site {};
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
@@ -555,9 +559,12 @@ public:
     /// bookkeeping and this). `when`: the caller's deadline (time_point) or timeout (duration); a
     /// connector with `reset(connection, deadline)` gets it for a reset run here. `no_deadline{}`
     /// for none. `x`: this core's context (shared()), which the caller has at hand: a checkout
-    /// that needs no check reads nothing of the core's own fields.
-    template <class When = no_deadline>
-    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(context& x, slot* s, time_point now, When when = {}) noexcept {
+    /// that needs no check reads nothing of the core's own fields. `site`: the caller's (a
+    /// std::source_location), recorded for leak_threshold, or no_site{} (the caller records it,
+    /// record_site).
+    template <class When = no_deadline, class Site = no_site>
+    KEYPOOL_ALWAYS_INLINE checkout_result checkout_detached(context& x, slot* s, time_point now, When when = {},
+                                                            Site site = {}) noexcept {
         if (now >= s->expires || now - used_at(*s) >= x.validate_after_idle) [[unlikely]] {
             if (const checkout_result r = checkout_checks(s, now); r != checkout_result::ok) return r;
         }
@@ -569,7 +576,8 @@ public:
             }
         }
         set_used_at(*s, now);
-        if (x.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        if (x.has_lease_info) [[unlikely]]
+            note_lease(x, s, site);
         s->state.store(static_cast<std::uint8_t>(slot_state::in_use), std::memory_order_release);
         tally(s->uses, [this] { carry(&trouble::uses_carried); });
         return checkout_result::ok;
@@ -578,6 +586,18 @@ public:
     /// Where the lease on `s` was acquired (leak_threshold only; called by its owner).
     void record_site(slot* s, const std::source_location& site) noexcept {
         leases_[s->self].site.store(site, std::memory_order_relaxed);
+    }
+
+    /// At checkout, with lease_info kept: the owning thread (detect_self_deadlock; before the slot
+    /// shows in_use) and, when the caller passed it, the acquire site (leak_threshold).
+    template <class Site>
+    KEYPOOL_NOINLINE void note_lease(const context& x, slot* s, Site site) noexcept {
+        if (x.detect_self_deadlock) leases_[s->self].owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+        if constexpr (std::is_same_v<Site, std::source_location>) {
+            if (x.leak_threshold) record_site(s, site);
+        } else {
+            (void)site;
+        }
     }
 
     /// The leases out now: age and acquire site.
@@ -1223,7 +1243,7 @@ private:
     /// reads nothing of the core's own fields when the pool has no cache words.
     KEYPOOL_ALWAYS_INLINE slot* pop_fast(const context& x) noexcept {
         if constexpr (thread_safe) {
-            if (x.n_caches != 0) {
+            if (x.has_caches) {
                 if (x.rseq_caches) {
                     std::uint32_t w;
                     if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return &slots_at(this, x)[w];
@@ -1238,10 +1258,13 @@ private:
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return nullptr;
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-            if (i == none) return x.n_caches != 0 && !x.rseq_caches ? steal_cached() : nullptr; // (rseq: under m_)
+            if (i == none) return x.has_caches && !x.rseq_caches ? steal_cached() : nullptr; // (rseq: under m_)
             std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots[i].next.load(std::memory_order_relaxed);
-            if (head.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
-                return &slots[i];
+            if (head.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire)) {
+                slot* const s = &slots[i];
+                KEYPOOL_ASSUME(s != nullptr); // (so a caller's test for none folds away)
+                return s;
+            }
         }
     }
 
@@ -1284,7 +1307,7 @@ private:
     /// `x`: this core's context (see pop_fast).
     KEYPOOL_ALWAYS_INLINE slot* push_fast(slot* s, const context& x) noexcept {
         if constexpr (thread_safe) {
-            if (x.n_caches != 0) {
+            if (x.has_caches) {
                 std::uint32_t w = cache_blocked; // what the cache held; blocked = not cached
                 if (x.rseq_caches) {
                     // Commits only on an empty word or one holding a connection (not blocked or

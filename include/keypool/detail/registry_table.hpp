@@ -185,9 +185,11 @@ public:
     /// that create a pool or wait, and a fast path with nothing to set up for them.
     /// `ec`: a std::error_code for the error (cleared on success), or throw_errors{} to throw it.
     /// `when`: a deadline (with the caller's stop token: `st`), or a timeout or default_timeout{}
-    /// (no token: `st` null, so the fast path has no token to build or destroy).
+    /// (no token: `st` null, so the fast path has no token to build or destroy). `site`: the
+    /// caller's, recorded for leak reports (leak_threshold) in the slot the lease holds.
     template <class When, class Err>
-    KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, Err& ec, std::stop_token* st = nullptr) noexcept(
+    KEYPOOL_ALWAYS_INLINE Lease acquire(const Key& key, When when, Err& ec, std::source_location site,
+                                        std::stop_token* st = nullptr) noexcept(
         std::is_same_v<Err, std::error_code>) {
         constexpr bool throwing = std::is_same_v<Err, throw_errors>;
         static_assert(throwing || std::is_same_v<Err, std::error_code>);
@@ -209,21 +211,22 @@ public:
             held<setup_type> setup = p.e->setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
-            const auto r = p.core->checkout_detached(x, p.s, now, checkout_when(when));
+            const auto r = p.core->checkout_detached(x, p.s, now, checkout_when(when), site); // (records the site)
             if (r == core_type::checkout_result::ok) [[likely]]
                 return leased(p.core, p.s, std::move(k), setup, ec, x);
             if (r == core_type::checkout_result::delete_core) delete p.core;
         }
         rs.leave();
-        if constexpr (throwing) return acquire_slow_throwing(key, when, found != lookup::missing);
-        else return acquire_slow(key, when, st ? std::move(*st) : std::stop_token{}, ec, found != lookup::missing);
+        if constexpr (throwing) return acquire_slow_throwing(key, when, found != lookup::missing, site);
+        else return acquire_slow(key, when, st ? std::move(*st) : std::stop_token{}, ec, found != lookup::missing, site);
     }
 
     /// acquire_slow() for the throwing forms: the error thrown as `keypool::error`.
     template <class When>
-    KEYPOOL_NOINLINE Lease acquire_slow_throwing(const Key& key, When when, bool counted) {
+    KEYPOOL_NOINLINE Lease acquire_slow_throwing(const Key& key, When when, bool counted,
+                                                 std::source_location site) {
         std::error_code ec(0, category());
-        Lease l = acquire_slow(key, when, {}, ec, counted);
+        Lease l = acquire_slow(key, when, {}, ec, counted, site);
         if (!l) throw_acquire_error(ec);
         return l;
     }
@@ -232,7 +235,7 @@ public:
     /// fast path already counted its lookup as a hit.
     template <class When>
     KEYPOOL_NOINLINE Lease acquire_slow(const Key& key, When when, std::stop_token st, std::error_code& ec,
-                                        bool counted) noexcept {
+                                        bool counted, std::source_location site) noexcept {
         shard& sh = shard_for(key);
         std::optional<time_point> deadline;
         auto resolve_deadline = [&] {
@@ -257,7 +260,7 @@ public:
                     held<Key> k = key_of(e, key);
                     lk.unlock();
                     switch (core->checkout_detached(*pool_context_, s, now, checkout_when(when))) {
-                    case core_type::checkout_result::ok: return leased(core, s, std::move(k), setup, ec);
+                    case core_type::checkout_result::ok: return leased(core, s, std::move(k), setup, ec, &site);
                     case core_type::checkout_result::delete_core: delete core; continue;
                     case core_type::checkout_result::retry: continue;
                     }
@@ -271,7 +274,7 @@ public:
                     if (ec == errc::key_not_found) forget_missing(key, pin.get(), ec);
                     return count_error(ec), Lease{};
                 }
-                return leased(pin.get(), s, std::move(k), setup, ec);
+                return leased(pin.get(), s, std::move(k), setup, ec, &site);
             }
             counted = true; // a miss is counted where the entry is made
             if (!create_or_join(sh, lk, it, key, resolve_deadline(), st, ec)) return count_error(ec), Lease{};
@@ -877,18 +880,20 @@ private:
                 KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
                 core = after;
                 // The key's own pool: the checkout stamps the slot, which is what eviction reads
-                // (last_use, used_since_hand); nothing of the entry is touched.
+                // (last_use, used_since_hand); nothing of the entry is touched. Its head and slot
+                // 0 are on the line the lookup prefetched (to_slot0).
             } else if (!core) { // (empty once forget_missing took it)
                 return lookup::missing;
             } else {
+                core_type::prefetch(core, x);
                 touch(e, now);
             }
         } else {
             if (!core) [[unlikely]]
                 return lookup::missing;
+            core_type::prefetch(core, x);
             touch(e, now);
         }
-        core_type::prefetch(core, x);
         count_hit(sh, rs);
         typename core_type::slot* s = core->pop_idle(x);
         if (!s) [[unlikely]]
@@ -899,14 +904,17 @@ private:
 
     /// The lease on `s` (checked out of `core`) for key `k`, with the route's setup run on it: an
     /// empty lease and `ec` set if the setup failed (with throw_errors, the error thrown). Built
-    /// once, in the caller's return slot.
+    /// once, in the caller's return slot. `site`: where it was acquired (leak_threshold), or null.
     Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup,
-                 std::error_code& ec) noexcept {
-        return leased(core, s, std::move(k), setup, ec, *pool_context_);
+                 std::error_code& ec, const std::source_location* site = nullptr) noexcept {
+        return leased(core, s, std::move(k), setup, ec, *pool_context_, site);
     }
     template <class Err>
     Lease leased(core_type* core, typename core_type::slot* s, held<Key> k, const held<setup_type>& setup, Err& ec,
-                 typename core_type::context& x) noexcept(std::is_same_v<Err, std::error_code>) {
+                 typename core_type::context& x, const std::source_location* site = nullptr) noexcept(
+        std::is_same_v<Err, std::error_code>) {
+        if (site && x.leak_threshold) [[unlikely]]
+            core->record_site(s, *site);
         Lease l(lease_access::make(core, s, x), std::move(k));
         if constexpr (std::is_same_v<Err, throw_errors>) {
             if constexpr (!std::is_same_v<setup_type, no_setup>) {
