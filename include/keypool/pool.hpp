@@ -131,8 +131,8 @@ public:
     [[nodiscard]] KEYPOOL_ALWAYS_INLINE lease acquire(duration timeout,
                                                       std::source_location site = std::source_location::current()) {
         time_point started{};
-        if (auto* s = core_->acquire_fast(timeout, started)) [[likely]]
-            return make_lease(s, site);
+        if (auto* s = core_->acquire_fast(timeout, started, site)) [[likely]]
+            return detail::lease_access::make(core_, s); // (the checkout recorded the site)
         return acquire_waiting(timeout, {}, started, site);
     }
     /// A `stop` already stopped fails it with `cancelled`, even with a connection idle.

@@ -84,6 +84,40 @@ TEST_CASE("through a registry: leaks reported with the site of the registry call
     CHECK(r.stats().pools.leaks == 2);
 }
 
+TEST_CASE("a lease taken from an idle connection (the fast path) has its site recorded too") {
+    fixture f;
+    auto p = f.make({.max_size = 1, .leak_threshold = 1h});
+    p.acquire().release(); // one idle connection: the acquires below take it without waiting
+    const auto site_of_lease_out = [&] {
+        const auto out = p.leases_out();
+        REQUIRE(out.size() == 1);
+        return out[0].site.line();
+    };
+    {
+        const unsigned line = __LINE__ + 1;
+        auto l = p.acquire();
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        const unsigned line = __LINE__ + 1;
+        auto l = p.acquire(1s);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        std::error_code ec;
+        const unsigned line = __LINE__ + 1;
+        auto l = p.acquire(p.now() + 1s, {}, ec);
+        REQUIRE(l);
+        CHECK(site_of_lease_out() == line);
+    }
+    {
+        const unsigned line = __LINE__ + 1;
+        auto l = p.try_acquire();
+        REQUIRE(l);
+        CHECK(site_of_lease_out() == line);
+    }
+}
+
 TEST_CASE("leak detection off: no report, and no site recorded") {
     fixture f;
     auto p = f.make({.max_size = 1});

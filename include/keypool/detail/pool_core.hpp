@@ -408,14 +408,18 @@ public:
         }
     }
 
+    /// For checkout's `site`: the caller records none (or records it itself, record_site).
+    struct no_site {};
+
     /// acquire()'s first step, inlined into the caller: one idle connection that passes checkout,
     /// or nullptr (then acquire() takes over, with the deadline and the error code). One attempt
     /// only, so a run of failing checkouts stays bounded by acquire()'s deadline; `started` gets the
-    /// time a failed checkout began (see acquire()).
-    template <class When>
-    KEYPOOL_ALWAYS_INLINE slot* acquire_fast(When when, time_point& started) noexcept {
+    /// time a failed checkout began (see acquire()). `site`: the caller's, recorded at checkout
+    /// for leak_threshold (or no_site{}).
+    template <class When, class Site = no_site>
+    KEYPOOL_ALWAYS_INLINE slot* acquire_fast(When when, time_point& started, Site site = {}) noexcept {
         slot* s = pop_ready(*ctx_);
-        return s && checkout(s, when, &started) ? s : nullptr;
+        return s && checkout(s, when, &started, site) ? s : nullptr;
     }
 
     /// Never waits: an idle connection if one is free and nobody is queued for it, else nullptr.
@@ -551,7 +555,6 @@ public:
     }
 
     struct no_deadline {};
-    struct no_site {};
     enum class checkout_result { ok, retry, delete_core };
     /// `checkout` for a caller that may hold no pool object: on `delete_core` the pool was gone and
     /// this closed its last connection, so the caller must delete the core.
@@ -1691,11 +1694,11 @@ private:
     /// Makes an owned slot's connection fit to lease: lifetime, liveness, pending reset.
     /// On failure the connection is closed and false returned. Only for callers that keep the
     /// pool object alive (so closing cannot be the core's last act).
-    template <class When = no_deadline>
-    KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr) noexcept {
+    template <class When = no_deadline, class Site = no_site>
+    KEYPOOL_ALWAYS_INLINE bool checkout(slot* s, When when = {}, time_point* read_at = nullptr, Site site = {}) noexcept {
         const time_point now = ctx_->clock->coarse_now();
         if (read_at) *read_at = now;
-        return checkout_detached(*ctx_, s, now, when) == checkout_result::ok;
+        return checkout_detached(*ctx_, s, now, when, site) == checkout_result::ok;
     }
 
     KEYPOOL_NOINLINE slot* acquire_cancelled(std::error_code& ec) noexcept {
