@@ -49,13 +49,13 @@ KEYPOOL_ALWAYS_INLINE bool owner_increment(A& a) noexcept {
     static_assert(std::is_unsigned_v<T> && (sizeof(T) == 4 || sizeof(T) == 8));
 #if defined(KEYPOOL_OWNER_ADD_ASM)
     if constexpr (sizeof(A) == sizeof(T) && std::is_standard_layout_v<A>) {
-        bool zero;
+        bool zero; // (volatile: never dropped, whether or not the caller looks at the wrap)
         if constexpr (sizeof(T) == 8) {
             if constexpr (Release) asm volatile("addq $1, %0" : "+m"(a), "=@ccz"(zero) : : "memory");
-            else asm("addq $1, %0" : "+m"(a), "=@ccz"(zero));
+            else asm volatile("addq $1, %0" : "+m"(a), "=@ccz"(zero));
         } else {
             if constexpr (Release) asm volatile("addl $1, %0" : "+m"(a), "=@ccz"(zero) : : "memory");
-            else asm("addl $1, %0" : "+m"(a), "=@ccz"(zero));
+            else asm volatile("addl $1, %0" : "+m"(a), "=@ccz"(zero));
         }
         return zero;
     }
