@@ -132,7 +132,7 @@ public:
                                                       std::source_location site = std::source_location::current()) {
         time_point started{};
         if (auto* s = core_->acquire_fast(timeout, started, site)) [[likely]]
-            return detail::lease_access::make(core_, s); // (the checkout recorded the site)
+            return detail::lease_access::make(core_, s); // (the checkout recorded the site: every fast form)
         return acquire_waiting(timeout, {}, started, site);
     }
     /// A `stop` already stopped fails it with `cancelled`, even with a connection idle.
@@ -140,8 +140,8 @@ public:
                                 std::source_location site = std::source_location::current()) {
         time_point started{};
         if (!stop.stop_requested()) [[likely]]
-            if (auto* s = core_->acquire_fast(deadline, started)) [[likely]]
-                return make_lease(s, site);
+            if (auto* s = core_->acquire_fast(deadline, started, site)) [[likely]]
+                return detail::lease_access::make(core_, s);
         return acquire_waiting(deadline, std::move(stop), started, site);
     }
 
@@ -149,9 +149,9 @@ public:
     [[nodiscard]] lease acquire(duration timeout, std::error_code& ec,
                                 std::source_location site = std::source_location::current()) noexcept {
         time_point started{};
-        if (auto* s = core_->acquire_fast(timeout, started)) [[likely]] {
+        if (auto* s = core_->acquire_fast(timeout, started, site)) [[likely]] {
             if (ec) ec.clear();
-            return make_lease(s, site);
+            return detail::lease_access::make(core_, s);
         }
         return make_lease(core_->acquire(timeout, {}, ec, started), site);
     }
@@ -159,9 +159,9 @@ public:
                                 std::source_location site = std::source_location::current()) noexcept {
         time_point started{};
         if (!stop.stop_requested()) [[likely]]
-            if (auto* s = core_->acquire_fast(deadline, started)) [[likely]] {
+            if (auto* s = core_->acquire_fast(deadline, started, site)) [[likely]] {
                 if (ec) ec.clear();
-                return make_lease(s, site);
+                return detail::lease_access::make(core_, s);
             }
         return make_lease(core_->acquire(deadline, std::move(stop), ec), site);
     }

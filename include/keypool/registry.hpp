@@ -163,7 +163,7 @@ public:
     [[nodiscard]] lease try_acquire(const Key& key,
                                     std::source_location site = std::source_location::current()) noexcept {
         lease l = table_.try_acquire(key);
-        sited(l, site);
+        detail::lease_access::record_site(l, site);
         return l;
     }
 
@@ -276,10 +276,6 @@ private:
         std::string msg;
         if (auto ec = validate(o, msg)) throw error(ec, msg);
         return o;
-    }
-    // In place, so the lease is built once, in the caller's return slot (no moves on the way).
-    static void sited(lease& l, const std::source_location& site) noexcept {
-        detail::lease_access::record_site(l, site);
     }
 
     table_type table_;

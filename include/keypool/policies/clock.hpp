@@ -242,7 +242,6 @@ private:
                     asking = false, unread = 0, quiet = 0;
                 } else if (unread < idle_after && ++unread == idle_after) {
                     drop_copy_locked(); // idle: readers read the clock (and say so)
-                    continue;
                 }
                 if (unread >= idle_after) continue;
             } else if (++quiet >= ask_every) {
