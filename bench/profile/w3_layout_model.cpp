@@ -37,12 +37,19 @@
 //              arena + S * k (node at 0, slot 0 at 64): `stride128` is pair_arena in huge pages,
 //              `stride192` a dense record of three lines, `stride576` the registry's block size
 //              with its hot lines first, `stride512` a power-of-two stride (its hot lines use a
-//              quarter of the cache sets). `registry576`: the registry's own block, slot 0 on line
-//              0 and the node on line 6 (session 24).
+//              quarter of the cache sets), `stride256`, `stride384`, `stride640`, `stride1024`
+//              the curve between (session 27). `registry576`: the registry's own block, slot 0 on
+//              line 0 and the node on line 6 (session 24).
 //   one_line<S>  one hot line per key at stride S (huge pages): the node's link and key, the
 //              head, slot 0's header and its connection's first bytes in the block's first line,
 //              the key compared on the line the hit then writes. `one_line576` the registry's
 //              block size, `one_line64` dense (session 25).
+//   split<S>   hot and cold apart: every key's hot line in one dense array (64 bytes a key: the
+//              node's link and key, the idle-stack head, slot 0's 32-byte header), its connection
+//              in a second array at stride S (S = 192: a fake connection's 144 bytes rounded to
+//              lines; 64: a handle-sized one such as pq's 32 bytes; 576: the registry's block
+//              size), at the same index, so its address follows from the hot line's and the two
+//              load side by side (session 27).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
 //              release), which keep the out-of-order window from reaching the next cycles' misses:
 //              what a longer cycle costs once a hit misses the caches (session 24).
@@ -445,6 +452,71 @@ private:
     u64 mask_ = 0;
 };
 
+// hot/cold split: every key's hot line in one dense huge-page array (the node's link and key, the
+// idle-stack head, slot 0's 32-byte header: 64 bytes a key), its connection in a parallel array at
+// stride ConnStride (key k's connection at conns + ConnStride * k, its address computed from the
+// hot line's, so it loads side by side with it). What a registry whose blocks are split in two
+// arrays would touch on a hit: the bucket, then two lines, both in dense arrays. The idle stack
+// holds slot 0 alone (the pop empties it, the push puts slot 0 back); slot 1 and the core would
+// live in a third, cold array that a hit does not touch.
+template <std::size_t ConnStride>
+class split {
+public:
+    struct hot_line {
+        hot_line* link = nullptr;
+        u64 key = 0;
+        std::atomic<u64> head{0};
+        std::atomic<std::uint32_t> next{none};
+        std::uint8_t state = 1, retire = 0, dirty = 0, pad = 0;
+        std::uint32_t uses = 0, resets = 0;
+        u64 expires = ~u64{0}, last_used = 0;
+        u64 state_and_padding = 0; // the entry's state and the rest of the line
+    };
+    static_assert(sizeof(hot_line) == 64);
+    explicit split(std::size_t keys) {
+        hot_ = reinterpret_cast<hot_line*>(huge_page_arena(keys * 64));
+        conns_ = huge_page_arena(keys * ConnStride);
+        mask_ = link_keys(buckets_, keys, [&](u64 k) { return new (hot_ + k) hot_line; });
+    }
+    split(const split&) = delete;
+    split& operator=(const split&) = delete;
+    void cycle(u64 k, u64 now) {
+        hot_line* n = buckets_[mix(k) & mask_];
+        unsigned char* c = conns_ + ConnStride * static_cast<std::size_t>(n - hot_);
+        __builtin_prefetch(c, 1);
+        while (n->key != k) {
+            n = n->link;
+            c = conns_ + ConnStride * static_cast<std::size_t>(n - hot_);
+        }
+        u64 h = n->head.load(std::memory_order_acquire);
+        const u64 popped = ((h & ~u64{none}) + 0x10000) | none;
+        if (!n->head.compare_exchange_strong(h, popped, std::memory_order_acquire)) std::abort();
+        if (now >= n->expires || now - n->last_used > (u64{1} << 40)) std::abort();
+        if (n->dirty) {
+            ++n->resets;
+            c[0] = 0;
+            c[8] = static_cast<unsigned char>(c[8] + 1);
+            c[16] = 0;
+        }
+        n->last_used = now;
+        n->state = 2;
+        ++n->uses;
+        asm volatile("" : : "r"(n), "r"(c) : "memory"); // the lease
+        if (n->retire) std::abort();
+        n->dirty = 1;
+        n->state = 1;
+        h = n->head.load(std::memory_order_relaxed);
+        const u64 pushed = ((h & ~u64{none}) + 0x10000) | 0;
+        if (!n->head.compare_exchange_strong(h, pushed, std::memory_order_release)) std::abort();
+    }
+
+private:
+    hot_line* hot_ = nullptr;
+    unsigned char* conns_ = nullptr;
+    std::vector<hot_line*> buckets_;
+    u64 mask_ = 0;
+};
+
 // open addressing over the keys' blocks themselves: a power-of-two array of 448-byte entries
 // ([key + head, 64 bytes][slot 0][slot 1]), at least two per key, probed linearly from the key's
 // mixed hash. The entry's address follows from the hash alone, so its first line and slot 0's
@@ -582,11 +654,18 @@ const std::pair<const char*, runner> models[] = {
     {"inline_key", run<inline_key<true>>},
     {"stride128", run<strided<128, 0, 64>>},
     {"stride192", run<strided<192, 0, 64>>},
+    {"stride256", run<strided<256, 0, 64>>},
+    {"stride384", run<strided<384, 0, 64>>},
     {"stride512", run<strided<512, 0, 64>>},
     {"stride576", run<strided<576, 0, 64>>},
+    {"stride640", run<strided<640, 0, 64>>},
+    {"stride1024", run<strided<1024, 0, 64>>},
     {"registry576", run<strided<576, 384, 0>>},
     {"one_line576", run<one_line<576>>},
     {"one_line64", run<one_line<64>>},
+    {"split64", run<split<64>>},
+    {"split192", run<split<192>>},
+    {"split576", run<split<576>>},
     {"stride128_plus40", run<strided<128, 0, 64, 40>>},
     {"registry576_plus40", run<strided<576, 384, 0, 40>>},
 };
