@@ -50,6 +50,8 @@
 //              lines; 64: a handle-sized one such as pq's 32 bytes; 576: the registry's block
 //              size), at the same index, so its address follows from the hot line's and the two
 //              load side by side (session 27).
+//   node_apart<S>  the other split: the nodes alone in the dense array, the head and slot 0 (the
+//              line the hit writes) in the second at stride S (session 27).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
 //              release), which keep the out-of-order window from reaching the next cycles' misses:
 //              what a longer cycle costs once a hit misses the caches (session 24).
@@ -517,6 +519,48 @@ private:
     u64 mask_ = 0;
 };
 
+// nodes apart: every key's node (link, key, the entry's 48 bytes) in one dense array, its block
+// (the idle-stack head, then slot 0) in a second at stride S, at the same index (address computed
+// from the node's, loaded side by side): the cheaper split, which leaves the line the hit writes
+// (head, slot 0's header) spread out (session 27).
+template <std::size_t S>
+class node_apart {
+public:
+    struct nd {
+        nd* link = nullptr;
+        u64 key = 0;
+        unsigned char rest[48] = {};
+    };
+    static_assert(sizeof(nd) == 64);
+    explicit node_apart(std::size_t keys) {
+        nodes_ = reinterpret_cast<nd*>(huge_page_arena(keys * 64));
+        blocks_ = huge_page_arena(keys * S);
+        mask_ = link_keys(buckets_, keys, [&](u64 k) {
+            unsigned char* b = blocks_ + S * k;
+            new (b + 8) slot;
+            new (b) std::atomic<u64>(0);
+            return new (nodes_ + k) nd;
+        });
+    }
+    node_apart(const node_apart&) = delete;
+    node_apart& operator=(const node_apart&) = delete;
+    void cycle(u64 k, u64 now) {
+        nd* n = buckets_[mix(k) & mask_];
+        unsigned char* b = blocks_ + S * static_cast<std::size_t>(n - nodes_);
+        __builtin_prefetch(b, 1);
+        while (n->key != k) {
+            n = n->link;
+            b = blocks_ + S * static_cast<std::size_t>(n - nodes_);
+        }
+        cycle_on<true>(*reinterpret_cast<std::atomic<u64>*>(b), reinterpret_cast<slot*>(b + 8), now);
+    }
+
+private:
+    nd* nodes_ = nullptr;
+    unsigned char* blocks_ = nullptr;
+    std::vector<nd*> buckets_;
+    u64 mask_ = 0;
+};
 // open addressing over the keys' blocks themselves: a power-of-two array of 448-byte entries
 // ([key + head, 64 bytes][slot 0][slot 1]), at least two per key, probed linearly from the key's
 // mixed hash. The entry's address follows from the hash alone, so its first line and slot 0's
@@ -664,6 +708,8 @@ const std::pair<const char*, runner> models[] = {
     {"one_line576", run<one_line<576>>},
     {"one_line64", run<one_line<64>>},
     {"split64", run<split<64>>},
+    {"node_apart576", run<node_apart<576>>},
+    {"node_apart192", run<node_apart<192>>},
     {"split192", run<split<192>>},
     {"split576", run<split<576>>},
     {"stride128_plus40", run<strided<128, 0, 64, 40>>},
