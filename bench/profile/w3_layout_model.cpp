@@ -43,13 +43,15 @@
 //   one_line<S>  one hot line per key at stride S (huge pages): the node's link and key, the
 //              head, slot 0's header and its connection's first bytes in the block's first line,
 //              the key compared on the line the hit then writes. `one_line576` the registry's
-//              block size, `one_line64` dense (session 25).
+//              block size, `one_line64` dense (session 25), `one_line128` to `one_line256` the
+//              curve between (session 27).
 //   split<S>   hot and cold apart: every key's hot line in one dense array (64 bytes a key: the
 //              node's link and key, the idle-stack head, slot 0's 32-byte header), its connection
 //              in a second array at stride S (S = 192: a fake connection's 144 bytes rounded to
 //              lines; 64: a handle-sized one such as pq's 32 bytes; 576: the registry's block
 //              size), at the same index, so its address follows from the hot line's and the two
-//              load side by side (session 27).
+//              load side by side (session 27). `split576_hot128`, `_hot192`: the hot lines 128
+//              or 192 bytes apart (a record with every slot's header).
 //   node_apart<S>  the other split: the nodes alone in the dense array, the head and slot 0 (the
 //              line the hit writes) in the second at stride S (session 27).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
@@ -460,8 +462,10 @@ private:
 // hot line's, so it loads side by side with it). What a registry whose blocks are split in two
 // arrays would touch on a hit: the bucket, then two lines, both in dense arrays. The idle stack
 // holds slot 0 alone (the pop empties it, the push puts slot 0 back); slot 1 and the core would
-// live in a third, cold array that a hit does not touch.
-template <std::size_t ConnStride>
+// live in a third, cold array that a hit does not touch. HotStride > 64: the hot lines that far
+// apart, the rest of each record unused (the other slots' headers, for a record holding every
+// slot's: 128 bytes for two slots, 192 for four).
+template <std::size_t ConnStride, std::size_t HotStride = 64>
 class split {
 public:
     struct hot_line {
@@ -476,19 +480,20 @@ public:
     };
     static_assert(sizeof(hot_line) == 64);
     explicit split(std::size_t keys) {
-        hot_ = reinterpret_cast<hot_line*>(huge_page_arena(keys * 64));
+        static_assert(HotStride % 64 == 0);
+        hot_ = huge_page_arena(keys * HotStride);
         conns_ = huge_page_arena(keys * ConnStride);
-        mask_ = link_keys(buckets_, keys, [&](u64 k) { return new (hot_ + k) hot_line; });
+        mask_ = link_keys(buckets_, keys, [&](u64 k) { return new (hot_ + HotStride * k) hot_line; });
     }
     split(const split&) = delete;
     split& operator=(const split&) = delete;
     void cycle(u64 k, u64 now) {
         hot_line* n = buckets_[mix(k) & mask_];
-        unsigned char* c = conns_ + ConnStride * static_cast<std::size_t>(n - hot_);
+        unsigned char* c = conns_ + ConnStride * index(n);
         __builtin_prefetch(c, 1);
         while (n->key != k) {
             n = n->link;
-            c = conns_ + ConnStride * static_cast<std::size_t>(n - hot_);
+            c = conns_ + ConnStride * index(n);
         }
         u64 h = n->head.load(std::memory_order_acquire);
         const u64 popped = ((h & ~u64{none}) + 0x10000) | none;
@@ -513,7 +518,10 @@ public:
     }
 
 private:
-    hot_line* hot_ = nullptr;
+    std::size_t index(const hot_line* n) const {
+        return static_cast<std::size_t>(reinterpret_cast<const unsigned char*>(n) - hot_) / HotStride;
+    }
+    unsigned char* hot_ = nullptr;
     unsigned char* conns_ = nullptr;
     std::vector<hot_line*> buckets_;
     u64 mask_ = 0;
@@ -707,11 +715,16 @@ const std::pair<const char*, runner> models[] = {
     {"registry576", run<strided<576, 384, 0>>},
     {"one_line576", run<one_line<576>>},
     {"one_line64", run<one_line<64>>},
+    {"one_line128", run<one_line<128>>},
+    {"one_line192", run<one_line<192>>},
+    {"one_line256", run<one_line<256>>},
     {"split64", run<split<64>>},
     {"node_apart576", run<node_apart<576>>},
     {"node_apart192", run<node_apart<192>>},
     {"split192", run<split<192>>},
     {"split576", run<split<576>>},
+    {"split576_hot128", run<split<576, 128>>},
+    {"split576_hot192", run<split<576, 192>>},
     {"stride128_plus40", run<strided<128, 0, 64, 40>>},
     {"registry576_plus40", run<strided<576, 384, 0, 40>>},
 };
