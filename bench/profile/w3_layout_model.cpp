@@ -569,6 +569,7 @@ private:
     std::vector<nd*> buckets_;
     u64 mask_ = 0;
 };
+
 // open addressing over the keys' blocks themselves: a power-of-two array of 448-byte entries
 // ([key + head, 64 bytes][slot 0][slot 1]), at least two per key, probed linearly from the key's
 // mixed hash. The entry's address follows from the hash alone, so its first line and slot 0's
