@@ -114,6 +114,49 @@ TEST_CASE("try_acquire never creates a pool and counts one hit per call on a rea
     CHECK(f.fake.live() == 1);
 }
 
+TEST_CASE("a hit validates an idle connection once validate_after_idle has passed since its last checkout, not before") {
+    fixture f;
+    auto r = f.make({.pool = {.validate_after_idle = 1s}});
+    r.acquire("acme").release(); // the miss builds the pool: one idle connection, checked out now
+    const auto checks = [&] { return f.fake.stats().alive_checks; };
+    const std::uint64_t before = checks();
+    f.clock.advance(999ms);
+    r.acquire("acme").release(); // idle 999 ms: handed out unchecked (the hit's own clock, read before its pop)
+    CHECK(checks() == before);
+    f.clock.advance(1s);
+    r.acquire("acme").release(); // idle exactly 1 s: checked
+    CHECK(checks() == before + 1);
+    f.clock.advance(1s);
+    CHECK(r.try_acquire("acme")); // try_acquire's hit too
+    CHECK(checks() == before + 2);
+    // A connection that died while idle past it is closed, not handed out: the acquire gets a new one.
+    std::uint64_t id = 0;
+    {
+        auto l = r.acquire("acme");
+        REQUIRE(l);
+        id = l->id;
+    }
+    f.fake.kill(id);
+    f.clock.advance(1s);
+    {
+        auto l = r.acquire("acme");
+        REQUIRE(l);
+        CHECK(l->id != id);
+    }
+    CHECK(f.fake.stats().closes == 1);
+}
+
+TEST_CASE("validate_after_idle at its longest never validates a hit (no overflow)") {
+    fixture f;
+    auto r = f.make({.pool = {.validate_after_idle = keypool::duration::max()}});
+    r.acquire("acme").release();
+    const std::uint64_t before = f.fake.stats().alive_checks;
+    f.clock.advance(24h * 365);
+    r.acquire("acme").release();
+    CHECK(r.try_acquire("acme"));
+    CHECK(f.fake.stats().alive_checks == before);
+}
+
 TEST_CASE("a single-threaded registry (sync::none) works: acquire, reuse, close") {
     // It did not compile before: the registry read its closed flag through std::atomic's implicit
     // conversion, which sync::none's plain_atomic does not have (found by tests/instantiate).
