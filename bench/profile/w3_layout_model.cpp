@@ -56,7 +56,9 @@
 //              line the hit writes) in the second at stride S (session 27).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
 //              release), which keep the out-of-order window from reaching the next cycles' misses:
-//              what a longer cycle costs once a hit misses the caches (session 24).
+//              what a longer cycle costs once a hit misses the caches (session 24). `*_plus68`:
+//              68 more, the registry's hit length (141 instructions) against the models' 73
+//              (session 27).
 //   *_nocas    diagnostic: the same with plain stores for the head (not thread-safe): what the
 //              two locked instructions cost.
 //
@@ -465,7 +467,7 @@ private:
 // live in a third, cold array that a hit does not touch. HotStride > 64: the hot lines that far
 // apart, the rest of each record unused (the other slots' headers, for a record holding every
 // slot's: 128 bytes for two slots, 192 for four).
-template <std::size_t ConnStride, std::size_t HotStride = 64>
+template <std::size_t ConnStride, std::size_t HotStride = 64, int Extra = 0>
 class split {
 public:
     struct hot_line {
@@ -515,6 +517,14 @@ public:
         h = n->head.load(std::memory_order_relaxed);
         const u64 pushed = ((h & ~u64{none}) + 0x10000) | 0;
         if (!n->head.compare_exchange_strong(h, pushed, std::memory_order_release)) std::abort();
+        if constexpr (Extra > 0) { // (as strided's)
+            u64 a = k, b = now, c2 = 1, d = 2;
+            for (int i = 0; i < Extra / 4; ++i) {
+                asm volatile("" : "+r"(a), "+r"(b), "+r"(c2), "+r"(d));
+                a += 1, b += 3, c2 += 5, d += 7;
+            }
+            asm volatile("" : : "r"(a), "r"(b), "r"(c2), "r"(d));
+        }
     }
 
 private:
@@ -728,6 +738,9 @@ const std::pair<const char*, runner> models[] = {
     {"split576_hot192", run<split<576, 192>>},
     {"stride128_plus40", run<strided<128, 0, 64, 40>>},
     {"registry576_plus40", run<strided<576, 384, 0, 40>>},
+    {"registry576_plus68", run<strided<576, 384, 0, 68>>},
+    {"split576_plus40", run<split<576, 64, 40>>},
+    {"split576_plus68", run<split<576, 64, 68>>},
 };
 
 } // namespace
