@@ -196,6 +196,20 @@ inline void cycle_on(std::atomic<u64>& head, slot* slots, u64 now) {
     }
 }
 
+/// `Extra` independent ALU instructions (in fours, four chains of adds the compiler cannot fold),
+/// for the *_plus diagnostics: what a longer hit costs once its misses cannot overlap the next's.
+template <int Extra>
+inline void pad(u64 k, u64 now) {
+    if constexpr (Extra > 0) {
+        u64 a = k, b = now, c = 1, d = 2;
+        for (int i = 0; i < Extra / 4; ++i) {
+            asm volatile("" : "+r"(a), "+r"(b), "+r"(c), "+r"(d));
+            a += 1, b += 3, c += 5, d += 7;
+        }
+        asm volatile("" : : "r"(a), "r"(b), "r"(c), "r"(d));
+    }
+}
+
 struct core_line {
     std::atomic<u64> head{0};
     slot* slots = nullptr;
@@ -405,14 +419,7 @@ public:
         __builtin_prefetch(reinterpret_cast<unsigned char*>(n) + to_slot, 1);
         n = table<node>::find(n, k);
         cycle_on<true>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + to_slot), now);
-        if constexpr (Extra > 0) {
-            u64 a = k, b = now, c = 1, d = 2;
-            for (int i = 0; i < Extra / 4; ++i) {
-                asm volatile("" : "+r"(a), "+r"(b), "+r"(c), "+r"(d));
-                a += 1, b += 3, c += 5, d += 7;
-            }
-            asm volatile("" : : "r"(a), "r"(b), "r"(c), "r"(d));
-        }
+        pad<Extra>(k, now);
     }
 
 private:
@@ -517,14 +524,7 @@ public:
         h = n->head.load(std::memory_order_relaxed);
         const u64 pushed = ((h & ~u64{none}) + 0x10000) | 0;
         if (!n->head.compare_exchange_strong(h, pushed, std::memory_order_release)) std::abort();
-        if constexpr (Extra > 0) { // (as strided's)
-            u64 a = k, b = now, c2 = 1, d = 2;
-            for (int i = 0; i < Extra / 4; ++i) {
-                asm volatile("" : "+r"(a), "+r"(b), "+r"(c2), "+r"(d));
-                a += 1, b += 3, c2 += 5, d += 7;
-            }
-            asm volatile("" : : "r"(a), "r"(b), "r"(c2), "r"(d));
-        }
+        pad<Extra>(k, now);
     }
 
 private:
