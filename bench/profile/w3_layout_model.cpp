@@ -44,7 +44,9 @@
 //              head, slot 0's header and its connection's first bytes in the block's first line,
 //              the key compared on the line the hit then writes. `one_line576` the registry's
 //              block size, `one_line64` dense (session 25), `one_line128` to `one_line256` the
-//              curve between (session 27).
+//              curve between (session 27). `one_line576_at32`: slot 0 at byte 32 (a node of link,
+//              key and an 8-byte entry state before the head), so its connection starts on the
+//              block's second line, which the reset then touches too (session 28).
 //   split<S>   hot and cold apart: every key's hot line in one dense array (64 bytes a key: the
 //              node's link and key, the idle-stack head, slot 0's 32-byte header), its connection
 //              in a second array at stride S (S = 192: a fake connection's 144 bytes rounded to
@@ -434,7 +436,7 @@ private:
 // reads the line the hit then writes. What a hit would cost with the node's fields in slot 0's
 // line (session 25). At a stride below the slot's size (one_line64) each key's slot runs into
 // the next keys' lines, built after it (as pair_arena): only its first line is the model's.
-template <std::size_t Stride>
+template <std::size_t Stride, std::size_t SlotAt = 24, int Extra = 0>
 class one_line {
 public:
     struct line_head {
@@ -447,7 +449,7 @@ public:
         arena_ = huge_page_arena(keys * Stride);
         mask_ = link_keys(buckets_, keys, [&](u64 k) {
             unsigned char* block = arena_ + Stride * k;
-            new (block + 24) slot;
+            new (block + SlotAt) slot;
             return new (block) line_head;
         });
     }
@@ -456,7 +458,8 @@ public:
     void cycle(u64 k, u64 now) {
         line_head* n = buckets_[mix(k) & mask_];
         while (n->key != k) n = n->link;
-        cycle_on<true, 2>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + 24), now);
+        cycle_on<true, 2>(n->head, reinterpret_cast<slot*>(reinterpret_cast<unsigned char*>(n) + SlotAt), now);
+        pad<Extra>(k, now);
     }
 
 private:
@@ -729,6 +732,10 @@ const std::pair<const char*, runner> models[] = {
     {"one_line128", run<one_line<128>>},
     {"one_line192", run<one_line<192>>},
     {"one_line256", run<one_line<256>>},
+    {"one_line576_at32", run<one_line<576, 32>>},
+    {"one_line576_plus68", run<one_line<576, 24, 68>>},
+    {"one_line576_at32_plus68", run<one_line<576, 32, 68>>},
+    {"stride576_plus68", run<strided<576, 0, 64, 68>>},
     {"split64", run<split<64>>},
     {"node_apart576", run<node_apart<576>>},
     {"node_apart192", run<node_apart<192>>},
