@@ -2,18 +2,21 @@
 // detail::key_table, the registry shard's hash table: lookups, growth without moving nodes,
 // erasure, keys whose integer hashes differ only in their high bits, the hash's top bits (the
 // registry's shard), the table's own node storage (one cache line per node that fits, freed nodes
-// reused, node_of), and what a lock-free reader relies on: an erased node stays intact until a
+// reused, node_of, room for the caller's Tail), values built from emplace's arguments, and what a lock-free reader relies on: an erased node stays intact until a
 // grace period has passed.
 #include <cstdint>
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include <boost/container_hash/hash.hpp>
 #include <doctest/doctest.h>
 #include <keypool/detail/key_table.hpp>
 
@@ -249,6 +252,36 @@ TEST_CASE("key_table: node_of finds the node from its value") {
     CHECK(&key_table<std::string, int>::node_of(n->second) == n);
     CHECK(key_table<std::string, int>::node_of(t.find("tenant-with-a-name-longer-than-sso")->second).first ==
           "tenant-with-a-name-longer-than-sso");
+}
+
+TEST_CASE("key_table: a value is built from emplace's arguments, and each own node has room for its Tail right after it") {
+    // The registry keeps the part of its entry a hit does not read in that room (its `cold`).
+    struct tail {
+        std::uint64_t words[5];
+    };
+    using table = key_table<std::uint64_t, std::pair<int, int>, boost::hash<std::uint64_t>, std::equal_to<std::uint64_t>,
+                            true, keypool::detail::never_external, tail>;
+    table t;
+    std::vector<table::node*> nodes;
+    for (std::uint64_t k = 0; k < 200; ++k) nodes.push_back(t.emplace(k, nullptr, static_cast<int>(k), -static_cast<int>(k)));
+    for (std::uint64_t k = 0; k < 200; ++k) {
+        table::node* n = nodes[k];
+        CHECK(n->second == std::pair<int, int>(static_cast<int>(k), -static_cast<int>(k)));
+        auto* room = static_cast<unsigned char*>(table::tail_of(n));
+        CHECK(room >= reinterpret_cast<unsigned char*>(n) + sizeof(table::node));
+        CHECK(reinterpret_cast<std::uintptr_t>(room) % alignof(tail) == 0);
+        auto* mine = ::new (room) tail{};
+        for (auto& w : mine->words) w = ~k;
+    }
+    // No node's room overlaps another node: every key and value is intact after all were written.
+    for (std::uint64_t k = 0; k < 200; ++k) {
+        CHECK(t.find(k) == nodes[k]);
+        CHECK(nodes[k]->second.first == static_cast<int>(k));
+        CHECK(static_cast<tail*>(table::tail_of(nodes[k]))->words[4] == ~k);
+    }
+    auto r = t.replace(nodes[3], nullptr, 30, 31); // replace() forwards too
+    CHECK(t.find(3) == r);
+    CHECK(r->second == std::pair<int, int>(30, 31));
 }
 
 TEST_CASE("key_table: a key whose constructor throws leaves the table as it was") {

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -79,6 +81,44 @@ TEST_CASE("each key gets its own pool, created once, and a lease tells its key")
     CHECK(f.resolver.st->calls == 2);
     CHECK(s.pools.in_use == 2);
     CHECK(s.pools.size == f.fake.live());
+}
+
+namespace {
+/// Integer keys, each its own target: the registry W3 measures (its nodes live in their pools).
+struct int_resolver {
+    using target_type = std::string;
+    using setup_type = keypool::no_setup;
+    std::optional<keypool::route<std::string>> resolve(const std::uint64_t& k, std::error_code&) const {
+        return keypool::route<std::string>{"db_" + std::to_string(k), {}};
+    }
+};
+} // namespace
+
+TEST_CASE("a key's node, its pool's idle-stack head and slot 0's header share one cache line, and slot 0's connection starts on the next") {
+    // What a hit reads and writes of its key: that line, and the connection's first bytes for the
+    // reset, prefetched beside it (pool_core's block layout; docs/benchmarks.md, "Session 28").
+    kp_test::fixture f;
+    keypool::basic_registry<std::uint64_t, int_resolver, keypool::fake::connector, keypool::with_clock<keypool::manual_clock>> r(
+        int_resolver{}, f.fake, {.pool = {.max_size = 2}}, f.clock);
+    for (std::uint64_t k : {7U, 8U}) r.acquire(k).release();
+    for (std::uint64_t k : {7U, 8U}) {
+        auto p = r.pool(k);
+        auto* core = keypool::detail::pool_access::core(*p);
+        using core_type = std::remove_pointer_t<decltype(core)>;
+        const auto addr = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a); };
+        const auto* front = static_cast<const unsigned char*>(core_type::front_at(core, core->shared()));
+        const auto* s0 = core->slots();
+        REQUIRE(s0->conn);
+        CHECK(addr(front) % 64 == 0);
+        std::uint64_t key = 0; // the node: its link, then its key
+        std::memcpy(&key, front + 8, sizeof key);
+        CHECK(key == k);
+        CHECK(addr(&core->head()) / 64 == addr(front) / 64);
+        CHECK(addr(s0) / 64 == addr(front) / 64);
+        CHECK((addr(s0) + 31) / 64 == addr(front) / 64); // slot 0's whole 32-byte header
+        CHECK(addr(&*s0->conn) / 64 == addr(front) / 64 + 1);
+        CHECK(addr(core) / 64 > addr(front) / 64 + 1);
+    }
 }
 
 TEST_CASE("building a registry settles its lookups' barrier mode, so the first acquire makes no membarrier registration") {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <new>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,11 @@ namespace keypool::detail {
 /// the memory once the node is destroyed (after erase() and a reclaim() past a grace period).
 ///
 /// `Concurrent` false (sync::none): no lock-free readers, so an erased node is destroyed at once.
+///
+/// `Tail`: a type of the caller's that each node in the table's own memory has room for right
+/// after it, at tail_of(node) (the table neither builds nor destroys it: the value does, e.g. the
+/// registry's entry keeps its fields that a hit does not read there); `void` for none. A node in
+/// the caller's memory has no such room.
 struct never_external {
     template <class T>
     bool operator()(const T&) const noexcept {
@@ -61,7 +67,7 @@ struct never_external {
     }
 };
 template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equal_to<Key>, bool Concurrent = true,
-          class External = never_external>
+          class External = never_external, class Tail = void>
 class key_table {
 public:
     struct node;
@@ -69,9 +75,14 @@ public:
         std::atomic<node*> next{nullptr};
     };
     struct node : node_link, std::pair<const Key, T> {
-        explicit node(const Key& k) : std::pair<const Key, T>(std::piecewise_construct, std::forward_as_tuple(k), std::tuple<>{}) {}
+        template <class... Args>
+        explicit node(const Key& k, Args&&... a)
+            : std::pair<const Key, T>(std::piecewise_construct, std::forward_as_tuple(k), std::forward_as_tuple(std::forward<Args>(a)...)) {}
     };
     using iterator = node*;
+
+    /// Where the room for a `Tail` after node `n` (in the table's own memory) starts.
+    static void* tail_of(node* n) noexcept { return reinterpret_cast<unsigned char*>(n) + tail_offset; }
 
     /// The node whose value is `v` (a value that lives in this table's node).
     static node& node_of(T& v) noexcept {
@@ -132,13 +143,14 @@ public:
         return nullptr;
     }
 
-    /// Inserts a node for `k` with a value-initialised T; `k` must not be in the table. `mem`:
+    /// Inserts a node for `k` with a T made from `a...`; `k` must not be in the table. `mem`:
     /// where to build it (the caller's memory, sizeof(node) bytes aligned for a node; the value
     /// must then say External), or nullptr for the table's own.
-    iterator emplace(const Key& k, void* mem = nullptr) {
+    template <class... Args>
+    iterator emplace(const Key& k, void* mem = nullptr, Args&&... a) {
         bucket_array b = current();
         if (size_ >= capacity_of(b.count())) b = grow(2 * b.count());
-        node* n = build(k, mem);
+        node* n = build(k, mem, std::forward<Args>(a)...);
         auto& head = b.heads[b.index(hash_of(n->first))];
         n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
         head.store(n, std::memory_order_release); // publishes the built node
@@ -153,11 +165,12 @@ public:
         retire(n);
     }
 
-    /// Puts a new node for `old`'s key (a value-initialised T, built in `mem` as emplace() does)
+    /// Puts a new node for `old`'s key (a T made from `a...`, built in `mem` as emplace() does)
     /// where `old` is in its chain, in one store, and retires `old` as erase() does: a lock-free
     /// reader finds one or the other.
-    iterator replace(iterator old, void* mem = nullptr) {
-        node* n = build(old->first, mem);
+    template <class... Args>
+    iterator replace(iterator old, void* mem = nullptr, Args&&... a) {
+        node* n = build(old->first, mem, std::forward<Args>(a)...);
         n->next.store(old->next.load(std::memory_order_relaxed), std::memory_order_relaxed);
         link_of(old).store(n, std::memory_order_release); // publishes the built node
         retire(old);
@@ -227,10 +240,15 @@ public:
 
 private:
     static constexpr std::size_t line = 64;
-    // Node storage: a line each when a node fits in one, else its size rounded to its alignment.
-    static constexpr std::size_t stride =
-        sizeof(node) <= line ? line : (sizeof(node) + alignof(node) - 1) / alignof(node) * alignof(node);
-    static_assert(alignof(node) <= line);
+    struct no_tail {};
+    using tail_type = std::conditional_t<std::is_void_v<Tail>, no_tail, Tail>;
+    static constexpr std::size_t tail_offset = (sizeof(node) + alignof(tail_type) - 1) / alignof(tail_type) * alignof(tail_type);
+    static constexpr std::size_t record = std::is_void_v<Tail> ? sizeof(node) : tail_offset + sizeof(tail_type);
+    static constexpr std::size_t record_align = std::max(alignof(node), alignof(tail_type));
+    // Node storage (with the tail's room): a line each when that fits in one, else its size
+    // rounded to its alignment.
+    static constexpr std::size_t stride = record <= line ? line : (record + record_align - 1) / record_align * record_align;
+    static_assert(record_align <= line);
     static constexpr std::size_t min_buckets = 16;
     // The keys a table of `buckets` buckets holds before it doubles. Below dense_buckets, half a
     // key per bucket (a load between 1/4 and 1/2): a present key is the first of its chain 79-89%
@@ -273,11 +291,12 @@ private:
         while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
         return *at;
     }
-    node* build(const Key& k, void* mem) {
+    template <class... Args>
+    node* build(const Key& k, void* mem, Args&&... a) {
         const bool own = mem == nullptr;
         if (own) mem = allocate_node();
         try {
-            node* n = new (mem) node(k);
+            node* n = new (mem) node(k, std::forward<Args>(a)...);
             owned_ += own;
             return n;
         } catch (...) {

@@ -141,7 +141,7 @@ public:
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
               n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()), has_caches(n_caches != 0),
               has_lease_info(detect_self_deadlock || leak_threshold), pass_slack(slack_of(*this)) {
-            set_prefix(0);
+            set_prefix(0, 0);
             if constexpr (std::is_same_v<Clock, steady_clock> && thread_safe)
                 if (use_coarse_ticker) ticker.emplace();
         }
@@ -177,12 +177,12 @@ public:
         // The steady clock's coarse ticker, held while any pool built from this context lives
         // (use_coarse_ticker): its fast paths' coarse_now() then reads one cache line.
         std::optional<keypool::coarse_ticker> ticker;
-        // Bytes each pool's allocation keeps for its owner between the idle-stack head and the
-        // core (a multiple of 8; the registry's key node, see block layout), and the distances
-        // from a core back to its head and to its slots. Set (set_prefix) before the first pool
-        // is built.
-        std::size_t prefix = 0, head_back = 0, slots_back = 0;
-        std::ptrdiff_t prefix_to_slot0 = 0; // from the prefix's start to slot 0 (negative, never 0)
+        // Bytes each pool's allocation keeps for its owner (see block layout): `front` at its
+        // start, before the idle-stack head (the registry's key node), and `back` between the
+        // slots and the core (the rest of the key's entry), each a multiple of 8; and the
+        // distances from a core back to its block's start, its head and its slots. Set
+        // (set_prefix) before the first pool is built.
+        std::size_t front = 0, back = 0, block_back = 0, head_back = 0, slots_back = 0;
         /// reset_at::background: `f` is called when a returned connection of any pool built from
         /// this context waits for its reset (under that pool's lock and this context's signal
         /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
@@ -246,11 +246,12 @@ public:
                 ev->reset();
             }
         }
-        void set_prefix(std::size_t bytes) noexcept {
-            prefix = bytes;
-            head_back = core_offset(max_size, bytes) - (slot0_offset() - sizeof(head_type));
-            slots_back = core_offset(max_size, bytes) - slot0_offset();
-            prefix_to_slot0 = static_cast<std::ptrdiff_t>(prefix) - static_cast<std::ptrdiff_t>(slots_back);
+        void set_prefix(std::size_t front_bytes, std::size_t back_bytes) noexcept {
+            front = front_bytes;
+            back = (back_bytes + alignof(pool_core) - 1) / alignof(pool_core) * alignof(pool_core);
+            block_back = core_offset(max_size, front, back);
+            head_back = block_back - (slot0_offset(front) - sizeof(head_type));
+            slots_back = block_back - slot0_offset(front);
         }
     };
     using shared_context = boost::intrusive_ptr<context>;
@@ -258,15 +259,15 @@ public:
         return new context(o, std::move(c), clock, std::move(obs));
     }
 
-    /// How many slots a core is allocated with, the owner's prefix bytes and where from:
-    /// `new (slot_count{max_size, prefix, arena}) pool_core(...)`, all as the context says.
+    /// How many slots a core is allocated with, the owner's bytes and where from:
+    /// `new (slot_count{max_size, front, back, arena}) pool_core(...)`, all as the context says.
     struct slot_count {
         std::size_t n;
-        std::size_t prefix = 0;
+        std::size_t front = 0, back = 0;
         huge_arena* arena = nullptr; // the context's, if it has one
     };
 
-    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->prefix, o->arena.get()}) pool_core(...)`:
+    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->front, o->back, o->arena.get()}) pool_core(...)`:
     /// the slots and the idle-stack head live in the same allocation, before the core (one
     /// allocation per pool; see operator new).
     pool_core(target_type t, shared_context o)
@@ -290,28 +291,35 @@ public:
         intrusive_ptr_release(ctx_);
     }
 
-    // One allocation: [idle-stack head, 8 bytes][slot 0 .. slot n-1][padding to a cache line]
-    // [the owner's prefix][core]. The head and slot 0, the one an idle pool hands out (most
-    // recently used first), share the first cache line: slot 0's 32-byte header and a
-    // connection's first 24 bytes. A checkout and a release of slot 0 write that line alone,
-    // so the owner's prefix (a registry's key node) and the core's first fields, which they
-    // read, stay shared between cores. Head, slots and prefix lie at fixed distances from the
-    // core, so a caller that knows the context reaches each without reading the core (head_at,
-    // slots_at, prefix_at); a registry builds the key's node in the prefix.
+    // One allocation: [the owner's front][idle-stack head, 8 bytes][slot 0 .. slot n-1]
+    // [the owner's back][core]; the block starts on a cache line.
+    // - A pool of its own (no owner bytes): [head][slots][padding to a cache line][core]. The head
+    //   and slot 0, the one an idle pool hands out (most recently used first), share the first
+    //   line: slot 0's 32-byte header and its connection's first 24 bytes. A checkout and a
+    //   release of slot 0 write that line alone, so the core's first fields, which they read,
+    //   stay shared between cores.
+    // - A registry's pool: the key's node in the front (link, key, the entry's state: 24 bytes
+    //   for an 8-byte key), so one line holds what a hit reads and writes — the node, the head
+    //   and slot 0's header — and slot 0's connection starts on the next; the rest of the entry,
+    //   which a hit does not touch, in the back (docs/benchmarks.md, "Session 28").
+    // Head, slots and the owner's bytes lie at fixed distances from the core, so a caller that
+    // knows the context reaches each without reading the core (head_at, slots_at, front_at,
+    // back_at).
     static void* operator new(std::size_t size, slot_count c) {
-        const std::size_t bytes = core_offset(c.n, c.prefix) + size;
-        void* block = c.arena ? c.arena->allocate(bytes) : ::operator new(bytes, std::align_val_t{allocation_alignment()});
-        return static_cast<unsigned char*>(block) + core_offset(c.n, c.prefix);
+        const std::size_t offset = core_offset(c.n, c.front, c.back);
+        void* block = c.arena ? c.arena->allocate(offset + size) : ::operator new(offset + size, std::align_val_t{allocation_alignment()});
+        return static_cast<unsigned char*>(block) + offset;
     }
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
-        free_block(static_cast<unsigned char*>(p) - core_offset(c.n, c.prefix), core_offset(c.n, c.prefix) + sizeof(pool_core), c.arena);
+        const std::size_t offset = core_offset(c.n, c.front, c.back);
+        free_block(static_cast<unsigned char*>(p) - offset, offset + sizeof(pool_core), c.arena);
     }
     // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
     // pool that left a registry hands its final counters over while it is still alive (a
     // registry's stats() may be reading it under the list's lock until then).
     static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
         if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
-        const std::size_t offset = core_offset(p->ctx_->max_size, p->ctx_->prefix);
+        const std::size_t offset = p->ctx_->block_back;
         unsigned char* block = reinterpret_cast<unsigned char*>(p) - offset;
         // The arena lives in the context, whose last reference the destructor may drop: held
         // until the block is back in it.
@@ -323,19 +331,25 @@ public:
         if (arena) arena->deallocate(block, bytes);
         else ::operator delete(block, std::align_val_t{allocation_alignment()});
     }
-    /// The bytes of one pool's allocation (head, slots, the owner's prefix and the core).
-    static std::size_t block_bytes(const context& x) noexcept { return core_offset(x.max_size, x.prefix) + sizeof(pool_core); }
+    /// The bytes of one pool's allocation (the owner's bytes, head, slots and the core).
+    static std::size_t block_bytes(const context& x) noexcept { return x.block_back + sizeof(pool_core); }
     static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
-    /// Where slot 0 starts: right after the head (later only for a connection aligned wider
-    /// than 8 bytes; the head then ends where slot 0 starts).
-    static constexpr std::size_t slot0_offset() noexcept { return std::max(sizeof(head_type), alignof(slot)); }
-    /// The head's and the slots' bytes, rounded up to a cache line: where the prefix starts.
-    static constexpr std::size_t slots_bytes(std::size_t slots) noexcept {
-        const std::size_t a = allocation_alignment();
-        return (slot0_offset() + slots * sizeof(slot) + a - 1) / a * a;
+    /// Where slot 0 starts: right after the head, which follows the owner's `front` bytes
+    /// (later only for a connection aligned wider than 8 bytes; the head then ends where slot 0
+    /// starts).
+    static constexpr std::size_t slot0_offset(std::size_t front) noexcept {
+        return (front + sizeof(head_type) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
     }
-    static constexpr std::size_t core_offset(std::size_t slots, std::size_t prefix) noexcept {
-        return slots_bytes(slots) + prefix;
+    /// Where the core starts. A pool of its own rounds the slots up to a cache line (the core's
+    /// first fields, read by every checkout, apart from the slots it writes); a registry's pool
+    /// puts its owner's `back` right after the slots (it reads neither on a hit).
+    static constexpr std::size_t core_offset(std::size_t slots, std::size_t front, std::size_t back) noexcept {
+        const std::size_t end = slot0_offset(front) + slots * sizeof(slot);
+        if (front == 0 && back == 0) {
+            const std::size_t a = allocation_alignment();
+            return (end + a - 1) / a * a;
+        }
+        return (end + alignof(pool_core) - 1) / alignof(pool_core) * alignof(pool_core) + back;
     }
     /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
     /// address alone (the core's own fields are not read).
@@ -347,13 +361,15 @@ public:
         auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.slots_back;
         return std::launder(reinterpret_cast<slot*>(p));
     }
-    /// Where the owner's prefix of core `c` (made with context `x`) starts: on the line after the
-    /// slots.
-    static void* prefix_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.prefix; }
-    /// The core whose owner's prefix starts at `p` (the inverse of prefix_at; an address only:
-    /// nothing is read).
-    static pool_core* after_prefix(const void* p, const context& x) noexcept {
-        return reinterpret_cast<pool_core*>(reinterpret_cast<std::uintptr_t>(p) + x.prefix);
+    /// Where the owner's front bytes of core `c` (made with context `x`) start: the block's
+    /// start, a cache line.
+    static void* front_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.block_back; }
+    /// Where the owner's back bytes of core `c` start: right before the core.
+    static void* back_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.back; }
+    /// The core whose owner's front bytes start at `p` (the inverse of front_at; an address
+    /// only: nothing is read).
+    static pool_core* after_front(const void* p, const context& x) noexcept {
+        return reinterpret_cast<pool_core*>(reinterpret_cast<std::uintptr_t>(p) + x.block_back);
     }
     /// t + d, or time_point::max() where that would overflow (d ≥ 0).
     static time_point saturating_add(time_point t, duration d) noexcept {
@@ -542,7 +558,7 @@ public:
     /// the core's pointer (the registry) waits for this miss beside its own, not after it.
     static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, const context& x) noexcept {
         KEYPOOL_PREFETCH_WRITE(&head_at(c, x));
-        if constexpr (slot0_offset() > sizeof(head_type)) KEYPOOL_PREFETCH_WRITE(slots_at(c, x)); // (not on the head's line)
+        if constexpr (slot0_offset(0) > sizeof(head_type)) KEYPOOL_PREFETCH_WRITE(slots_at(c, x)); // (not on the head's line)
     }
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the

@@ -134,7 +134,7 @@ public:
         // fewer than 1,024 nodes takes well under a millisecond): reserved ahead, 1,000 keys had 8
         // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
         // in 4 (docs/benchmarks.md, "Session 18").
-        if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)));
+        if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)), sizeof(cold));
         if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
         if (wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_))) {
@@ -208,7 +208,7 @@ public:
         popped p;
         const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) [[likely]] {
-            held<setup_type> setup = p.e->setup;
+            held<setup_type> setup = p.e->c().setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
             const auto r = p.core->checkout_detached(x, p.s, now, checkout_when(when), site); // (records the site)
@@ -249,13 +249,13 @@ public:
             const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.core) {
+            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.c().core) {
                 entry& e = it->second;
-                core_type* core = e.core.get();
+                core_type* core = e.c().core.get();
                 touch(e, now);
                 if (!counted) ++sh.hits;
                 counted = true;
-                held<setup_type> setup = e.setup;
+                held<setup_type> setup = e.c().setup;
                 if (auto* s = core->pop_idle(*pool_context_)) {
                     held<Key> k = key_of(e, key);
                     lk.unlock();
@@ -266,7 +266,7 @@ public:
                     }
                 }
                 // Keep the pool alive while we wait on it, even if the entry is retired.
-                core_ref pin = e.core.share();
+                core_ref pin = e.c().core.share();
                 held<Key> k = key_of(e, key);
                 lk.unlock();
                 auto* s = pin->acquire(resolve_deadline(), st, ec);
@@ -289,7 +289,7 @@ public:
         popped p;
         const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) {
-            held<setup_type> setup = p.e->setup;
+            held<setup_type> setup = p.e->c().setup;
             held<Key> k = key_of(*p.e, key);
             rs.leave();
             const auto r = p.core->checkout_detached(x, p.s, now);
@@ -312,13 +312,13 @@ public:
             const time_point now = clock_->coarse_now();
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second.st != entry::state::ready || !it->second.core) return {};
+            if (it == sh.map.end() || it->second.st != entry::state::ready || !it->second.c().core) return {};
             entry& e = it->second;
             touch(e, now);
             if (!counted) ++sh.hits;
             counted = true;
-            core_type* core = e.core.get();
-            held<setup_type> setup = e.setup;
+            core_type* core = e.c().core.get();
+            held<setup_type> setup = e.c().setup;
             auto* s = core->pop_idle_or_steal(); // (may take the core's lock: shard, then core)
             if (!s) return {};
             held<Key> k = key_of(e, key);
@@ -340,9 +340,9 @@ public:
         for (;;) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.core) {
+            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.c().core) {
                 touch(it->second, clock_->coarse_now());
-                return pool_access::share<Pool>(it->second.core.get(), *clock_);
+                return pool_access::share<Pool>(it->second.c().core.get(), *clock_);
             }
             if (!create_or_join(sh, lk, it, key, deadline, st, ec)) return nullptr;
         }
@@ -362,7 +362,7 @@ public:
                 leave_ring_locked(it->second);
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
-            dead = it->second.core.take();
+            dead = it->second.c().core.take();
             sh.map.erase(it);
         }
         quiesce();
@@ -387,10 +387,10 @@ public:
             auto it = sh.map.find(key);
             if (it == sh.map.end()) return;
             entry* e = &it->second;
-            if (e->st != entry::state::ready || e->core.get() != pool || e->core->busy()) return;
+            if (e->st != entry::state::ready || e->c().core.get() != pool || e->c().core->busy()) return;
             leave_ring_locked(*e);
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
-            dead = e->core.take(); // closed outside the locks, after a grace period
+            dead = e->c().core.take(); // closed outside the locks, after a grace period
             // A node in the pool's allocation must go with the pool: the failure is
             // remembered in a node of the table's own (which cannot throw here: out of memory,
             // the key is just dropped).
@@ -406,7 +406,7 @@ public:
                 e->st = entry::state::failed;
                 pend->error = why;
                 pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
-                e->pend = std::move(pend);
+                e->c().pend = std::move(pend);
             }
         }
         quiesce();
@@ -454,13 +454,13 @@ public:
                 const auto idle = idle_test(clock_->coarse_now());
                 pools = live_pools([&](const node_type& n) {
                     if (idle(n.second)) return candidates.push_back(n.first), true;
-                    return fresh && n.second.core->skip_pass(now, due);
+                    return fresh && n.second.c().core->skip_pass(now, due);
                 });
                 retire_idle(candidates, idle);
             }
         }
         if (!walked)
-            pools = live_pools([&](const node_type& n) { return fresh && n.second.core->skip_pass(now, due); });
+            pools = live_pools([&](const node_type& n) { return fresh && n.second.c().core->skip_pass(now, due); });
         passes_.fetch_add(pools.size(), std::memory_order_relaxed);
         for (auto& p : pools) due = std::min(due, p->maintain());
         // Spare chunks in huge pages for the pools to come (registry_options::huge_pages): faulted
@@ -495,7 +495,7 @@ public:
                         return false;
                     }
                     if (e.st == entry::state::ready) leave_ring_locked(e);
-                    if (e.core) dead.push_back(e.core.take());
+                    if (e.c().core) dead.push_back(e.c().core.take());
                     return true;
                 });
             }
@@ -639,18 +639,22 @@ private:
         atomic<core_type*> c_{nullptr};
     };
 
-    // An entry lives inside its hash-table node, after the key (the table is node-based, so it
-    // never moves): finding a key and using its pool touches the bucket, then the node, then the
-    // pool — no separately allocated entry in between. The hot path reads st, core, setup and,
-    // for keys that share a pool, writes referenced/last_used: they come first. The ring hook is
-    // touched only by eviction.
-    // Lock-free lookups read st and core (atomics) and, once st is ready, setup and shared_key,
+    struct entry;
+    // An entry in two parts. Its state lives inside its hash-table node, after the key (the table
+    // is node-based, so it never moves): 8 bytes, the node 24 for an 8-byte key. The rest, which
+    // a hit on a key's own pool never reads, lives elsewhere at a fixed distance (entry::c()):
+    // for a node in its pool's allocation (embeds) in the block's back bytes, behind the slots,
+    // so the node, the idle-stack head and slot 0's header fill the block's first line; for a
+    // node of the table's own memory right after the node (key_table's Tail).
+    // Lock-free lookups read st and embedded and, once st is ready, core, setup and shared_key,
     // which do not change while the node is linked.
-    struct entry {
-        using state = typename state_cell::state;
-        state_cell st;
+    struct cold {
+        explicit cold(entry& e) noexcept : owner(&e) {}
+        cold(const cold&) = delete;
+        cold& operator=(const cold&) = delete;
+        entry* const owner; // (the ring's way back: it links the cold parts)
+        // For keys that share a pool (a hit's touch()): the CLOCK bit and the coarse last use.
         atomic<bool> referenced{true};
-        bool embedded = false; // the node lives in its pool's allocation (see embeds)
         // An embedded entry's pool is its own: hits stamp its slots, not the entry (pop_unlocked).
         // The CLOCK hand's note of the pool's use count (uses_mod32) at its last visit, under
         // ring_m_; last_used is brought up to the pool's last use by the idle walks (last_use).
@@ -664,6 +668,27 @@ private:
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
         std::unique_ptr<pending> pend; // creating (flight::shared) and failed only
     };
+    struct entry {
+        using state = typename state_cell::state;
+        /// `at`: where its cold part goes, nullptr for right after its node (a node of the table's
+        /// own memory); `in_pool`: the node lives in its pool's allocation (see embeds).
+        entry(void* at, bool in_pool) : embedded(in_pool) {
+            unsigned char* const self = reinterpret_cast<unsigned char*>(this);
+            if (!at) at = table_type::tail_of(&table_type::node_of(*this));
+            cold_at = static_cast<std::int32_t>(static_cast<unsigned char*>(at) - self);
+            ::new (at) cold(*this);
+        }
+        entry(const entry&) = delete;
+        entry& operator=(const entry&) = delete;
+        ~entry() { c().~cold(); }
+        /// The cold part: the entry's fields a hit on a key's own pool does not read.
+        cold& c() const noexcept {
+            return *std::launder(reinterpret_cast<cold*>(reinterpret_cast<std::uintptr_t>(this) + static_cast<std::intptr_t>(cold_at)));
+        }
+        state_cell st;
+        const bool embedded;
+        std::int32_t cold_at = 0; // from this entry to its cold part (within one allocation)
+    };
     struct shard;
     /// An entry taken out of the table: its key (for the observer), its pool, which closes when
     /// the last reference goes (outside all locks, after a grace period), and its shard.
@@ -676,15 +701,17 @@ private:
     struct is_embedded {
         bool operator()(const entry& e) const noexcept { return e.embedded; }
     };
-    using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe, is_embedded>;
+    using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe, is_embedded, cold>;
     using node_type = typename table_type::node;
 
-    /// A ready key's node lives in its pool's allocation, in the prefix between the idle-stack
-    /// head and the core (pool_core's block layout), when the key's pool is its own: routes
-    /// without a setup (with one, keys share pools by target). Then the head and the node's
-    /// first 56 bytes — link, key, state, CLOCK bit, last use, pool pointer for an 8-byte key —
-    /// share one cache line, and a hit touches that line and slot 0's: two lines of the key, not
-    /// three. The node is built when the pool is published, in place of the `creating` node that
+    /// A ready key's node lives in its pool's allocation, at the block's start, before the
+    /// idle-stack head, and the rest of its entry (cold) behind the slots (pool_core's block
+    /// layout), when the key's pool is its own: routes without a setup (with one, keys share
+    /// pools by target). Then the node — link, key, state: 24 bytes for an 8-byte key — the head
+    /// and slot 0's 32-byte header fill one cache line, and slot 0's connection starts on the
+    /// next: a hit reads and writes those two lines of the key, side by side (it reads the
+    /// first, the second is prefetched with it), and nothing else of it (docs/benchmarks.md,
+    /// "Session 28"). The node is built when the pool is published, in place of the `creating` node that
     /// the leader inserted (key_table::replace), and destroyed by the table's reclaim after a
     /// grace period, before the registry drops its reference on the pool (every path that takes
     /// an entry's pool unlinks the node, waits for the grace period and reclaims before letting
@@ -738,8 +765,8 @@ private:
     }
 
     using ring_type =
-        boost::intrusive::list<entry,
-                               boost::intrusive::member_hook<entry, decltype(entry::hook), &entry::hook>,
+        boost::intrusive::list<cold,
+                               boost::intrusive::member_hook<cold, decltype(cold::hook), &cold::hook>,
                                boost::intrusive::constant_time_size<true>>;
 
     /// A key's shard: the top bits of its mixed hash, whose bits below pick its bucket in the
@@ -766,7 +793,7 @@ private:
     /// pool_idle_timeout and not busy (that last check takes the pool's lock).
     auto idle_test(time_point now) const noexcept {
         return [now, limit = idle_limit()](const entry& e) {
-            return e.st == entry::state::ready && e.core && now - last_use(e, now, limit) >= limit && !e.core->busy();
+            return e.st == entry::state::ready && e.c().core && now - last_use(e, now, limit) >= limit && !e.c().core->busy();
         };
     }
     /// The entry's last use as idle eviction sees it: the stored one (touch), or, once that is
@@ -774,19 +801,19 @@ private:
     /// pool's last use if later (pool_core::last_use: not maintain()'s connects), stored
     /// back: a busy key's slots are read once a timeout, not on every walk.
     static time_point last_use(const entry& e, time_point now, duration limit) noexcept {
-        const time_point stored(duration(e.last_used.load(std::memory_order_relaxed)));
+        const time_point stored(duration(e.c().last_used.load(std::memory_order_relaxed)));
         if (!e.embedded || now - stored < limit) return stored;
-        const time_point used = e.core->last_use();
+        const time_point used = e.c().core->last_use();
         if (used <= stored) return stored;
-        e.last_used.store(used.time_since_epoch().count(), std::memory_order_relaxed);
+        e.c().last_used.store(used.time_since_epoch().count(), std::memory_order_relaxed);
         return used;
     }
     /// The CLOCK hand's visit (under ring_m_): whether the entry's own pool had a checkout since
     /// the hand's last visit (its use count moved), noted for the next.
     static bool used_since_hand(entry& e) noexcept {
         if (!e.embedded) return false;
-        const std::uint32_t u = e.core->uses_mod32();
-        return std::exchange(e.seen_uses, u) != u;
+        const std::uint32_t u = e.c().core->uses_mod32();
+        return std::exchange(e.c().seen_uses, u) != u;
     }
 
     /// evict_idle()'s second half: each candidate checked again and retired under ring_m_, a
@@ -831,12 +858,12 @@ private:
     KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
         const auto now = coarse_now.time_since_epoch().count();
         if constexpr (Eviction::uses_lru) {
-            if (!e.referenced.load(std::memory_order_relaxed)) [[unlikely]]
-                e.referenced.store(true, std::memory_order_relaxed);
+            if (!e.c().referenced.load(std::memory_order_relaxed)) [[unlikely]]
+                e.c().referenced.store(true, std::memory_order_relaxed);
         }
         if constexpr (Eviction::uses_idle) {
-            if (now - e.last_used.load(std::memory_order_relaxed) >= touch_step_) [[unlikely]]
-                e.last_used.store(now, std::memory_order_relaxed);
+            if (now - e.c().last_used.load(std::memory_order_relaxed) >= touch_step_) [[unlikely]]
+                e.c().last_used.store(now, std::memory_order_relaxed);
         }
         (void)now;
     }
@@ -860,36 +887,25 @@ private:
     KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(std::size_t h, const Key& key, time_point now, const read_section& rs,
                                               popped& p, typename core_type::context& x) noexcept {
         shard& sh = shard_at(h);
-        // A node in its pool's allocation (embeds) has slot 0 at a fixed distance: load it side
-        // by side with the node, not after it (with two threads a key's node line, written by
-        // every acquire, is often in the other core's cache). For a node of the table's own the
-        // address means nothing, and its prefetch is harmless.
-        std::ptrdiff_t to_slot0 = 0;
-        if constexpr (embeds) to_slot0 = x.prefix_to_slot0;
-        auto it = table_type::template find_shared_at<embeds>(directory_[shard_index(h)], key, h, to_slot0);
+        // A node in its pool's allocation (embeds) shares its line with the idle-stack head and
+        // slot 0's header, and slot 0's connection, which the checkout's reset touches, starts
+        // on the next line: load that side by side with the node, not after it. For a node of
+        // the table's own the address means nothing, and its prefetch is harmless.
+        auto it = table_type::template find_shared_at<embeds>(directory_[shard_index(h)], key, h, 64);
         if (!it || it->second.st != entry::state::ready) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
-        core_type* core = e.core.get();
-        if constexpr (embeds) {
-            // The node lies in its pool's allocation, just before the core: the core's address
-            // follows from the node's without waiting for the load of e.core, which only
-            // confirms it (a node of the table's own memory has no such core: its e.core is used).
-            core_type* after = core_type::after_prefix(&*it, x);
-            if (core == after) [[likely]] {
-                KEYPOOL_OPAQUE(after); // (else the compiler uses the load: equal, but later)
-                core = after;
-                // The key's own pool: the checkout stamps the slot, which is what eviction reads
-                // (last_use, used_since_hand); nothing of the entry is touched. Its head and slot
-                // 0 are on the line the lookup prefetched (to_slot0).
-            } else if (!core) { // (empty once forget_missing took it)
-                return lookup::missing;
-            } else {
-                core_type::prefetch(core, x);
-                touch(e, now);
-            }
+        core_type* core = nullptr;
+        if (embeds && e.embedded) [[likely]] {
+            // The key's own pool, whose allocation starts with the node: the core's address
+            // follows from the node's, and nothing of the entry's cold part is read. The checkout
+            // stamps the slot, which is what eviction reads (last_use, used_since_hand). (While
+            // the node is linked and ready, its pool is the registry's: every path that takes
+            // the pool unlinks the node and lets a grace period pass before it lets the pool go.)
+            core = core_type::after_front(&*it, x);
         } else {
-            if (!core) [[unlikely]]
+            core = e.c().core.get();
+            if (!core) [[unlikely]] // (empty once forget_missing or close took it)
                 return lookup::missing;
             core_type::prefetch(core, x);
             touch(e, now);
@@ -977,10 +993,10 @@ private:
     }
 
     void wake_joiners_locked(entry& e) noexcept {
-        if (!e.pend) return;
-        while (!e.pend->joiners.empty()) {
-            joiner& j = e.pend->joiners.front();
-            e.pend->joiners.pop_front();
+        if (!e.c().pend) return;
+        while (!e.c().pend->joiners.empty()) {
+            joiner& j = e.c().pend->joiners.front();
+            e.c().pend->joiners.pop_front();
             j.ev.set();
         }
     }
@@ -995,7 +1011,7 @@ private:
         if (it != sh.map.end()) {
             entry& e = it->second;
             if (e.st == entry::state::failed) {
-                if (clock_->now() < e.pend->failed_until) return ec = e.pend->error, false;
+                if (clock_->now() < e.c().pend->failed_until) return ec = e.c().pend->error, false;
                 sh.map.erase(it); // the backoff window is over: try again
                 it = sh.map.end();
             } else if (e.st == entry::state::creating) {
@@ -1007,7 +1023,7 @@ private:
         if constexpr (Flight::single) {
             auto pend = std::make_unique<pending>(); // before the insert: nothing to undo if it throws
             entry& e = insert_locked(sh, key);
-            e.pend = std::move(pend);
+            e.c().pend = std::move(pend);
             lk.unlock();
             return lead(sh, e, key, st, ec);
         } else {
@@ -1020,14 +1036,14 @@ private:
               std::error_code& ec) {
         ++sh.joins;
         joiner j(*clock_);
-        e.pend->joiners.push_back(j); // creating: it has one
+        e.c().pend->joiners.push_back(j); // creating: it has one
         lk.unlock();
         {
             std::stop_callback cb(st, [&] { j.ev.set(); });
             j.ev.wait_until(deadline);
         }
         lk.lock();
-        if (j.is_linked()) e.pend->joiners.erase(e.pend->joiners.iterator_to(j)); // not woken by the leader
+        if (j.is_linked()) e.c().pend->joiners.erase(e.c().pend->joiners.iterator_to(j)); // not woken by the leader
         lk.unlock();
         if (closed_.load()) return ec = make_error_code(errc::closed), false;
         if (st.stop_requested()) return ec = make_error_code(errc::cancelled), false;
@@ -1078,12 +1094,12 @@ private:
                 return ec = rec, false;
             } else {
                 e.st = entry::state::failed;
-                e.pend->error = closed_.load() ? make_error_code(errc::closed) : rec;
-                e.pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
+                e.c().pend->error = closed_.load() ? make_error_code(errc::closed) : rec;
+                e.c().pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
             }
             wake_joiners_locked(*done);
-            if (done->st == entry::state::failed) return ec = done->pend->error, false;
-            done->pend.reset(); // ready: no joiners left
+            if (done->st == entry::state::failed) return ec = done->c().pend->error, false;
+            done->c().pend.reset(); // ready: no joiners left
         }
         notify_pool_created(obs_, key);
         evict_over_cap(done);
@@ -1111,30 +1127,33 @@ private:
         return true;
     }
 
-    /// Where a key's node is built: the prefix of `home`'s allocation, or (nullptr) the table's
+    /// Where a key's node is built: the front of `home`'s allocation, or (nullptr) the table's
     /// own memory.
     void* node_memory(core_type* home) const noexcept {
-        return home ? core_type::prefix_at(home, *pool_context_) : nullptr;
+        return home ? core_type::front_at(home, *pool_context_) : nullptr;
+    }
+    /// Where the cold part of a key's entry goes: the back bytes of `home`'s allocation, or
+    /// (nullptr) after the node in the table's own memory.
+    void* cold_memory(core_type* home) const noexcept {
+        return home ? core_type::back_at(home, *pool_context_) : nullptr;
     }
 
     /// Under the shard lock: a new entry (state `creating`) in the key's node; built in the
-    /// prefix of `home`'s allocation (embeds) if given, else in the table's own memory.
+    /// front of `home`'s allocation (embeds) if given, else in the table's own memory.
     entry& insert_locked(shard& sh, const Key& key, core_type* home = nullptr) {
-        auto node = sh.map.emplace(key, node_memory(home));
-        node->second.embedded = home != nullptr;
-        if constexpr (!copy_is_plain<Key>) node->second.shared_key = hold(key);
+        auto node = sh.map.emplace(key, node_memory(home), cold_memory(home), home != nullptr);
+        if constexpr (!copy_is_plain<Key>) node->second.c().shared_key = hold(key);
         return node->second;
     }
 
-    /// Under the shard lock (embeds): `e`'s key gets a new node in the prefix of `home`'s
+    /// Under the shard lock (embeds): `e`'s key gets a new node at the front of `home`'s
     /// allocation (or, for nullptr, in the table's memory), in `e`'s place in the chain; `e` is
     /// retired (destroyed by a reclaim after a grace period) and must hold no pool, no ring link
     /// and no joiner. Returns the new entry, state `creating`.
     entry& embed_locked(shard& sh, entry& e, core_type* home) {
-        [[maybe_unused]] auto shared_key = e.shared_key; // (e may be gone once replaced: sync::none)
-        auto node = sh.map.replace(&table_type::node_of(e), node_memory(home));
-        node->second.embedded = home != nullptr;
-        if constexpr (!copy_is_plain<Key>) node->second.shared_key = std::move(shared_key);
+        [[maybe_unused]] auto shared_key = e.c().shared_key; // (e may be gone once replaced: sync::none)
+        auto node = sh.map.replace(&table_type::node_of(e), node_memory(home), cold_memory(home), home != nullptr);
+        if constexpr (!copy_is_plain<Key>) node->second.c().shared_key = std::move(shared_key);
         return node->second;
     }
 
@@ -1142,16 +1161,16 @@ private:
     /// is the caller's (equal, and already in a register), any other the entry's shared copy.
     static held<Key> key_of(const entry& e, const Key& key) noexcept {
         if constexpr (copy_is_plain<Key>) return (void)e, key;
-        else return e.shared_key;
+        else return e.c().shared_key;
     }
 
     /// Under ring_m_ and the shard lock: the entry becomes ready with its pool and joins the ring.
     void publish_locked(entry& e, core_ref p, setup_type setup) {
-        e.core.set(std::move(p));
-        e.setup = hold(std::move(setup));
+        e.c().core.set(std::move(p));
+        e.c().setup = hold(std::move(setup));
         e.st = entry::state::ready;
-        e.last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
-        ring_.push_back(e);
+        e.c().last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
+        ring_.push_back(e.c());
     }
 
     core_ref make_pool(const target_type& target) {
@@ -1168,9 +1187,9 @@ private:
         std::lock_guard rl(ring_m_);
         bool found = false;
         for (std::size_t n = ring_.size(); n > 0 && !found; --n) {
-            entry& e = ring_.front();
+            entry& e = *ring_.front().owner;
             ++scanned;
-            if (e.core.get() != except && e.core->close_one_idle()) // counted as the pool's close_reason::trimmed
+            if (e.c().core.get() != except && e.c().core->close_one_idle()) // counted as the pool's close_reason::trimmed
                 found = true;
             else
                 ring_.splice(ring_.end(), ring_, ring_.begin());
@@ -1207,7 +1226,7 @@ private:
         auto& node = table_type::node_of(e);
         shard& sh = shard_for(node.first);
         std::lock_guard lk(sh.m);
-        retired r{node.first, e.core.take(), &sh};
+        retired r{node.first, e.c().core.take(), &sh};
         sh.map.erase(&node);
         return r;
     }
@@ -1226,12 +1245,12 @@ private:
                 std::lock_guard rl(ring_m_);
                 std::size_t steps = 0;
                 while (ring_.size() > opt_.max_pools) {
-                    entry& e = ring_.front();
+                    entry& e = *ring_.front().owner;
                     const bool last_resort = steps++ > 2 * ring_.size();
                     const bool used = used_since_hand(e);
                     if (&e == fresh ||
-                        (!last_resort && (e.referenced.load(std::memory_order_relaxed) || used || e.core->busy()))) {
-                        e.referenced.store(false, std::memory_order_relaxed);
+                        (!last_resort && (e.c().referenced.load(std::memory_order_relaxed) || used || e.c().core->busy()))) {
+                        e.c().referenced.store(false, std::memory_order_relaxed);
                         ring_.splice(ring_.end(), ring_, ring_.begin()); // advance the hand
                         continue;
                     }
@@ -1261,8 +1280,8 @@ private:
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             shards_[i].map.for_each([&](const node_type& n) {
-                if (n.second.st == entry::state::ready && n.second.core && !skip(n))
-                    v.push_back(n.second.core.share());
+                if (n.second.st == entry::state::ready && n.second.c().core && !skip(n))
+                    v.push_back(n.second.c().core.share());
             });
         }
         std::ranges::sort(v, std::less<>{}, &core_ref::get);
@@ -1283,8 +1302,8 @@ private:
     /// Under ring_m_: the ready entry `e` leaves the ring. Its pool's counters stay in stats()
     /// (retired_), so the summed counters do not go down.
     void leave_ring_locked(entry& e) noexcept {
-        ring_.erase(ring_.iterator_to(e));
-        if (core_type* c = e.core.get()) retired_->adopt(*c);
+        ring_.erase(ring_.iterator_to(e.c()));
+        if (core_type* c = e.c().core.get()) retired_->adopt(*c);
     }
 
     const registry_options opt_;
