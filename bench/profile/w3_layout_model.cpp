@@ -55,7 +55,8 @@
 //              load side by side (session 27). `split576_hot128`, `_hot192`: the hot lines 128
 //              or 192 bytes apart (a record with every slot's header).
 //   node_apart<S>  the other split: the nodes alone in the dense array, the head and slot 0 (the
-//              line the hit writes) in the second at stride S (session 27).
+//              line the hit writes) in the second at stride S (session 27). `node_apart576_32`:
+//              32-byte nodes (link, key, the entry's state: two a line; session 28).
 //   *_plus40   diagnostic: the same plus 40 independent ALU instructions per cycle (after the
 //              release), which keep the out-of-order window from reaching the next cycles' misses:
 //              what a longer cycle costs once a hit misses the caches (session 24). `*_plus68`:
@@ -544,17 +545,17 @@ private:
 // (the idle-stack head, then slot 0) in a second at stride S, at the same index (address computed
 // from the node's, loaded side by side): the cheaper split, which leaves the line the hit writes
 // (head, slot 0's header) spread out (session 27).
-template <std::size_t S>
+template <std::size_t S, std::size_t NodeBytes = 64>
 class node_apart {
 public:
     struct nd {
         nd* link = nullptr;
         u64 key = 0;
-        unsigned char rest[48] = {};
+        unsigned char rest[NodeBytes - 16] = {};
     };
-    static_assert(sizeof(nd) == 64);
+    static_assert(sizeof(nd) == NodeBytes);
     explicit node_apart(std::size_t keys) {
-        nodes_ = reinterpret_cast<nd*>(huge_page_arena(keys * 64));
+        nodes_ = reinterpret_cast<nd*>(huge_page_arena(keys * NodeBytes));
         blocks_ = huge_page_arena(keys * S);
         mask_ = link_keys(buckets_, keys, [&](u64 k) {
             unsigned char* b = blocks_ + S * k;
@@ -739,6 +740,7 @@ const std::pair<const char*, runner> models[] = {
     {"split64", run<split<64>>},
     {"node_apart576", run<node_apart<576>>},
     {"node_apart192", run<node_apart<192>>},
+    {"node_apart576_32", run<node_apart<576, 32>>},
     {"split192", run<split<192>>},
     {"split576", run<split<576>>},
     {"split576_hot128", run<split<576, 128>>},

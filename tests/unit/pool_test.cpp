@@ -111,8 +111,10 @@ TEST_CASE("a slot's header is 32 bytes: a connection's first 32 bytes share its 
 
 TEST_CASE("the idle-stack head, slot 0's header and what a fake reset reads share one cache line") {
     // A checkout and a release of slot 0 (the one an idle pool hands out) write that line alone:
-    // a registry's key node, which every lookup reads, lies on another (docs/design.md, "Block
-    // layout"). The fake connection's reset reads its 8-byte hot state and its session's length.
+    // the core's first fields, which they read, lie on another (docs/design.md, "block layout";
+    // a registry's pool has its key's node on that line instead and the connection on the next:
+    // registry_test). The fake connection's reset reads its 8-byte hot state and its session's
+    // length.
     fixture f;
     auto p = f.make({.max_size = 2});
     p.acquire().release();

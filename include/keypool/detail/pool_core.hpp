@@ -375,7 +375,7 @@ public:
     static time_point saturating_add(time_point t, duration d) noexcept {
         return d > time_point::max() - t ? time_point::max() : t + d;
     }
-    /// The bytes a prefix of `n` bytes takes (the core after it stays 8-byte aligned).
+    /// The bytes an owner's front of `n` bytes takes (the head after it stays 8-byte aligned).
     static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
 
     pool_core(const pool_core&) = delete;

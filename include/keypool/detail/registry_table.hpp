@@ -779,9 +779,9 @@ private:
     }
 
     /// How stale an entry's last use may get before touch() stores a newer one: 1/32 of
-    /// pool_idle_timeout (28 s of the default 15 min). A hit then writes nothing of the key's
-    /// node line but every ~idle_timeout/32 (the node is shared by every core that looks the key
-    /// up; its pool's writes go to slot 0's line), and the branch is not taken on nearly every
+    /// pool_idle_timeout (28 s of the default 15 min). A hit on a shared pool then writes
+    /// nothing of the key's entry but every ~idle_timeout/32 (the entry is shared by every core
+    /// that looks the key up; its pool's writes go to the pool's lines), and the branch is not taken on nearly every
     /// hit (a comparison with the coarse tick itself was taken about once per tick at 10,000
     /// keys, a mispredict). evict_idle() allows for the staleness: a pool is retired between
     /// pool_idle_timeout and pool_idle_timeout × 33/32 after its last acquire, never before.
@@ -852,7 +852,7 @@ private:
 
     /// Marks the entry recently used: the CLOCK reference bit and the coarse last-use time for
     /// idle eviction, each stored only when it changes (the bit is clear) or has grown stale (by
-    /// touch_step_), so that a hit's stores are rare and a key's node line stays shared. The fast
+    /// touch_step_), so that a hit's stores are rare and a key's entry stays shared. The fast
     /// path calls it for entries whose pool is shared (routes with a setup) only: a key's own pool
     /// records its use in its slots (last_use, used_since_hand).
     KEYPOOL_ALWAYS_INLINE void touch(entry& e, time_point coarse_now) noexcept {
