@@ -4,11 +4,13 @@
 // connection belongs to its key, and the accounting bounds hold; at the end, nothing leaked.
 // KEYPOOL_STRESS_SEED reproduces a run.
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -17,21 +19,33 @@
 using namespace std::chrono_literals;
 
 namespace {
+// Keys are "k0", "k1", ... or the integers 0, 1, ... (plain keys, copied into leases; a node of
+// 24 bytes, which shares its line with its pool's idle-stack head and slot 0's header).
+std::string key_name(const std::string& k) { return k; }
+std::string key_name(std::uint64_t k) { return "k" + std::to_string(k); }
+template <class Key>
+Key key_at(int i) {
+    if constexpr (std::is_same_v<Key, std::string>) return "k" + std::to_string(i);
+    else return static_cast<Key>(i);
+}
+
+template <class Key>
 struct prefix_resolver {
     using target_type = std::string;
     using setup_type = keypool::no_setup;
-    std::optional<keypool::route<std::string>> resolve(const std::string& key, std::error_code& ec) const {
-        if (key == "k13") { // one key that never resolves
+    std::optional<keypool::route<std::string>> resolve(const Key& key, std::error_code& ec) const {
+        const std::string name = key_name(key);
+        if (name == "k13") { // one key that never resolves
             ec = keypool::make_error_code(keypool::errc::key_not_found);
             return std::nullopt;
         }
-        return keypool::route<std::string>{"db_" + key, {}};
+        return keypool::route<std::string>{"db_" + name, {}};
     }
 };
 } // namespace
 
 namespace {
-template <class Eviction, bool HugePages = false>
+template <class Eviction, bool HugePages = false, class Key = std::string>
 void run_registry_stress() {
     std::uint64_t seed = std::random_device{}();
     if (const char* s = std::getenv("KEYPOOL_STRESS_SEED")) seed = std::strtoull(s, nullptr, 10);
@@ -41,10 +55,10 @@ void run_registry_stress() {
     keypool::fake::connector fake;
     constexpr std::size_t max_size = 3, max_pools = 16, max_connections = 20;
     constexpr bool budgeted = Eviction::uses_size;
-    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+    using reg_t = keypool::basic_registry<Key, prefix_resolver<Key>, keypool::fake::connector,
                                           keypool::with_eviction<Eviction>>;
     auto reg = std::make_unique<reg_t>(
-        prefix_resolver{}, fake,
+        prefix_resolver<Key>{}, fake,
         keypool::registry_options{.pool = {.max_size = max_size, .max_connecting = 2, .idle_timeout = 2ms,
                                            .max_lifetime = 10ms, .lifetime_jitter = 1ms, .seed = seed},
                                   .max_pools = max_pools,
@@ -53,8 +67,8 @@ void run_registry_stress() {
                                   .failure_backoff = 1ms,
                                   .huge_pages = HugePages});
 
-    std::vector<std::string> keys;
-    for (int i = 0; i < 64; ++i) keys.push_back("k" + std::to_string(i));
+    std::vector<Key> keys;
+    for (int i = 0; i < 64; ++i) keys.push_back(key_at<Key>(i));
     std::atomic<int> wrong_key{0}, dirty{0};
     std::atomic<std::uint64_t> leases{0}, ops{0};
     constexpr int threads = 8, per_thread = 12'500; // 100k operations
@@ -65,14 +79,15 @@ void run_registry_stress() {
                 std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t) * 104729);
                 keypool::pool_stats last{}; // this thread's previous snapshot: counters never go down
                 for (int i = 0; i < per_thread; ++i, ++ops) {
-                    const std::string& key = keys[rng() % keys.size()];
+                    const Key& key = keys[rng() % keys.size()];
+                    const std::string target = "db_" + key_name(key);
                     switch (rng() % 16) {
                     case 0: reg->invalidate(key); break;
                     case 1: reg->evict_idle(); break;
                     case 2: (void)reg->maintain(); break;
                     case 3: {
                         auto l = reg->try_acquire(key);
-                        if (l && (l.key() != key || l->target != "db_" + key)) ++wrong_key;
+                        if (l && (l.key() != key || l->target != target)) ++wrong_key;
                         break;
                     }
                     default: {
@@ -80,7 +95,7 @@ void run_registry_stress() {
                         auto l = reg->acquire(key, std::chrono::milliseconds(rng() % 3), ec);
                         if (!l) break;
                         ++leases;
-                        if (l.key() != key || l->target != "db_" + key) ++wrong_key;
+                        if (l.key() != key || l->target != target) ++wrong_key;
                         if (l->dirty()) ++dirty;
                         l->use();
                         if (rng() % 8 == 0) l.discard();
@@ -134,14 +149,19 @@ TEST_CASE("registry_stress: pools built and freed from the huge-page arena by ma
     run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>, true>();
 }
 
+TEST_CASE("registry_stress: integer keys, their nodes in their pools' blocks in the huge-page arena (lru + idle + size)") {
+    run_registry_stress<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle, keypool::evict::size>, true,
+                        std::uint64_t>();
+}
+
 TEST_CASE("registry_stress: under a full connection budget every caller is served (no idle connection left unused)") {
     // More keys and callers than connections: most acquires need another key's idle connection
     // closed, or a token from a return. Returns run until the end, so no caller should time out:
     // one that did waited while a connection sat idle somewhere (evict::size's dry mark gone stale).
-    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+    using reg_t = keypool::basic_registry<std::string, prefix_resolver<std::string>, keypool::fake::connector,
                                           keypool::with_eviction<keypool::evict::size>>;
     keypool::fake::connector fake;
-    reg_t reg(prefix_resolver{}, fake,
+    reg_t reg(prefix_resolver<std::string>{}, fake,
               keypool::registry_options{.pool = {.max_size = 2}, .max_pools = 64, .max_connections = 3});
     constexpr int threads = 6, per_thread = 2'000;
     std::atomic<int> failed{0};
@@ -178,10 +198,10 @@ TEST_CASE("registry_stress: close(deadline) while threads hold leases returns on
     // while they are held, so they leave the registry still open) until acquires fail with
     // `closed`; the main thread closes meanwhile. When close(deadline) returns true no connection
     // of any pool the registry made may be open, whatever the threads were doing.
-    using reg_t = keypool::basic_registry<std::string, prefix_resolver, keypool::fake::connector,
+    using reg_t = keypool::basic_registry<std::string, prefix_resolver<std::string>, keypool::fake::connector,
                                           keypool::with_eviction<keypool::evict::lru>>;
     keypool::fake::connector fake;
-    reg_t reg(prefix_resolver{}, fake, keypool::registry_options{.pool = {.max_size = 2}, .max_pools = 4});
+    reg_t reg(prefix_resolver<std::string>{}, fake, keypool::registry_options{.pool = {.max_size = 2}, .max_pools = 4});
     constexpr int threads = 6;
     std::atomic<int> running{0}, wrong_error{0};
     std::atomic<std::uint64_t> leases{0};
