@@ -70,11 +70,11 @@ int main() {
         keypool::resolve::role_switch<std::string>{"app_db"}, fake, {.pool = {.max_size = 1}});
     std::uint64_t first = 0;
     users.run_as("alice", [&](keypool::fake::connection& c) {
-        EXPECT(c.session == "role=alice");
+        EXPECT(c.session() == "role=alice");
         first = c.id;
     });
     users.run_as("bob", [&](keypool::fake::connection& c) {
-        EXPECT(c.id == first && c.session == "role=bob");
+        EXPECT(c.id == first && c.session() == "role=bob");
     });
     EXPECT(users.stats().pools_active == 1 && users.stats().keys_active == 2);
     // [/snippet:role_switch]

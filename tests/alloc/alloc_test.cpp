@@ -58,7 +58,7 @@ struct long_string_resolver {
 /// builds a new string each time, which is the connector's cost, not the registry's).
 struct quiet_role_connector : keypool::fake::connector {
     bool prepare(keypool::fake::connection& c, const keypool::role& r, std::error_code&) {
-        c.session.assign(r.name);
+        c.use(r.name);
         return true;
     }
 };
@@ -133,7 +133,7 @@ TEST_CASE("a registry's acquire and release for an existing key allocate nothing
             for (int i = 0; i < 1000; ++i) {
                 auto l = r.acquire(keys[static_cast<std::size_t>(i % 8)], 1s);
                 REQUIRE(l);
-                CHECK(l->session == keys[static_cast<std::size_t>(i % 8)]); // prepared with its role
+                CHECK(l->session() == keys[static_cast<std::size_t>(i % 8)]); // prepared with its role
             }
         });
         CHECK(n == 0);

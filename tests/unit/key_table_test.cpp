@@ -160,18 +160,18 @@ TEST_CASE("key_table: a table whose bucket word lives outside it (publish_to) gr
     t.emplace(0)->second = 0;
     t.publish_to(word);
     REQUIRE(word.load() != 0);
-    CHECK(table::find_shared_at<false>(word, 0, table::hash_of(0), 0) == t.find(0));
+    CHECK(table::find_shared_at(word, 0, table::hash_of(0)) == t.find(0));
     const std::uintptr_t before = word.load();
     for (std::uint64_t k = 1; k < 1000; ++k) t.emplace(k)->second = static_cast<int>(k);
     CHECK(word.load() != before); // grown: the new array is published there
     CHECK(t.bucket_count() >= 2000);
     for (std::uint64_t k = 0; k < 1000; ++k) {
-        auto n = table::find_shared_at<false>(word, k, table::hash_of(k), 0);
+        auto n = table::find_shared_at(word, k, table::hash_of(k));
         REQUIRE(n != nullptr);
         CHECK(n->second == static_cast<int>(k));
         CHECK(n == t.find(k));
     }
-    CHECK(table::find_shared_at<false>(word, 1000, table::hash_of(1000), 0) == nullptr);
+    CHECK(table::find_shared_at(word, 1000, table::hash_of(1000)) == nullptr);
 }
 
 TEST_CASE("key_table: bucket arrays from an arena (use_arena) grow there and go back to it") {
@@ -299,7 +299,7 @@ TEST_CASE("key_table: an erased node stays intact, key, value and link, until a 
     for (int k = 0; k < 8; ++k) t.emplace("tenant-" + std::to_string(k) + "-with-a-long-name")->second = k;
     auto n = t.find("tenant-3-with-a-long-name");
     REQUIRE(n != t.end());
-    auto* after = n->next.load();
+    auto* after = n->next();
     auto reader = std::make_unique<keypool::detail::rcu_section>(); // a lookup on this thread
     CHECK(t.find_shared("tenant-3-with-a-long-name") == n);
     t.erase(n);
@@ -312,7 +312,7 @@ TEST_CASE("key_table: an erased node stays intact, key, value and link, until a 
     // What the reader may still read is untouched, and a new key does not get its storage.
     CHECK(n->first == "tenant-3-with-a-long-name");
     CHECK(n->second == 3);
-    CHECK(n->next.load() == after);
+    CHECK(n->next() == after);
     for (int k = 100; k < 200; ++k) CHECK(t.emplace("k" + std::to_string(k)) != n);
     reader.reset(); // the reader leaves
     CHECK(gp.done());

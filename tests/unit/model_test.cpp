@@ -459,7 +459,7 @@ run_result run_seed(std::uint64_t seed, int steps) {
 
     // A handed-out connection must be clean (reset since its last use, or fresh) and for our target.
     auto check_lease = [&](const model_pool::lease& l) {
-        expect(l->session.empty(), "a handed-out connection still had session state '" + l->session + "'");
+        expect(l->session().empty(), "a handed-out connection still had session state '" + l->session() + "'");
         expect(l->target == "db", "a handed-out connection is for target '" + l->target + "'");
     };
 

@@ -38,8 +38,9 @@ namespace keypool::detail {
 ///   may read a node's key and the value's fields that do not change while it is linked without
 ///   a data race; fields that do change must be atomics;
 /// - nodes never move (entries are linked into the eviction ring and leases point at their keys)
-///   and come from the table's own chunks, one cache line each when a node fits in one (an
-///   8-byte link, an 8-byte key and the registry's 48-byte entry: 64 bytes);
+///   and come from the table's own chunks, one cache line each when a node and its Tail fit in
+///   one; a node is its link word, the key and the value (the registry's entry keeps its state
+///   in the link word's low bits and takes no room: 16 bytes for an 8-byte key);
 /// - no stored hash: the chain compares keys, a rehash hashes each key again (under the shard's
 ///   lock, ≈ 1e6 / 64 keys per shard at most).
 ///
@@ -70,15 +71,34 @@ template <class Key, class T, class Hash = boost::hash<Key>, class Eq = std::equ
           class External = never_external, class Tail = void>
 class key_table {
 public:
-    struct node;
-    struct node_link {
-        std::atomic<node*> next{nullptr};
-    };
-    struct node : node_link, std::pair<const Key, T> {
+    /// A node: its link word, the key and the value (a value of an empty type takes no room:
+    /// the registry's 8-byte key makes a 16-byte node). The link word holds the next node of
+    /// the chain and, in its low `value_bits` bits, bits of the value's own (bits(), set_bits()):
+    /// the registry keeps its entry's state there, so a lookup reads the link, the key and the
+    /// state from 16 bytes.
+    struct node {
         template <class... Args>
-        explicit node(const Key& k, Args&&... a)
-            : std::pair<const Key, T>(std::piecewise_construct, std::forward_as_tuple(k), std::forward_as_tuple(std::forward<Args>(a)...)) {}
+        explicit node(const Key& k, Args&&... a) : first(k), second(std::forward<Args>(a)...) {}
+        node(const node&) = delete;
+        node& operator=(const node&) = delete;
+        std::atomic<std::uintptr_t> link{0};
+        const Key first;
+        [[no_unique_address]] T second;
+
+        /// The next node of the chain (readers: acquire, through load_acquire).
+        node* next(std::memory_order o = std::memory_order_relaxed) const noexcept { return pointer(link.load(o)); }
+        /// The value's bits, loaded with acquire: what set_bits() published before them is seen.
+        KEYPOOL_ALWAYS_INLINE std::uintptr_t bits() const noexcept { return load_acquire(link) & bits_mask; }
+        /// Sets the value's bits (below 2^value_bits), keeping the link; by the table's writers
+        /// (under the shard's lock) or before the node is linked. A release store: a reader that
+        /// sees them sees what was written before.
+        void set_bits(std::uintptr_t b) noexcept {
+            link.store((link.load(std::memory_order_relaxed) & ~bits_mask) | b, std::memory_order_release);
+        }
     };
+    static constexpr unsigned value_bits = 3;
+    static constexpr std::uintptr_t bits_mask = (std::uintptr_t{1} << value_bits) - 1;
+    static_assert(alignof(node) >= 8, "the low 3 bits of a node's address are its link word's value bits");
     using iterator = node*;
 
     /// Where the room for a `Tail` after node `n` (in the table's own memory) starts.
@@ -86,7 +106,7 @@ public:
 
     /// The node whose value is `v` (a value that lives in this table's node).
     static node& node_of(T& v) noexcept {
-        return static_cast<node&>(*boost::intrusive::get_parent_from_member(&v, &std::pair<const Key, T>::second));
+        return *boost::intrusive::get_parent_from_member(&v, &node::second);
     }
 
     key_table() { own_word_.store(make_buckets(min_buckets, nullptr).word(), std::memory_order_relaxed); }
@@ -123,23 +143,15 @@ public:
     /// Without the lock, inside an rcu_section: the node linked for `k` at some moment during
     /// the call, or nullptr (also, rarely, while a rehash moves `k`'s node: look again locked).
     KEYPOOL_ALWAYS_INLINE iterator find_shared(const Key& k) const noexcept(noexcept(Hash{}(k)) && noexcept(Eq{}(k, k))) {
-        return find_shared_at<false>(*buckets_, k, hash_of(k), 0);
+        return find_shared_at(*buckets_, k, hash_of(k));
     }
     /// The same, for the table whose bucket word lives at `word` (publish_to), `h` being
-    /// hash_of(k) (which a caller that also picks a shard by it computes once), and for each node
-    /// it visits, a prefetch (for writing) of the line at `ahead` bytes from it, issued before the
-    /// node is read: what a caller whose nodes live at a fixed distance from what it reads next
-    /// (the registry's, in their pools' allocations) needs side by side with the node. With
-    /// `Ahead` false, none (and `ahead` is ignored).
-    template <bool Ahead = true>
-    static KEYPOOL_ALWAYS_INLINE iterator find_shared_at(const std::atomic<std::uintptr_t>& word, const Key& k, std::size_t h,
-                                                         std::ptrdiff_t ahead) noexcept(noexcept(Eq{}(k, k))) {
+    /// hash_of(k) (which a caller that also picks a shard by it computes once).
+    static KEYPOOL_ALWAYS_INLINE iterator find_shared_at(const std::atomic<std::uintptr_t>& word, const Key& k,
+                                                         std::size_t h) noexcept(noexcept(Eq{}(k, k))) {
         const bucket_array b = bucket_array::of(load_acquire(word));
-        for (node* n = load_acquire(b.heads[b.index(h)]); n; n = load_acquire(n->next)) {
-            if constexpr (Ahead) // (an address, not a pointer into the node: computed as an integer)
-                prefetch_for_write(reinterpret_cast<const unsigned char*>(reinterpret_cast<std::uintptr_t>(n) + ahead));
+        for (node* n = pointer(load_acquire(b.heads[b.index(h)])); n; n = pointer(load_acquire(n->link)))
             if (Eq{}(k, n->first)) return n;
-        }
         return nullptr;
     }
 
@@ -152,15 +164,15 @@ public:
         if (size_ >= capacity_of(b.count())) b = grow(2 * b.count());
         node* n = build(k, mem, std::forward<Args>(a)...);
         auto& head = b.heads[b.index(hash_of(n->first))];
-        n->next.store(head.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        head.store(n, std::memory_order_release); // publishes the built node
+        relink(n->link, pointer(head.load(std::memory_order_relaxed)), std::memory_order_relaxed);
+        relink(head, n, std::memory_order_release); // publishes the built node
         ++size_;
         return n;
     }
 
     /// Unlinks `n`; it is destroyed by the first reclaim() after a grace period.
     void erase(iterator n) noexcept {
-        link_of(n).store(n->next.load(std::memory_order_relaxed), std::memory_order_release);
+        relink(link_of(n), n->next(), std::memory_order_release);
         --size_;
         retire(n);
     }
@@ -171,8 +183,8 @@ public:
     template <class... Args>
     iterator replace(iterator old, void* mem = nullptr, Args&&... a) {
         node* n = build(old->first, mem, std::forward<Args>(a)...);
-        n->next.store(old->next.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        link_of(old).store(n, std::memory_order_release); // publishes the built node
+        relink(n->link, old->next(), std::memory_order_relaxed);
+        relink(link_of(old), n, std::memory_order_release); // publishes the built node
         retire(old);
         return n;
     }
@@ -217,7 +229,7 @@ public:
     }
 
     /// The bytes of the bucket array that holds `n` keys without growing (0: the smallest).
-    static std::size_t bytes_for(std::size_t n) noexcept { return buckets_for(n) * sizeof(std::atomic<node*>); }
+    static std::size_t bytes_for(std::size_t n) noexcept { return buckets_for(n) * sizeof(link_word); }
     /// Room for `n` keys without growing.
     void reserve(std::size_t n) {
         if (buckets_for(n) > current().count()) grow(buckets_for(n));
@@ -272,11 +284,18 @@ private:
     // address with 64 - k in the low 6 bits (the address is line-aligned), so a lookup reads the
     // array's size with its address: one load fewer on its dependent chain, and no header line
     // to miss. The bucket of hash h is bits [64 - split_bits - k, 64 - split_bits) of h.
+    // A bucket is a link word as a node's is (its value bits always zero).
+    using link_word = std::atomic<std::uintptr_t>;
+    static node* pointer(std::uintptr_t w) noexcept { return reinterpret_cast<node*>(w & ~bits_mask); }
+    // Points link word `w` at `n`, keeping the word's value bits (writers only).
+    static void relink(link_word& w, node* n, std::memory_order o) noexcept {
+        w.store(reinterpret_cast<std::uintptr_t>(n) | (w.load(std::memory_order_relaxed) & bits_mask), o);
+    }
     struct bucket_array {
-        std::atomic<node*>* heads;
+        link_word* heads;
         unsigned shift; // 64 - k
         static bucket_array of(std::uintptr_t w) noexcept {
-            return {reinterpret_cast<std::atomic<node*>*>(w & ~std::uintptr_t{line - 1}), static_cast<unsigned>(w & (line - 1))};
+            return {reinterpret_cast<link_word*>(w & ~std::uintptr_t{line - 1}), static_cast<unsigned>(w & (line - 1))};
         }
         std::uintptr_t word() const noexcept { return reinterpret_cast<std::uintptr_t>(heads) | shift; }
         std::size_t count() const noexcept { return std::size_t{1} << (64 - shift); }
@@ -285,10 +304,10 @@ private:
     };
     bucket_array current() const noexcept { return bucket_array::of(buckets_->load(std::memory_order_relaxed)); }
     // The link that points at linked node `n`: its bucket's head or its predecessor's next.
-    std::atomic<node*>& link_of(node* n) noexcept {
+    link_word& link_of(node* n) noexcept {
         const bucket_array b = current();
-        std::atomic<node*>* at = &b.heads[b.index(hash_of(n->first))];
-        while (at->load(std::memory_order_relaxed) != n) at = &at->load(std::memory_order_relaxed)->next;
+        link_word* at = &b.heads[b.index(hash_of(n->first))];
+        while (pointer(at->load(std::memory_order_relaxed)) != n) at = &pointer(at->load(std::memory_order_relaxed))->link;
         return *at;
     }
     template <class... Args>
@@ -306,22 +325,22 @@ private:
     }
 
     static bucket_array make_buckets(std::size_t n, huge_arena* arena) { // n: a power of two
-        const std::size_t bytes = n * sizeof(std::atomic<node*>);
+        const std::size_t bytes = n * sizeof(link_word);
         void* mem = arena ? arena->allocate(bytes) : ::operator new(bytes, std::align_val_t{line});
-        auto* heads = static_cast<std::atomic<node*>*>(mem);
-        for (std::size_t i = 0; i < n; ++i) new (&heads[i]) std::atomic<node*>(nullptr);
+        auto* heads = static_cast<link_word*>(mem);
+        for (std::size_t i = 0; i < n; ++i) new (&heads[i]) link_word(0);
         return {heads, 64 - static_cast<unsigned>(std::countr_zero(n))};
     }
     static void free_buckets(bucket_array b, huge_arena* arena) noexcept {
-        if (arena) arena->deallocate(static_cast<void*>(b.heads), b.count() * sizeof(std::atomic<node*>));
+        if (arena) arena->deallocate(static_cast<void*>(b.heads), b.count() * sizeof(link_word));
         else ::operator delete(static_cast<void*>(b.heads), std::align_val_t{line});
     }
     // Calls f(node*) for every node linked in `b` (writers only); f may unlink or relink it.
     template <class F>
     static void each_node(bucket_array b, F&& f) {
         for (std::size_t i = 0; i < b.count(); ++i)
-            for (node* n = b.heads[i].load(std::memory_order_relaxed); n;) {
-                node* next = n->next.load(std::memory_order_relaxed);
+            for (node* n = pointer(b.heads[i].load(std::memory_order_relaxed)); n;) {
+                node* next = n->next();
                 f(n);
                 n = next;
             }
@@ -334,8 +353,8 @@ private:
         const bucket_array old = current();
         each_node(old, [&](node* p) {
             auto& head = fresh.heads[fresh.index(hash_of(p->first))];
-            p->next.store(head.load(std::memory_order_relaxed), std::memory_order_release);
-            head.store(p, std::memory_order_relaxed); // (fresh is published below)
+            relink(p->link, pointer(head.load(std::memory_order_relaxed)), std::memory_order_release);
+            relink(head, p, std::memory_order_relaxed); // (fresh is published below)
         });
         buckets_->store(fresh.word(), std::memory_order_release);
         if constexpr (Concurrent) old_buckets_.push_back({old, rcu.stamp()});
@@ -397,18 +416,6 @@ private:
         return __atomic_load_n(reinterpret_cast<const V*>(&a), __ATOMIC_ACQUIRE);
 #else
         return a.load(std::memory_order_acquire);
-#endif
-    }
-    // A prefetch (it never faults). GCC 12 dropped a __builtin_prefetch of this address inside
-    // the registry's inlined lookup; the instruction itself it keeps. On x86 it is a read
-    // prefetch (prefetcht0), as GCC emits for a write prefetch without -mprfchw: `prefetchw`
-    // here and in pool_core::prefetch ran slower (session 25, alternating runs: W3 2 threads
-    // at 100,000 keys 6.01× → 4.74×, 1 thread at 10,000 keys 1.39× → 1.49×).
-    static KEYPOOL_ALWAYS_INLINE void prefetch_for_write(const unsigned char* p) noexcept {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-        asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-        KEYPOOL_PREFETCH_WRITE(p);
 #endif
     }
     // A folded multiply: the 128-bit product with 2^64/φ, its high half xor its low half. The

@@ -141,7 +141,7 @@ public:
             : pool_options(clamped(o)), connector(std::move(c)), clock(&clk), obs(std::move(ob)),
               n_caches(cache_count(*this)), rseq_caches(n_caches != 0 && use_rseq()), has_caches(n_caches != 0),
               has_lease_info(detect_self_deadlock || leak_threshold), pass_slack(slack_of(*this)) {
-            set_prefix(0, 0);
+            set_prefix(0);
             if constexpr (std::is_same_v<Clock, steady_clock> && thread_safe)
                 if (use_coarse_ticker) ticker.emplace();
         }
@@ -178,11 +178,10 @@ public:
         // (use_coarse_ticker): its fast paths' coarse_now() then reads one cache line.
         std::optional<keypool::coarse_ticker> ticker;
         // Bytes each pool's allocation keeps for its owner (see block layout): `front` at its
-        // start, before the idle-stack head (the registry's key node), and `back` between the
-        // slots and the core (the rest of the key's entry), each a multiple of 8; and the
-        // distances from a core back to its block's start, its head and its slots. Set
+        // start, before the idle-stack head (a registry's key entry and node), a multiple of 8;
+        // and the distances from a core back to its block's start, its head and its slots. Set
         // (set_prefix) before the first pool is built.
-        std::size_t front = 0, back = 0, block_back = 0, head_back = 0, slots_back = 0;
+        std::size_t front = 0, block_back = 0, head_back = 0, slots_back = 0;
         /// reset_at::background: `f` is called when a returned connection of any pool built from
         /// this context waits for its reset (under that pool's lock and this context's signal
         /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
@@ -246,10 +245,9 @@ public:
                 ev->reset();
             }
         }
-        void set_prefix(std::size_t front_bytes, std::size_t back_bytes) noexcept {
-            front = front_bytes;
-            back = (back_bytes + alignof(pool_core) - 1) / alignof(pool_core) * alignof(pool_core);
-            block_back = core_offset(max_size, front, back);
+        void set_prefix(std::size_t front_bytes) noexcept {
+            front = (front_bytes + 7) / 8 * 8; // (the head after it stays 8-byte aligned)
+            block_back = core_offset(max_size, front);
             head_back = block_back - (slot0_offset(front) - sizeof(head_type));
             slots_back = block_back - slot0_offset(front);
         }
@@ -260,14 +258,14 @@ public:
     }
 
     /// How many slots a core is allocated with, the owner's bytes and where from:
-    /// `new (slot_count{max_size, front, back, arena}) pool_core(...)`, all as the context says.
+    /// `new (slot_count{max_size, front, arena}) pool_core(...)`, all as the context says.
     struct slot_count {
         std::size_t n;
-        std::size_t front = 0, back = 0;
+        std::size_t front = 0;
         huge_arena* arena = nullptr; // the context's, if it has one
     };
 
-    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->front, o->back, o->arena.get()}) pool_core(...)`:
+    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->front, o->arena.get()}) pool_core(...)`:
     /// the slots and the idle-stack head live in the same allocation, before the core (one
     /// allocation per pool; see operator new).
     pool_core(target_type t, shared_context o)
@@ -291,27 +289,26 @@ public:
         intrusive_ptr_release(ctx_);
     }
 
-    // One allocation: [the owner's front][idle-stack head, 8 bytes][slot 0 .. slot n-1]
-    // [the owner's back][core]; the block starts on a cache line.
+    // One allocation: [the owner's front][idle-stack head, 8 bytes][slot 0 .. slot n-1][core];
+    // the block starts on a cache line.
     // - A pool of its own (no owner bytes): [head][slots][padding to a cache line][core]. The head
     //   and slot 0, the one an idle pool hands out (most recently used first), share the first
     //   line: slot 0's 32-byte header and its connection's first 24 bytes. A checkout and a
     //   release of slot 0 write that line alone, so the core's first fields, which they read,
     //   stay shared between cores.
-    // - A registry's pool: the key's node in the front (link, key, the entry's state: 24 bytes
-    //   for an 8-byte key), so one line holds what a hit reads and writes — the node, the head
-    //   and slot 0's header — and slot 0's connection starts on the next; the rest of the entry,
-    //   which a hit does not touch, in the back (docs/benchmarks.md, "Session 28").
+    // - A registry's pool: the front holds the rest of the key's entry (a line), then the key's
+    //   node (16 bytes for an 8-byte key: link word and key), so one line holds all a hit reads
+    //   and writes — the node, the head, slot 0's header and its connection's first 8 bytes
+    //   (docs/benchmarks.md, "Session 29").
     // Head, slots and the owner's bytes lie at fixed distances from the core, so a caller that
-    // knows the context reaches each without reading the core (head_at, slots_at, front_at,
-    // back_at).
+    // knows the context reaches each without reading the core (head_at, slots_at, front_at).
     static void* operator new(std::size_t size, slot_count c) {
-        const std::size_t offset = core_offset(c.n, c.front, c.back);
+        const std::size_t offset = core_offset(c.n, c.front);
         void* block = c.arena ? c.arena->allocate(offset + size) : ::operator new(offset + size, std::align_val_t{allocation_alignment()});
         return static_cast<unsigned char*>(block) + offset;
     }
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
-        const std::size_t offset = core_offset(c.n, c.front, c.back);
+        const std::size_t offset = core_offset(c.n, c.front);
         free_block(static_cast<unsigned char*>(p) - offset, offset + sizeof(pool_core), c.arena);
     }
     // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
@@ -342,14 +339,11 @@ public:
     }
     /// Where the core starts. A pool of its own rounds the slots up to a cache line (the core's
     /// first fields, read by every checkout, apart from the slots it writes); a registry's pool
-    /// puts its owner's `back` right after the slots (it reads neither on a hit).
-    static constexpr std::size_t core_offset(std::size_t slots, std::size_t front, std::size_t back) noexcept {
+    /// puts the core right after the slots (its hits read none of the core's fields).
+    static constexpr std::size_t core_offset(std::size_t slots, std::size_t front) noexcept {
         const std::size_t end = slot0_offset(front) + slots * sizeof(slot);
-        if (front == 0 && back == 0) {
-            const std::size_t a = allocation_alignment();
-            return (end + a - 1) / a * a;
-        }
-        return (end + alignof(pool_core) - 1) / alignof(pool_core) * alignof(pool_core) + back;
+        const std::size_t a = front == 0 ? allocation_alignment() : alignof(pool_core);
+        return (end + a - 1) / a * a;
     }
     /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
     /// address alone (the core's own fields are not read).
@@ -364,8 +358,6 @@ public:
     /// Where the owner's front bytes of core `c` (made with context `x`) start: the block's
     /// start, a cache line.
     static void* front_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.block_back; }
-    /// Where the owner's back bytes of core `c` start: right before the core.
-    static void* back_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.back; }
     /// The core whose owner's front bytes start at `p` (the inverse of front_at; an address
     /// only: nothing is read).
     static pool_core* after_front(const void* p, const context& x) noexcept {
@@ -375,8 +367,6 @@ public:
     static time_point saturating_add(time_point t, duration d) noexcept {
         return d > time_point::max() - t ? time_point::max() : t + d;
     }
-    /// The bytes an owner's front of `n` bytes takes (the head after it stays 8-byte aligned).
-    static constexpr std::size_t prefix_bytes(std::size_t n) noexcept { return (n + 7) / 8 * 8; }
 
     pool_core(const pool_core&) = delete;
     pool_core& operator=(const pool_core&) = delete;

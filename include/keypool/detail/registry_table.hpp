@@ -134,7 +134,7 @@ public:
         // fewer than 1,024 nodes takes well under a millisecond): reserved ahead, 1,000 keys had 8
         // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
         // in 4 (docs/benchmarks.md, "Session 18").
-        if constexpr (embeds) pool_context_->set_prefix(core_type::prefix_bytes(sizeof(node_type)), sizeof(cold));
+        if constexpr (embeds) pool_context_->set_prefix(cold_room + sizeof(node_type));
         if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
         if (wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_))) {
@@ -249,7 +249,7 @@ public:
             const time_point now = clock_->coarse_now(); // one read: the entry's last use and the checkout
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.c().core) {
+            if (it != sh.map.end() && it->second.st() == entry::state::ready && it->second.c().core) {
                 entry& e = it->second;
                 core_type* core = e.c().core.get();
                 touch(e, now);
@@ -312,7 +312,7 @@ public:
             const time_point now = clock_->coarse_now();
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second.st != entry::state::ready || !it->second.c().core) return {};
+            if (it == sh.map.end() || it->second.st() != entry::state::ready || !it->second.c().core) return {};
             entry& e = it->second;
             touch(e, now);
             if (!counted) ++sh.hits;
@@ -340,7 +340,7 @@ public:
         for (;;) {
             std::unique_lock lk(sh.m);
             auto it = sh.map.find(key);
-            if (it != sh.map.end() && it->second.st == entry::state::ready && it->second.c().core) {
+            if (it != sh.map.end() && it->second.st() == entry::state::ready && it->second.c().core) {
                 touch(it->second, clock_->coarse_now());
                 return pool_access::share<Pool>(it->second.c().core.get(), *clock_);
             }
@@ -357,8 +357,8 @@ public:
             std::lock_guard rl(ring_m_);
             std::lock_guard lk(sh.m);
             auto it = sh.map.find(key);
-            if (it == sh.map.end() || it->second.st == entry::state::creating) return false;
-            if (it->second.st == entry::state::ready) {
+            if (it == sh.map.end() || it->second.st() == entry::state::creating) return false;
+            if (it->second.st() == entry::state::ready) {
                 leave_ring_locked(it->second);
                 ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             }
@@ -387,14 +387,14 @@ public:
             auto it = sh.map.find(key);
             if (it == sh.map.end()) return;
             entry* e = &it->second;
-            if (e->st != entry::state::ready || e->c().core.get() != pool || e->c().core->busy()) return;
+            if (e->st() != entry::state::ready || e->c().core.get() != pool || e->c().core->busy()) return;
             leave_ring_locked(*e);
             ++evicted_[static_cast<std::size_t>(evict_reason::invalidated)];
             dead = e->c().core.take(); // closed outside the locks, after a grace period
             // A node in the pool's allocation must go with the pool: the failure is
             // remembered in a node of the table's own (which cannot throw here: out of memory,
             // the key is just dropped).
-            if (e->embedded) {
+            if (e->embedded()) {
                 try {
                     e = &embed_locked(sh, *e, nullptr);
                 } catch (...) {
@@ -403,7 +403,7 @@ public:
                 }
             }
             if (e) {
-                e->st = entry::state::failed;
+                e->set_st(entry::state::failed);
                 pend->error = why;
                 pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
                 e->c().pend = std::move(pend);
@@ -490,11 +490,11 @@ public:
                 std::lock_guard lk(shards_[i].m);
                 shards_[i].map.erase_if([&](auto& node) {
                     entry& e = node.second;
-                    if (e.st == entry::state::creating) {
+                    if (e.st() == entry::state::creating) {
                         wake_joiners_locked(e); // they see closed_; the leader finishes the entry
                         return false;
                     }
-                    if (e.st == entry::state::ready) leave_ring_locked(e);
+                    if (e.st() == entry::state::ready) leave_ring_locked(e);
                     if (e.c().core) dead.push_back(e.c().core.take());
                     return true;
                 });
@@ -600,21 +600,6 @@ private:
         time_point failed_until{};
     };
 
-    /// An entry's state, read by lock-free lookups: a lookup that sees `ready` (acquire) sees the
-    /// pool and setup published before it (release), under the shard's lock.
-    class state_cell {
-    public:
-        enum class state : std::uint8_t { creating, ready, failed };
-        operator state() const noexcept { return v_.load(std::memory_order_acquire); }
-        state_cell& operator=(state s) noexcept {
-            v_.store(s, std::memory_order_release);
-            return *this;
-        }
-
-    private:
-        atomic<state> v_{state::creating};
-    };
-
     /// An entry's pool: one owner of its core, read by lock-free lookups. Taken out (take()) under
     /// the shard's lock; the taker drops it only after a grace period (quiesce()), so a lookup that
     /// read the pointer just before may still use the core.
@@ -640,14 +625,16 @@ private:
     };
 
     struct entry;
-    // An entry in two parts. Its state lives inside its hash-table node, after the key (the table
-    // is node-based, so it never moves): 8 bytes, the node 24 for an 8-byte key. The rest, which
-    // a hit on a key's own pool never reads, lives elsewhere at a fixed distance (entry::c()):
-    // for a node in its pool's allocation (embeds) in the block's back bytes, behind the slots,
-    // so the node, the idle-stack head and slot 0's header fill the block's first line; for a
-    // node of the table's own memory right after the node (key_table's Tail).
-    // Lock-free lookups read st and embedded and, once st is ready, core, setup and shared_key,
-    // which do not change while the node is linked.
+    // An entry in two parts. Its state lives in its hash-table node's link word (the table is
+    // node-based, so the node never moves): the state (2 bits) and whether the node lives in its
+    // pool's allocation (1 bit), in the word's low bits (key_table's value bits), so the entry
+    // itself takes no room and the node is 16 bytes for an 8-byte key. The rest, which a hit on
+    // a key's own pool never reads, lives at a fixed distance from the node (entry::c()): for a
+    // node in its pool's allocation (embeds) at the block's start, the line before the node's,
+    // so the node, the idle-stack head, slot 0's header and its connection's first 8 bytes fill
+    // one line; for a node of the table's own memory right after the node (key_table's Tail).
+    // Lock-free lookups read the state and, once it is ready, core, setup and shared_key, which
+    // do not change while the node is linked.
     struct cold {
         explicit cold(entry& e) noexcept : owner(&e) {}
         cold(const cold&) = delete;
@@ -668,26 +655,35 @@ private:
         boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::safe_link>> hook;
         std::unique_ptr<pending> pend; // creating (flight::shared) and failed only
     };
+    // The bytes before an embedded node that its cold part takes: whole lines, so the node starts
+    // a line (the block does).
+    static constexpr std::size_t cold_room = (sizeof(cold) + 63) / 64 * 64;
     struct entry {
-        using state = typename state_cell::state;
-        /// `at`: where its cold part goes, nullptr for right after its node (a node of the table's
-        /// own memory); `in_pool`: the node lives in its pool's allocation (see embeds).
-        entry(void* at, bool in_pool) : embedded(in_pool) {
-            unsigned char* const self = reinterpret_cast<unsigned char*>(this);
-            if (!at) at = table_type::tail_of(&table_type::node_of(*this));
-            cold_at = static_cast<std::int32_t>(static_cast<unsigned char*>(at) - self);
-            ::new (at) cold(*this);
+        /// State changes are writes of the shard's lock holder; lock-free lookups that see
+        /// `ready` (an acquire load) see the pool and setup published before it.
+        enum class state : std::uint8_t { creating, ready, failed };
+        static constexpr std::uintptr_t state_bits = 3, in_pool_bit = 4;
+        static_assert(in_pool_bit < (std::uintptr_t{1} << 3)); // (key_table's value_bits)
+        /// `in_pool`: the node lives in its pool's allocation (see embeds); its cold part goes
+        /// before it, else after it. State `creating`.
+        explicit entry(bool in_pool) {
+            node().set_bits(in_pool ? in_pool_bit : 0);
+            ::new (static_cast<void*>(&c())) cold(*this);
         }
         entry(const entry&) = delete;
         entry& operator=(const entry&) = delete;
         ~entry() { c().~cold(); }
+        state st() const noexcept { return static_cast<state>(node().bits() & state_bits); }
+        void set_st(state s) noexcept {
+            node().set_bits((node().link.load(std::memory_order_relaxed) & in_pool_bit) | static_cast<std::uintptr_t>(s));
+        }
+        bool embedded() const noexcept { return (node().link.load(std::memory_order_relaxed) & in_pool_bit) != 0; }
         /// The cold part: the entry's fields a hit on a key's own pool does not read.
         cold& c() const noexcept {
-            return *std::launder(reinterpret_cast<cold*>(reinterpret_cast<std::uintptr_t>(this) + static_cast<std::intptr_t>(cold_at)));
+            unsigned char* const n = reinterpret_cast<unsigned char*>(&node());
+            return *std::launder(reinterpret_cast<cold*>(embedded() ? n - cold_room : static_cast<unsigned char*>(table_type::tail_of(&node()))));
         }
-        state_cell st;
-        const bool embedded;
-        std::int32_t cold_at = 0; // from this entry to its cold part (within one allocation)
+        auto& node() const noexcept { return table_type::node_of(const_cast<entry&>(*this)); }
     };
     struct shard;
     /// An entry taken out of the table: its key (for the observer), its pool, which closes when
@@ -699,7 +695,7 @@ private:
     };
 
     struct is_embedded {
-        bool operator()(const entry& e) const noexcept { return e.embedded; }
+        bool operator()(const entry& e) const noexcept { return e.embedded(); }
     };
     using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe, is_embedded, cold>;
     using node_type = typename table_type::node;
@@ -793,7 +789,7 @@ private:
     /// pool_idle_timeout and not busy (that last check takes the pool's lock).
     auto idle_test(time_point now) const noexcept {
         return [now, limit = idle_limit()](const entry& e) {
-            return e.st == entry::state::ready && e.c().core && now - last_use(e, now, limit) >= limit && !e.c().core->busy();
+            return e.st() == entry::state::ready && e.c().core && now - last_use(e, now, limit) >= limit && !e.c().core->busy();
         };
     }
     /// The entry's last use as idle eviction sees it: the stored one (touch), or, once that is
@@ -802,7 +798,7 @@ private:
     /// back: a busy key's slots are read once a timeout, not on every walk.
     static time_point last_use(const entry& e, time_point now, duration limit) noexcept {
         const time_point stored(duration(e.c().last_used.load(std::memory_order_relaxed)));
-        if (!e.embedded || now - stored < limit) return stored;
+        if (!e.embedded() || now - stored < limit) return stored;
         const time_point used = e.c().core->last_use();
         if (used <= stored) return stored;
         e.c().last_used.store(used.time_since_epoch().count(), std::memory_order_relaxed);
@@ -811,7 +807,7 @@ private:
     /// The CLOCK hand's visit (under ring_m_): whether the entry's own pool had a checkout since
     /// the hand's last visit (its use count moved), noted for the next.
     static bool used_since_hand(entry& e) noexcept {
-        if (!e.embedded) return false;
+        if (!e.embedded()) return false;
         const std::uint32_t u = e.c().core->uses_mod32();
         return std::exchange(e.c().seen_uses, u) != u;
     }
@@ -887,23 +883,25 @@ private:
     KEYPOOL_ALWAYS_INLINE lookup pop_unlocked(std::size_t h, const Key& key, time_point now, const read_section& rs,
                                               popped& p, typename core_type::context& x) noexcept {
         shard& sh = shard_at(h);
-        // A node in its pool's allocation (embeds) shares its line with the idle-stack head and
-        // slot 0's header, and slot 0's connection, which the checkout's reset touches, starts
-        // on the next line: load that side by side with the node, not after it. For a node of
-        // the table's own the address means nothing, and its prefetch is harmless.
-        auto it = table_type::template find_shared_at<embeds>(directory_[shard_index(h)], key, h, 64);
-        if (!it || it->second.st != entry::state::ready) [[unlikely]]
+        auto it = table_type::find_shared_at(directory_[shard_index(h)], key, h);
+        if (!it) [[unlikely]]
             return lookup::missing;
         entry& e = it->second;
         core_type* core = nullptr;
-        if (embeds && e.embedded) [[likely]] {
-            // The key's own pool, whose allocation starts with the node: the core's address
-            // follows from the node's, and nothing of the entry's cold part is read. The checkout
-            // stamps the slot, which is what eviction reads (last_use, used_since_hand). (While
-            // the node is linked and ready, its pool is the registry's: every path that takes
-            // the pool unlinks the node and lets a grace period pass before it lets the pool go.)
-            core = core_type::after_front(&*it, x);
+        // One load for the state and where the node lives (the node's link word).
+        const std::uintptr_t bits = it->bits();
+        if (embeds && bits == (entry::in_pool_bit | static_cast<std::uintptr_t>(entry::state::ready))) [[likely]] {
+            // The key's own pool, whose allocation holds the node: the core's address follows
+            // from the node's, and nothing of the entry's cold part is read. The node, the
+            // idle-stack head, slot 0's header and its connection's first bytes share one line,
+            // the only line of the key's a hit reads or writes. The checkout stamps the slot,
+            // which is what eviction reads (last_use, used_since_hand). (While the node is linked
+            // and ready, its pool is the registry's: every path that takes the pool unlinks the
+            // node and lets a grace period pass before it lets the pool go.)
+            core = home_of(&*it, x);
         } else {
+            if ((bits & entry::state_bits) != static_cast<std::uintptr_t>(entry::state::ready)) [[unlikely]]
+                return lookup::missing;
             core = e.c().core.get();
             if (!core) [[unlikely]] // (empty once forget_missing or close took it)
                 return lookup::missing;
@@ -1010,11 +1008,11 @@ private:
         if (closed_.load()) return ec = make_error_code(errc::closed), false;
         if (it != sh.map.end()) {
             entry& e = it->second;
-            if (e.st == entry::state::failed) {
+            if (e.st() == entry::state::failed) {
                 if (clock_->now() < e.c().pend->failed_until) return ec = e.c().pend->error, false;
                 sh.map.erase(it); // the backoff window is over: try again
                 it = sh.map.end();
-            } else if (e.st == entry::state::creating) {
+            } else if (e.st() == entry::state::creating) {
                 if constexpr (Sync::thread_safe) return join(sh, lk, e, deadline, st, ec);
                 else return ec = make_error_code(errc::would_deadlock), false; // re-entered from the resolver
             }
@@ -1093,12 +1091,12 @@ private:
                 sh.map.erase(key);
                 return ec = rec, false;
             } else {
-                e.st = entry::state::failed;
+                e.set_st(entry::state::failed);
                 e.c().pend->error = closed_.load() ? make_error_code(errc::closed) : rec;
                 e.c().pend->failed_until = core_type::saturating_add(clock_->now(), opt_.failure_backoff);
             }
             wake_joiners_locked(*done);
-            if (done->st == entry::state::failed) return ec = done->c().pend->error, false;
+            if (done->st() == entry::state::failed) return ec = done->c().pend->error, false;
             done->c().pend.reset(); // ready: no joiners left
         }
         notify_pool_created(obs_, key);
@@ -1127,21 +1125,21 @@ private:
         return true;
     }
 
-    /// Where a key's node is built: the front of `home`'s allocation, or (nullptr) the table's
-    /// own memory.
+    /// Where a key's node is built: in the front of `home`'s allocation, after its entry's cold
+    /// part (cold_room), or (nullptr) in the table's own memory.
     void* node_memory(core_type* home) const noexcept {
-        return home ? core_type::front_at(home, *pool_context_) : nullptr;
+        return home ? static_cast<unsigned char*>(core_type::front_at(home, *pool_context_)) + cold_room : nullptr;
     }
-    /// Where the cold part of a key's entry goes: the back bytes of `home`'s allocation, or
-    /// (nullptr) after the node in the table's own memory.
-    void* cold_memory(core_type* home) const noexcept {
-        return home ? core_type::back_at(home, *pool_context_) : nullptr;
+    /// The core whose allocation holds node `n` (a node in its pool's allocation; an address
+    /// only: nothing is read).
+    static core_type* home_of(const node_type* n, const typename core_type::context& x) noexcept {
+        return core_type::after_front(reinterpret_cast<const unsigned char*>(n) - cold_room, x);
     }
 
     /// Under the shard lock: a new entry (state `creating`) in the key's node; built in the
     /// front of `home`'s allocation (embeds) if given, else in the table's own memory.
     entry& insert_locked(shard& sh, const Key& key, core_type* home = nullptr) {
-        auto node = sh.map.emplace(key, node_memory(home), cold_memory(home), home != nullptr);
+        auto node = sh.map.emplace(key, node_memory(home), home != nullptr);
         if constexpr (!copy_is_plain<Key>) node->second.c().shared_key = hold(key);
         return node->second;
     }
@@ -1152,7 +1150,7 @@ private:
     /// and no joiner. Returns the new entry, state `creating`.
     entry& embed_locked(shard& sh, entry& e, core_type* home) {
         [[maybe_unused]] auto shared_key = e.c().shared_key; // (e may be gone once replaced: sync::none)
-        auto node = sh.map.replace(&table_type::node_of(e), node_memory(home), cold_memory(home), home != nullptr);
+        auto node = sh.map.replace(&table_type::node_of(e), node_memory(home), home != nullptr);
         if constexpr (!copy_is_plain<Key>) node->second.c().shared_key = std::move(shared_key);
         return node->second;
     }
@@ -1168,7 +1166,7 @@ private:
     void publish_locked(entry& e, core_ref p, setup_type setup) {
         e.c().core.set(std::move(p));
         e.c().setup = hold(std::move(setup));
-        e.st = entry::state::ready;
+        e.set_st(entry::state::ready);
         e.c().last_used.store(clock_->coarse_now().time_since_epoch().count(), std::memory_order_relaxed);
         ring_.push_back(e.c());
     }
@@ -1280,7 +1278,7 @@ private:
         for (std::size_t i = 0; i <= shard_mask_; ++i) {
             std::lock_guard lk(shards_[i].m);
             shards_[i].map.for_each([&](const node_type& n) {
-                if (n.second.st == entry::state::ready && n.second.c().core && !skip(n))
+                if (n.second.st() == entry::state::ready && n.second.c().core && !skip(n))
                     v.push_back(n.second.c().core.share());
             });
         }

@@ -15,6 +15,7 @@
 #include <set>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -121,10 +122,11 @@ namespace detail {
 /// connection, as a real connector's would: no second allocation to miss in the cache). Only the
 /// connection's current owner calls reset/alive, so the counters need no read-modify-write; the
 /// flags, which the connector also sets (kill, fail_next_resets), change by atomic or/and.
-/// Two parts: what every reset touches (`hot_state`, 8 bytes) comes first in the connection, then
-/// its session (whose length a reset reads), so that a pool slot's first cache line holds all of
-/// it (pool_core puts the idle-stack head and slot 0's 32-byte header before it: 8 + 32 + 8 + 16
-/// bytes); the rest (`cold_state`) after. A connection's reset count is 32 bits (it wraps after
+/// Two parts: what every reset touches (`hot_state`, 8 bytes: the flags, whether the session was
+/// used, the reset count) comes first in the connection, so that a fault-free reset of a
+/// connection whose session nobody touched reads and writes those 8 bytes alone (a registry
+/// puts its key's node, the idle-stack head and slot 0's 32-byte header before them, all on one
+/// cache line: 16 + 8 + 32 + 8 bytes); the rest (`cold_state`) after. A connection's reset count is 32 bits (it wraps after
 /// 2^32 resets of one connection); the connector's counters sum them in 64.
 template <class T>
 KEYPOOL_ALWAYS_INLINE void bump(std::atomic<T>& a) noexcept {
@@ -140,10 +142,12 @@ struct hot_state {
     /// connector's count (the fault-free reset reads this byte alone, no shared state).
     static constexpr std::uint8_t killed = 1, faulty = 2;
     std::atomic<std::uint8_t> flags{0};
+    bool session_used = false; // the session holds state a reset must clear (owner only)
     std::atomic<std::uint32_t> resets{0};
     bool dead() const noexcept { return (flags.load(std::memory_order_relaxed) & killed) != 0; }
     void copy_from(const hot_state& o) noexcept {
         copy(flags, o.flags);
+        session_used = o.session_used;
         copy(resets, o.resets);
     }
 };
@@ -201,23 +205,29 @@ struct connection {
 private:
     detail::hot_state hot_; // first: see detail::hot_state
 
+    std::string session_; // empty = clean
+
 public:
-    std::string session; ///< empty = clean
     std::uint64_t id = 0;
     std::string target;
 
-    /// Marks the session dirty, as a query that changes session state would.
-    void use(std::string state = "used") { session = std::move(state); }
-    bool dirty() const noexcept { return !session.empty(); }
+    /// Sets session state, as a query that changes it would (a reset clears it).
+    void use(std::string_view state = "used") {
+        session_.assign(state);
+        hot_.session_used = true;
+    }
+    /// The session state set since the last reset (empty: clean).
+    const std::string& session() const noexcept { return session_; }
+    bool dirty() const noexcept { return hot_.session_used; }
 
     connection() = default;
-    connection(connection&& o) noexcept : session(std::move(o.session)), id(o.id), target(std::move(o.target)) {
+    connection(connection&& o) noexcept : session_(std::move(o.session_)), id(o.id), target(std::move(o.target)) {
         take(o);
     }
     connection& operator=(connection&& o) noexcept {
         if (this != &o) {
             leave();
-            session = std::move(o.session);
+            session_ = std::move(o.session_);
             id = o.id;
             target = std::move(o.target);
             take(o);
@@ -230,12 +240,17 @@ private:
     friend class connector;
     // Moves `o`'s registration (and counters) here.
     void take(connection& o) noexcept {
+        hot_.session_used = o.hot_.session_used;
         owner_ = std::move(o.owner_);
         if (!owner_) return;
         std::lock_guard lk(owner_->m);
         hot_.copy_from(o.hot_);
         cold_.copy_from(o.cold_);
         if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.point_at(hot_, cold_);
+    }
+    void clear_session() noexcept {
+        session_.clear();
+        hot_.session_used = false;
     }
     // Destroyed (or overwritten) without a close: the connector keeps it as live, with its counts.
     // The last reference to the connector's state may be ours: it goes after the unlock.
@@ -356,7 +371,7 @@ public:
         detail::bump(c.hot_.resets);
         if (c.hot_.flags.load(std::memory_order_relaxed) != 0) [[unlikely]]
             return reset_faulty(c);
-        if (!c.session.empty()) c.session.clear();
+        if (c.hot_.session_used) c.clear_session();
         return true;
     }
 
@@ -399,7 +414,7 @@ public:
                 return false;
             }
         }
-        c.session = "role=" + r.name;
+        c.use("role=" + r.name);
         return true;
     }
     void reject_role(std::string name) {
@@ -420,7 +435,7 @@ private:
                 if (st_->failing_resets.load(std::memory_order_relaxed) == 0)
                     c.hot_.flags.fetch_and(static_cast<std::uint8_t>(~detail::hot_state::faulty));
             }
-            if (!c.session.empty()) c.session.clear();
+            if (c.hot_.session_used) c.clear_session();
             return true;
         }
         detail::bump(c.cold_.reset_failures);
