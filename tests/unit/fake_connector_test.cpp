@@ -101,16 +101,39 @@ TEST_CASE("session state is set by use and cleared by reset, and failures are in
     keypool::fake::connector c;
     std::error_code ec;
     auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    CHECK_FALSE(x->dirty());
     x->use("SET ROLE alice");
     CHECK(x->dirty());
+    CHECK(x->session() == "SET ROLE alice");
     CHECK(c.reset(*x));
     CHECK_FALSE(x->dirty());
+    CHECK(x->session().empty());
     c.fail_next_resets(1);
     x->use();
     CHECK_FALSE(c.reset(*x));
     CHECK(x->dirty());
     CHECK(c.reset(*x));
     CHECK(c.stats().reset_failures == 1);
+}
+
+TEST_CASE("a used session moves with its connection, and the reset of the one it moved to clears it") {
+    // The reset reads the connection's 8-byte hot state only, so whether the session was used is
+    // noted there and must move with the session.
+    keypool::fake::connector c;
+    std::error_code ec;
+    auto x = c.connect("t", keypool::steady_clock{}.now() + 1s, {}, ec);
+    REQUIRE(x);
+    x->use("role=alice");
+    keypool::fake::connection moved = std::move(*x);
+    CHECK(moved.dirty());
+    CHECK(moved.session() == "role=alice");
+    keypool::fake::connection assigned;
+    assigned = std::move(moved);
+    CHECK(assigned.dirty());
+    CHECK(c.reset(assigned));
+    CHECK_FALSE(assigned.dirty());
+    CHECK(assigned.session().empty());
+    c.close(assigned);
 }
 
 TEST_CASE("fail_next_resets fails the next resets, of connections open before or opened after, then none") {
