@@ -2,8 +2,9 @@
 // detail::key_table, the registry shard's hash table: lookups, growth without moving nodes,
 // erasure, keys whose integer hashes differ only in their high bits, the hash's top bits (the
 // registry's shard), the table's own node storage (one cache line per node that fits, freed nodes
-// reused, node_of, room for the caller's Tail), values built from emplace's arguments, and what a lock-free reader relies on: an erased node stays intact until a
-// grace period has passed.
+// reused, node_of, room for the caller's Tail), values built from emplace's arguments, the value
+// bits of each node's link word, and what a lock-free reader relies on: an erased node stays
+// intact until a grace period has passed.
 #include <cstdint>
 #include <atomic>
 #include <functional>
@@ -282,6 +283,44 @@ TEST_CASE("key_table: a value is built from emplace's arguments, and each own no
     auto r = t.replace(nodes[3], nullptr, 30, 31); // replace() forwards too
     CHECK(t.find(3) == r);
     CHECK(r->second == std::pair<int, int>(30, 31));
+}
+
+TEST_CASE("key_table: each node's value bits survive every relink, and an empty value takes no room") {
+    // The registry keeps its entry's state in them (a lock-free lookup reads them with the link):
+    // inserting before a node, erasing or replacing its neighbours and growing the table rewrite
+    // the link words around it, never its bits.
+    using table = key_table<std::uint64_t, int>;
+    table t;
+    const std::uint64_t n = 3000; // several doublings, chains of more than one node on the way
+    std::vector<table::node*> nodes;
+    for (std::uint64_t k = 0; k < n; ++k) {
+        nodes.push_back(t.emplace(k));
+        CHECK(nodes.back()->bits() == 0);
+        nodes.back()->set_bits(k % 8);
+    }
+    for (std::uint64_t k = 0; k < n; k += 3) t.erase(nodes[k]);
+    std::vector<table::node*> fresh(n, nullptr);
+    for (std::uint64_t k = 1; k < n; k += 3) {
+        fresh[k] = t.replace(nodes[k], nullptr, static_cast<int>(k));
+        CHECK(fresh[k]->bits() == 0); // a new node starts with none
+        fresh[k]->set_bits(7 - k % 8);
+    }
+    for (std::uint64_t k = n; k < 2 * n; ++k) t.emplace(k); // grows again
+    for (std::uint64_t k = 0; k < n; ++k) {
+        auto* f = t.find(k);
+        if (k % 3 == 0) {
+            CHECK(f == nullptr);
+        } else if (k % 3 == 1) {
+            REQUIRE(f == fresh[k]);
+            CHECK(f->bits() == 7 - k % 8);
+            CHECK(f->second == static_cast<int>(k));
+        } else {
+            REQUIRE(f == nodes[k]);
+            CHECK(f->bits() == k % 8);
+        }
+    }
+    struct empty {};
+    CHECK(sizeof(key_table<std::uint64_t, empty>::node) == 16); // link word and key
 }
 
 TEST_CASE("key_table: a key whose constructor throws leaves the table as it was") {
