@@ -85,8 +85,8 @@ public:
         const Key first;
         [[no_unique_address]] T second;
 
-        /// The next node of the chain (readers: acquire, through load_acquire).
-        node* next(std::memory_order o = std::memory_order_relaxed) const noexcept { return pointer(link.load(o)); }
+        /// The next node of the chain, for the table's writers (readers load the link with acquire).
+        node* next() const noexcept { return pointer(link.load(std::memory_order_relaxed)); }
         /// The value's bits, loaded with acquire: what set_bits() published before them is seen.
         KEYPOOL_ALWAYS_INLINE std::uintptr_t bits() const noexcept { return load_acquire(link) & bits_mask; }
         /// Sets the value's bits (below 2^value_bits), keeping the link; by the table's writers

@@ -674,10 +674,8 @@ private:
         entry& operator=(const entry&) = delete;
         ~entry() { c().~cold(); }
         state st() const noexcept { return static_cast<state>(node().bits() & state_bits); }
-        void set_st(state s) noexcept {
-            node().set_bits((node().link.load(std::memory_order_relaxed) & in_pool_bit) | static_cast<std::uintptr_t>(s));
-        }
-        bool embedded() const noexcept { return (node().link.load(std::memory_order_relaxed) & in_pool_bit) != 0; }
+        void set_st(state s) noexcept { node().set_bits((node().bits() & in_pool_bit) | static_cast<std::uintptr_t>(s)); }
+        bool embedded() const noexcept { return (node().bits() & in_pool_bit) != 0; }
         /// The cold part: the entry's fields a hit on a key's own pool does not read.
         cold& c() const noexcept {
             unsigned char* const n = reinterpret_cast<unsigned char*>(&node());
