@@ -171,7 +171,9 @@ KEYPOOL_ALWAYS_INLINE bool swap_if_below(std::atomic<std::uint32_t>* base, std::
     struct rseq* rs = rseq_area();
     const std::uint32_t* index = impl::index_field(rs);
     std::uint32_t o;
-    asm goto(KEYPOOL_RSEQ_SWAP_ASM
+    // volatile: g++ 12 deletes an asm goto whose outputs are all dead (a caller that ignores
+    // `old`), and the caller's put then returns true having stored nothing.
+    asm volatile goto(KEYPOOL_RSEQ_SWAP_ASM
              : [old] "=&r"(o)
              : [rseq_cs] "m"(rs->rseq_cs), [index] "m"(*index), [base] "r"(base), [n] "r"(n),
                [limit] "r"(limit), [v] "r"(v)
