@@ -63,6 +63,16 @@ struct default_timeout {};
     throw error(ec, "keypool: registry acquire failed");
 }
 
+/// registry_options::huge_pages: as set, or, by default, whether `expected` pools of
+/// `block_bytes` each would take 16 MiB (8 huge pages) or more: beyond the 12 MiB that a
+/// 3,072-entry second-level TLB reaches with 4 KiB pages (docs/benchmarks.md, "Session 30":
+/// 30,000 keys' 16.5 MiB of pools ran W3 0.91× in huge pages and 1.09× without).
+inline bool wants_huge_pages(const registry_options& o, std::size_t expected, std::size_t block_bytes) noexcept {
+    if (!huge_arena::supported()) return false;
+    if (o.huge_pages) return *o.huge_pages;
+    return expected >= (std::size_t{16} << 20) / block_bytes;
+}
+
 template <class O, class Key>
 void notify_pool_created(O& o, const Key& k) {
     if constexpr (requires { o.on_pool_created(k); }) o.on_pool_created(k);
@@ -159,14 +169,6 @@ public:
         const std::size_t per_shard = expected / (shard_mask_ + 1);
         return per_shard >= 1024 ? per_shard + per_shard / 4 : 0;
     }
-    /// registry_options::huge_pages: as set, or, by default, whether `expected` pools of
-    /// `block_bytes` each would take 32 MiB (16 huge pages) or more.
-    static bool wants_huge_pages(const registry_options& o, std::size_t expected, std::size_t block_bytes) noexcept {
-        if (!huge_arena::supported()) return false;
-        if (o.huge_pages) return *o.huge_pages;
-        return expected >= (std::size_t{32} << 20) / block_bytes;
-    }
-
     ~registry_table() {
         if (budget_) budget_->set_trim(nullptr); // pools (and leases) may outlive the table
     }
