@@ -76,7 +76,7 @@ if [[ -x "$dir/bench/w3_cycles" ]]; then
   echo "== W3 round by round (w3_cycles: registry / baseline time on 1 thread, throughput on 2)"
   cycles=300000
   if [[ $mode == full ]]; then cycles=2000000; fi
-  for keys in 1000 10000 100000; do
+  for keys in 1000 10000 30000 100000; do
     "$dir/bench/w3_cycles" "$keys" "$cycles" 7
     "$dir/bench/w3_cycles" "$keys" "$cycles" 7 2
   done | tee "$results/w3-rounds.txt"
@@ -87,6 +87,14 @@ if [[ -x "$dir/bench/w3_cycles" ]]; then
   for keys in 1000 10000 100000; do
     W3_RANDOM_KEYS=1 "$dir/bench/w3_cycles" "$keys" "$cycles" 7
   done | tee "$results/w3-rounds-random.txt"
+fi
+
+# How much cache this machine gives a process, counted by the span of the lines it walks: where W3's
+# ratio turns with the key count (docs/benchmarks.md, "Session 30": about 8 MiB of 128-byte line
+# pairs on the machine of that session, which 100,000 keys' hot lines in 576-byte blocks exceed).
+if [[ -x "$dir/bench/span_chase" ]]; then
+  echo "== the cache this machine gives (span_chase: ns per dependent load)"
+  "$dir/bench/span_chase" | tee "$results/span-chase.txt"
 fi
 
 # --full, with valgrind installed: W3's instructions and cache misses per cycle (deterministic).
