@@ -258,7 +258,7 @@ void growth_mutex_map(benchmark::State& state, std::size_t keys) {
 }
 
 /// registry_options::huge_pages for the registries measured: KEYPOOL_BENCH_HUGE_PAGES=0 or 1 in
-/// the environment, else the default (on from about 30,000 keys here).
+/// the environment, else the default (on from about 23,000 keys here).
 std::optional<bool> huge_pages_from_env() {
     const char* h = std::getenv("KEYPOOL_BENCH_HUGE_PAGES");
     if (!h || !*h) return std::nullopt;

@@ -21,7 +21,7 @@
 // run to run there.
 //
 // W3_HUGE_PAGES=0 or 1 in the environment turns the registry's huge-page arena off or on
-// (registry_options::huge_pages; by default on from about 30,000 keys here).
+// (registry_options::huge_pages; by default on from about 23,000 keys here).
 //
 // The keys are 0 .. <keys> - 1 (consecutive tenant ids), or, with W3_RANDOM_KEYS=1 in the
 // environment, <keys> random 64-bit integers (the same on both sides): the baseline's
@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
     g_keys.resize(std::size_t{1} << 16);
     for (auto& k : g_keys) k = ids[rng() % keys];
     mutex_map_pool baseline(ids);
-    // W3_HUGE_PAGES=0 or 1 sets registry_options::huge_pages (default: on from ~30,000 keys).
+    // W3_HUGE_PAGES=0 or 1 sets registry_options::huge_pages (default: on from ~23,000 keys).
     std::optional<bool> huge_pages;
     if (const char* h = std::getenv("W3_HUGE_PAGES"); h && *h) huge_pages = *h == '1';
     registry r(key_resolver{}, keypool::fake::connector{},

@@ -169,7 +169,7 @@ struct registry_options {
     /// ignored): with many keys, a hit then misses the TLB far less often. No acquire waits for
     /// the kernel (docs/options.md). The memory of evicted pools is kept for the
     /// pools that replace them and goes back to the system with the registry and its last pool.
-    /// Default nullopt: on when `max_pools` pools (at most 2^21) would take 16 MiB or more.
+    /// Default nullopt: on when `max_pools` pools (at most 2^21) would take 12 MiB or more.
     std::optional<bool> huge_pages{};
 };
 
