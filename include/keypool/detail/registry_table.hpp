@@ -66,8 +66,8 @@ struct default_timeout {};
 /// registry_options::huge_pages: as set, or, by default, whether `expected` pools of
 /// `block_bytes` each would take 12 MiB (6 huge pages) or more: what a 3,072-entry second-level
 /// TLB reaches with 4 KiB pages, and less once the rest of the process has its share
-/// (docs/benchmarks.md, "Session 30": 30,000 keys' 15.8 MiB of pools ran W3 0.91× in huge pages
-/// and 1.09× without; 20,000 keys' 10.5 MiB gained nothing).
+/// (docs/benchmarks.md, "Session 30": 30,000 keys' 15.8 MiB of pools ran W3 0.91× and 1.07× in
+/// huge pages, 1.09× and 1.13× without, in two windows; 20,000 keys' 10.5 MiB gained nothing).
 inline bool wants_huge_pages(const registry_options& o, std::size_t expected, std::size_t block_bytes) noexcept {
     if (!huge_arena::supported()) return false;
     if (o.huge_pages) return *o.huge_pages;
