@@ -89,7 +89,7 @@ if [[ -x "$dir/bench/w3_cycles" ]]; then
   done | tee "$results/w3-rounds-random.txt"
 fi
 
-# How much cache this machine gives a process, counted by the span of the lines it walks: where W3's
+# How much cache this machine gives a process, counted in 128-byte line pairs: where W3's
 # ratio turns with the key count (docs/benchmarks.md, "Session 30": about 8 MiB of 128-byte line
 # pairs on the machine of that session, which 100,000 keys' hot lines in 576-byte blocks exceed).
 if [[ -x "$dir/bench/span_chase" ]]; then

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
-// How much of the cache this machine gives a process, by the span of the data rather than the
-// lines it touches: `span_chase <lines> <stride> [huge = 1]` lays <lines> 64-byte lines <stride>
+// How much of the cache this machine gives a process, counted in the lines a walk touches with
+// their 128-byte neighbours (the L2 fetches pairs here), not in the lines alone: `span_chase
+// <lines> <stride> [huge = 1]` lays <lines> 64-byte lines <stride>
 // bytes apart in one 2 MiB-aligned mapping (transparent huge pages advised unless huge = 0),
 // links them into one random cycle and times a dependent walk along it (each load's address is
 // the previous load's value, so no two misses overlap): nanoseconds per load, best of five rounds
