@@ -444,14 +444,17 @@ void memory_per_key(benchmark::State& state) {
     using reg = registry_t<keypool::evict::all_of<keypool::evict::lru, keypool::evict::idle>>;
     using core = std::remove_pointer_t<decltype(keypool::detail::pool_access::core(std::declval<reg::pool_type&>()))>;
     state.counters["pool_core_bytes"] = static_cast<double>(sizeof(core));
-    state.counters["slot_bytes"] = static_cast<double>(sizeof(typename core::slot));
+    // A slot is its header (with the fake's 8-byte hot part) and its body (the connection and
+    // maintain()'s notes), in two arrays of the block.
+    constexpr std::size_t slot_bytes = sizeof(typename core::slot) + sizeof(typename core::slot_body);
+    state.counters["slot_bytes"] = static_cast<double>(slot_bytes);
     state.counters["slot_bytes_beyond_connection"] =
-        static_cast<double>(sizeof(typename core::slot) - sizeof(std::optional<keypool::fake::connection>));
+        static_cast<double>(slot_bytes - sizeof(std::optional<keypool::fake::connection>));
     state.counters["registry_bytes_per_key_excl_connection"] = per_key;
     // The entry proper (table node with the entry, bucket share, pool core), without the key's
     // max_size = 2 slots: those are per-connection storage, each slot_bytes (the connection object
     // inline, slot_bytes_beyond_connection of it the pool's).
-    state.counters["registry_entry_bytes_excl_slots"] = per_key - 2.0 * static_cast<double>(sizeof(typename core::slot));
+    state.counters["registry_entry_bytes_excl_slots"] = per_key - 2.0 * static_cast<double>(slot_bytes);
     state.counters["fake_connection_bytes"] = per_conn;
     state.counters["mutex_map_bytes_per_key"] = baseline_per_key;
 }

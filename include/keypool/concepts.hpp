@@ -109,6 +109,21 @@ concept connector_has_ping = requires(C& c, typename C::connection_type& x) {
     { c.ping(x) } -> std::same_as<bool>;
 };
 
+/// Optional: the part of a connection its reset reads on every checkout (its flags, say), kept by
+/// the pool in the slot's header instead of in the connection: `typename C::hot_type` (a few
+/// bytes, default-constructible), `c.bind(x, h)`, called once the connection is in its slot and
+/// before any other call on it — from then on `x` keeps that part in `h`, which outlives `x` —
+/// and `c.reset(x, h) -> bool`, the reset given it (the pool calls it instead of `reset(x)`; a
+/// connector that also has `reset(x, deadline)` is reset with that one). A reset that needs nothing more of a clean connection than `h` then
+/// touches none of its lines: with a registry's pools that keeps a hit on one cache line of its
+/// key (docs/design.md, "block layout"). Neither may throw.
+template <class C>
+concept connector_has_hot =
+    requires(C& c, typename C::connection_type& x, typename C::hot_type& h) {
+        { c.bind(x, h) } -> std::same_as<void>;
+        { c.reset(x, h) } -> std::same_as<bool>;
+    } && std::default_initializable<typename C::hot_type>;
+
 // ---- Clock -----------------------------------------------------------------------------------
 
 template <class C>

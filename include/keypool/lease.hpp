@@ -50,7 +50,7 @@ public:
     explicit operator bool() const noexcept { return slot_ != nullptr; }
 
     /// The connection. Preconditions: the lease is not empty.
-    connection_type& get() const noexcept { return *slot_->conn; }
+    connection_type& get() const noexcept { return Core::connection_at(core_, *ctx_, slot_); }
     connection_type& operator*() const noexcept { return get(); }
     connection_type* operator->() const noexcept { return &get(); }
 

@@ -27,6 +27,8 @@ static_assert(keypool::connector<keypool::fake::connector>);
 static_assert(keypool::connector_has_native_handle<keypool::fake::connector>);
 static_assert(keypool::connector<complete>);
 static_assert(!keypool::connector_has_native_handle<complete>);
+static_assert(keypool::connector_has_hot<keypool::fake::connector>);
+static_assert(!keypool::connector_has_hot<complete>);
 static_assert(!keypool::connector_has_reset<no_reset> && !keypool::connector<no_reset>);
 static_assert(!keypool::connector_has_reset<reset_returns_int>);
 static_assert(!keypool::connector_has_connect<connect_wrong_type>);

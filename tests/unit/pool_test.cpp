@@ -99,32 +99,74 @@ TEST_CASE("owner_increment adds one to 32- and 64-bit counts and says when they 
     CHECK(plain.load(std::memory_order_relaxed) == 0);
 }
 
-TEST_CASE("a slot's header is 32 bytes: a connection's first 32 bytes share its first cache line") {
-    // What a checkout, a reset and a release touch of a slot (docs/design.md, "A reset touches
-    // one line of the slot"); the fake connection keeps its reset state in those 32 bytes.
+TEST_CASE("a slot's header is 32 bytes, then the connector's hot part, and the connection lies apart") {
+    // What a checkout, a reset and a release touch of a slot (docs/design.md, "block layout"):
+    // its header, which holds the fake's 8-byte hot part (connector_has_hot); the connection and
+    // maintain()'s notes live in the slot's body, in another array of the block.
     using core = std::remove_pointer_t<decltype(keypool::detail::pool_access::core(
         std::declval<keypool::pool<keypool::fake::connector>&>()))>;
     typename core::slot s;
-    const auto offset = reinterpret_cast<const unsigned char*>(&s.conn) - reinterpret_cast<const unsigned char*>(&s);
+    const auto offset = reinterpret_cast<const unsigned char*>(&s.hot) - reinterpret_cast<const unsigned char*>(&s);
     CHECK(offset == 32);
+    CHECK(sizeof(typename core::slot) == 40);
+    // Without a hot part (as pq's connector), the header alone.
+    struct handle_connector {
+        using connection_type = int;
+        using target_type = int;
+        std::optional<int> connect(const int&, keypool::time_point, std::stop_token, std::error_code&);
+        bool reset(int&);
+        bool alive(int&);
+        void close(int&);
+    };
+    static_assert(keypool::connector<handle_connector> && !keypool::connector_has_hot<handle_connector>);
+    using plain_core = keypool::detail::pool_core<handle_connector, keypool::steady_clock, keypool::sync::mutex,
+                                                  keypool::null_observer, keypool::reset_at::checkout>;
+    CHECK(sizeof(typename plain_core::slot) == 32);
 }
 
 TEST_CASE("the idle-stack head, slot 0's header and what a fake reset reads share one cache line") {
     // A checkout and a release of slot 0 (the one an idle pool hands out) write that line alone:
     // the core's first fields, which they read, lie on another (docs/design.md, "block layout";
-    // a registry's pool has its key's node on that line too: registry_test). The fake
-    // connection's reset reads its first 8 bytes (its hot state) when nobody used its session.
+    // a registry's pool has its key's node on that line too: registry_test). The fake's reset
+    // reads the 8-byte hot part the slot's header keeps when nobody used the session.
     fixture f;
     auto p = f.make({.max_size = 2});
     p.acquire().release();
     const auto* core = keypool::detail::pool_access::core(p);
     const auto line = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a) / 64; };
     const auto* s0 = core->slots();
-    REQUIRE(s0->conn);
-    const auto* conn = reinterpret_cast<const unsigned char*>(&*s0->conn);
+    REQUIRE(core->body(s0).conn);
+    const auto* hot = reinterpret_cast<const unsigned char*>(&s0->hot);
     CHECK(line(&core->head()) == line(s0));
-    CHECK(line(conn + 7) == line(s0));
+    CHECK(line(hot + sizeof(s0->hot) - 1) == line(s0));
+    CHECK(line(&core->connection_of(s0)) != line(s0));
     CHECK(line(core) != line(s0));
+}
+
+TEST_CASE("a pooled fake connection's reset, kill and session go through the slot's hot part") {
+    // connector::bind moved the connection's hot part into its slot's header: kill() and a
+    // session's use must reach it there, or a reset would pass a dead or dirty connection.
+    fixture f;
+    auto p = f.make({.max_size = 1, .validate_after_idle = 1h});
+    std::uint64_t id = 0;
+    {
+        auto l = p.acquire(1s);
+        id = l->id;
+        l->use("role=acme");
+    }
+    {
+        auto l = p.acquire(1s); // reset at checkout: the session was used
+        CHECK(l->id == id);
+        CHECK(l->session().empty());
+        CHECK_FALSE(l->dirty());
+    }
+    f.fake.kill(id);
+    auto l = p.acquire(1s); // its reset fails: a new connection
+    REQUIRE(l);
+    CHECK(l->id != id);
+    CHECK(p.stats().closed_for(keypool::close_reason::reset_failed) == 1);
+    CHECK(f.fake.stats().resets == 2);
+    CHECK(f.fake.stats().reset_failures == 1);
 }
 
 TEST_CASE("idle connections are reused most recently used first") {

@@ -47,6 +47,19 @@ struct adopt_core_tag {};
 /// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write.
 /// `on_wrap()` runs when the 32-bit count wraps (every 2^32) and must carry 2^32 into a total
 /// that readers add to the count (pool_core::carry, stats).
+/// What a pool keeps of a connection in its slot's header: the connector's hot part
+/// (connector_has_hot), else nothing.
+struct no_hot {};
+template <class C>
+struct hot_of {
+    using type = no_hot;
+};
+template <class C>
+    requires connector_has_hot<C>
+struct hot_of<C> {
+    using type = typename C::hot_type;
+};
+
 template <class Count32, class OnWrap>
 KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
     if (owner_increment(count)) [[unlikely]]
@@ -87,10 +100,14 @@ public:
 
     enum class slot_state : std::uint8_t { empty, connecting, idle, in_use };
 
-    // The fields a checkout and a release use come first, then the connection, then the fields
-    // only maintain() reads: 64 bytes beyond the connection, aligned only as the connection is
-    // (a registry pays for max_size slots per key). Who holds a lease, and from where, is kept
-    // beside the slots only when an option asks for it (lease_info).
+    // A connection's place in two parts: its header (`slot`: what a checkout and a release read
+    // and write, 32 bytes, then the connector's hot part if it has one, e.g. the 8 bytes a fake
+    // reset reads) and its body (`slot_body`: the connection object and maintain()'s notes),
+    // kept in separate arrays of the block, so a hit touches the header alone (and, for a
+    // registry's pool, slot 0's header lies on its key's one hot line: see the block layout).
+    // Who holds a lease, and from where, is kept beside the slots only when an option asks for
+    // it (lease_info).
+    using hot_type = typename hot_of<Connector>::type;
     struct slot {
         atomic<std::uint16_t> next{none};
         std::uint16_t self = 0; // its index in slots() (index_of without a division)
@@ -112,6 +129,11 @@ public:
         // by maintain() and leases_out() under m_); while idle, maintain() may move it later for a
         // lease it saw still out (seen_*). Read and written through used_at / set_used_at.
         atomic<duration::rep> last_used{0};
+        // The connector's hot part of the slot's connection (connector_has_hot: bound to it at
+        // connect), which its reset reads instead of the connection; nothing otherwise.
+        [[no_unique_address]] hot_type hot{};
+    };
+    struct slot_body {
         std::optional<connection_type> conn;
         // maintain()'s own notes, under m_: the uses count and time of its last pass that saw the
         // connection leased. Same count when it is idle again = that lease ended after that pass.
@@ -181,7 +203,7 @@ public:
         // start, before the idle-stack head (a registry's key entry and node), a multiple of 8;
         // and the distances from a core back to its block's start, its head and its slots. Set
         // (set_prefix) before the first pool is built.
-        std::size_t front = 0, block_back = 0, head_back = 0, slots_back = 0;
+        std::size_t front = 0, block_back = 0, head_back = 0, slots_back = 0, bodies_back = 0;
         /// reset_at::background: `f` is called when a returned connection of any pool built from
         /// this context waits for its reset (under that pool's lock and this context's signal
         /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
@@ -250,6 +272,7 @@ public:
             block_back = core_offset(max_size, front);
             head_back = block_back - (slot0_offset(front) - sizeof(head_type));
             slots_back = block_back - slot0_offset(front);
+            bodies_back = block_back - bodies_offset(max_size, front);
         }
     };
     using shared_context = boost::intrusive_ptr<context>;
@@ -276,6 +299,7 @@ public:
           rng_(ctx_->seed ? *ctx_->seed : seed_from_address()) {
         slot* const all = slots();
         std::uninitialized_default_construct_n(all, ctx_->max_size); // noexcept: atomics and nullopt
+        std::uninitialized_default_construct_n(bodies_at(this, *ctx_), ctx_->max_size);
         for (std::uint32_t i = 0; i < ctx_->max_size; ++i) {
             all[i].self = i;
             all[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
@@ -285,6 +309,7 @@ public:
         (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
+        std::destroy_n(bodies_at(this, *ctx_), ctx_->max_size); // (before the headers: a connection may use its hot part until then)
         std::destroy_n(slots(), ctx_->max_size);
         intrusive_ptr_release(ctx_);
     }
@@ -340,8 +365,13 @@ public:
     /// Where the core starts. A pool of its own rounds the slots up to a cache line (the core's
     /// first fields, read by every checkout, apart from the slots it writes); a registry's pool
     /// puts the core right after the slots (its hits read none of the core's fields).
-    static constexpr std::size_t core_offset(std::size_t slots, std::size_t front) noexcept {
+    /// Where the slots' bodies start: after the headers.
+    static constexpr std::size_t bodies_offset(std::size_t slots, std::size_t front) noexcept {
         const std::size_t end = slot0_offset(front) + slots * sizeof(slot);
+        return (end + alignof(slot_body) - 1) / alignof(slot_body) * alignof(slot_body);
+    }
+    static constexpr std::size_t core_offset(std::size_t slots, std::size_t front) noexcept {
+        const std::size_t end = bodies_offset(slots, front) + slots * sizeof(slot_body);
         const std::size_t a = front == 0 ? allocation_alignment() : alignof(pool_core);
         return (end + a - 1) / a * a;
     }
@@ -354,6 +384,10 @@ public:
     static KEYPOOL_ALWAYS_INLINE slot* slots_at(const pool_core* c, const context& x) noexcept {
         auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.slots_back;
         return std::launder(reinterpret_cast<slot*>(p));
+    }
+    static KEYPOOL_ALWAYS_INLINE slot_body* bodies_at(const pool_core* c, const context& x) noexcept {
+        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.bodies_back;
+        return std::launder(reinterpret_cast<slot_body*>(p));
     }
     /// Where the owner's front bytes of core `c` (made with context `x`) start: the block's
     /// start, a cache line.
@@ -379,6 +413,14 @@ public:
     context& shared() const noexcept { return *ctx_; }
     head_type& head() const noexcept { return head_at(this, *ctx_); }
     slot* slots() const noexcept { return slots_at(this, *ctx_); }
+    /// The body of slot `s` (its connection and maintain()'s notes).
+    slot_body& body(const slot* s) const noexcept { return bodies_at(this, *ctx_)[s->self]; }
+    /// The connection of slot `s`, which holds one (an address only: nothing is read but the
+    /// slot's index).
+    connection_type& connection_of(const slot* s) const noexcept { return connection_at(this, *ctx_, s); }
+    static connection_type& connection_at(const pool_core* c, const context& x, const slot* s) noexcept {
+        return *bodies_at(c, x)[s->self].conn;
+    }
 
     // ---- acquire ---------------------------------------------------------------------------
 
@@ -675,7 +717,7 @@ public:
     /// completes it: its round trip overlaps the time the connection sits idle.
     void begin_reset(context& x, slot* s) noexcept {
         try {
-            x.connector.reset_begin(*s->conn);
+            x.connector.reset_begin(*body(s).conn);
         } catch (...) { // the reset at checkout still runs in full
         }
     }
@@ -809,9 +851,9 @@ public:
                 slot& s = slots()[i];
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
                 const std::uint32_t uses = s.uses.load(std::memory_order_relaxed);
-                if (uses != s.seen_uses) s.leak_reported = false; // another lease than last pass's
-                s.seen_uses = uses;
-                s.seen_in_use_at = now;
+                if (uses != body(&s).seen_uses) s.leak_reported = false; // another lease than last pass's
+                body(&s).seen_uses = uses;
+                body(&s).seen_in_use_at = now;
                 if (ctx_->leak_threshold && !s.leak_reported) {
                     const time_point at = used_at(s);
                     if (now - at >= *ctx_->leak_threshold) {
@@ -829,8 +871,8 @@ public:
             }
             // An idle connection whose lease a pass saw still out was returned after that pass.
             for (slot* s : idle)
-                if (s->seen_in_use_at != time_point{} && s->uses.load(std::memory_order_relaxed) == s->seen_uses)
-                    set_used_at(*s, std::max(used_at(*s), s->seen_in_use_at));
+                if (body(s).seen_in_use_at != time_point{} && s->uses.load(std::memory_order_relaxed) == body(s).seen_uses)
+                    set_used_at(*s, std::max(used_at(*s), body(s).seen_in_use_at));
             // Lifetime first, then idle timeout from the least recently used end, never below min_idle.
             std::size_t keep_count = idle.size() + cached;
             for (slot* s : idle)
@@ -889,7 +931,7 @@ public:
         for (slot* s : to_reset) {
             tally(s->resets, [this] { carry(&trouble::resets_carried); });
             if (reset_connection(*ctx_, s)) {
-                s->last_pinged = ctx_->clock->now(); // a reset is a round trip: it counts as a keepalive
+                body(s).last_pinged = ctx_->clock->now(); // a reset is a round trip: it counts as a keepalive
                 due = std::min(due, keepalive_due(s));
                 deliver(s);
             } else {
@@ -900,11 +942,11 @@ public:
             for (slot* s : to_ping) {
                 bool ok = false;
                 try {
-                    ok = ctx_->connector.ping(*s->conn);
+                    ok = ctx_->connector.ping(*body(s).conn);
                 } catch (...) {
                 }
                 if (ok) {
-                    s->last_pinged = ctx_->clock->now();
+                    body(s).last_pinged = ctx_->clock->now();
                     due = std::min(due, keepalive_due(s));
                     deliver(s);
                 } else {
@@ -1022,7 +1064,7 @@ public:
         time_point t{};
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
             const slot& s = slots()[i];
-            if (s.uses.load(std::memory_order_relaxed) != s.uses_at_connect) t = std::max(t, used_at(s));
+            if (s.uses.load(std::memory_order_relaxed) != body(&s).uses_at_connect) t = std::max(t, used_at(s));
         }
         return t;
     }
@@ -1290,7 +1332,7 @@ private:
     bool reset_ready(slot* s) noexcept {
         if (!s->dirty) return true;
         try {
-            return ctx_->connector.reset_ready(*s->conn);
+            return ctx_->connector.reset_ready(*body(s).conn);
         } catch (...) {
             return true; // the checkout's reset finds out
         }
@@ -1552,7 +1594,7 @@ private:
     time_point keepalive_due(const slot* s) const noexcept {
         if constexpr (!connector_has_ping<Connector>) return time_point::max();
         if (!ctx_->keepalive_after) return time_point::max();
-        return std::max(used_at(*s), s->last_pinged) + *ctx_->keepalive_after;
+        return std::max(used_at(*s), body(s).last_pinged) + *ctx_->keepalive_after;
     }
 
     bool in_backoff_locked(time_point now) const noexcept { return failures() > 0 && now < slow_->backoff_until; }
@@ -1610,13 +1652,14 @@ private:
         if (c) {
             ++connects_ok_;
             if (slow_) slow_->failures = 0;
-            s->conn.emplace(std::move(*c));
+            body(s).conn.emplace(std::move(*c));
+            if constexpr (connector_has_hot<Connector>) ctx_->connector.bind(*body(s).conn, s->hot);
             set_used_at(*s, end);
             // (an acquire's own connect is a use: its stamp counts at once)
-            s->uses_at_connect = s->uses.load(std::memory_order_relaxed) - (for_acquire ? 1 : 0);
+            body(s).uses_at_connect = s->uses.load(std::memory_order_relaxed) - (for_acquire ? 1 : 0);
             s->retire.store(0, std::memory_order_relaxed);
-            s->seen_uses = 0;
-            s->seen_in_use_at = {};
+            body(s).seen_uses = 0;
+            body(s).seen_in_use_at = {};
             s->leak_reported = false;
             s->expires = expiry_for(end);
             s->dirty = false;
@@ -1661,7 +1704,7 @@ private:
         if (now >= s->expires) return checkout_failed(s, close_reason::lifetime);
         bool ok = false;
         try {
-            ok = ctx_->connector.alive(*s->conn);
+            ok = ctx_->connector.alive(*body(s).conn);
         } catch (...) {
         }
         return ok ? checkout_result::ok : checkout_failed(s, close_reason::broken);
@@ -1681,14 +1724,18 @@ private:
 
     /// Runs the connector's reset; one with `reset(connection, deadline)` gets the caller's deadline
     /// (`when` from the coarse time `now` checkout read; max() without a caller: the connector's
-    /// own limit applies). Nothing is computed for a connector without it. `x`: this core's context.
+    /// own limit applies; nothing is computed for a connector without it); else one with a hot
+    /// part (connector_has_hot) gets the slot's, so a clean connection's reset reads only the
+    /// slot's header. `x`: this core's context.
     template <class When = no_deadline>
     KEYPOOL_ALWAYS_INLINE bool reset_connection(context& x, slot* s, time_point now = {}, const When& when = {}) noexcept {
         try {
             if constexpr (connector_has_reset_until<Connector>) {
-                if (!x.connector.reset(*s->conn, reset_deadline(now, when))) return false;
+                if (!x.connector.reset(connection_at(this, x, s), reset_deadline(now, when))) return false;
+            } else if constexpr (connector_has_hot<Connector>) {
+                if (!x.connector.reset(connection_at(this, x, s), s->hot)) return false;
             } else {
-                if (!x.connector.reset(*s->conn)) return false;
+                if (!x.connector.reset(connection_at(this, x, s))) return false;
             }
         } catch (...) {
             return false;
@@ -1725,10 +1772,10 @@ private:
     /// core (owner gone, last connection).
     [[nodiscard]] bool dispose(slot* s, close_reason why) noexcept {
         try {
-            ctx_->connector.close(*s->conn);
+            ctx_->connector.close(*body(s).conn);
         } catch (...) {
         }
-        s->conn.reset();
+        body(s).conn.reset();
         notify_close(ctx_->obs, why);
         if (why == close_reason::trimmed && ctx_->budget) ctx_->budget->count_trim();
         std::lock_guard lk(m_);

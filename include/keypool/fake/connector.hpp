@@ -203,7 +203,10 @@ struct connector_state : boost::intrusive_ref_counter<connector_state, boost::th
 /// and reset clears (like Go's fakedb). Move-only: its connector tracks where it is.
 struct connection {
 private:
-    detail::hot_state hot_; // first: see detail::hot_state
+    // Its hot part (see detail::hot_state): its own until a pool binds it to a slot's header
+    // (connector::bind), which then holds it; `hot_` says where it is.
+    detail::hot_state own_;
+    detail::hot_state* hot_ = &own_;
 
     std::string session_; // empty = clean
 
@@ -214,11 +217,11 @@ public:
     /// Sets session state, as a query that changes it would (a reset clears it).
     void use(std::string_view state = "used") {
         session_.assign(state);
-        hot_.session_used = true;
+        hot_->session_used = true;
     }
     /// The session state set since the last reset (empty: clean).
     const std::string& session() const noexcept { return session_; }
-    bool dirty() const noexcept { return hot_.session_used; }
+    bool dirty() const noexcept { return hot_->session_used; }
 
     connection() = default;
     connection(connection&& o) noexcept : session_(std::move(o.session_)), id(o.id), target(std::move(o.target)) {
@@ -238,19 +241,33 @@ public:
 
 private:
     friend class connector;
-    // Moves `o`'s registration (and counters) here.
+    // Moves `o`'s registration (and counters) here; its hot part comes back into the connection.
     void take(connection& o) noexcept {
-        hot_.session_used = o.hot_.session_used;
+        hot_ = &own_;
+        own_.session_used = o.hot_->session_used;
         owner_ = std::move(o.owner_);
         if (!owner_) return;
         std::lock_guard lk(owner_->m);
-        hot_.copy_from(o.hot_);
+        own_.copy_from(*o.hot_);
         cold_.copy_from(o.cold_);
-        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.point_at(hot_, cold_);
+        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.point_at(own_, cold_);
+    }
+    // Its hot part moves to `h` (connector::bind).
+    void bind(detail::hot_state& h) noexcept {
+        if (&h == hot_) return;
+        if (!owner_) {
+            h.copy_from(*hot_);
+            hot_ = &h;
+            return;
+        }
+        std::lock_guard lk(owner_->m); // (kill and fail_next_resets set flags under it: none is lost)
+        h.copy_from(*hot_);
+        hot_ = &h;
+        if (auto it = owner_->live.find(id); it != owner_->live.end()) it->second.point_at(h, cold_);
     }
     void clear_session() noexcept {
         session_.clear();
-        hot_.session_used = false;
+        hot_->session_used = false;
     }
     // Destroyed (or overwritten) without a close: the connector keeps it as live, with its counts.
     // The last reference to the connector's state may be ours: it goes after the unlock.
@@ -258,7 +275,7 @@ private:
         if (!owner_) return;
         const boost::intrusive_ptr<detail::connector_state> owner = std::move(owner_);
         std::lock_guard lk(owner->m);
-        if (auto it = owner->live.find(id); it != owner->live.end() && it->second.hot == &hot_) it->second.orphan();
+        if (auto it = owner->live.find(id); it != owner->live.end() && it->second.hot == hot_) it->second.orphan();
     }
 
     detail::cold_state cold_;
@@ -271,6 +288,8 @@ class connector {
 public:
     using connection_type = connection;
     using target_type = std::string;
+    /// A connection's hot part, which a pool keeps in the slot's header (connector_has_hot).
+    using hot_type = detail::hot_state;
 
     /// Delays and deadlines run on the real steady clock.
     connector() : st_(new detail::connector_state) {}
@@ -360,30 +379,35 @@ public:
             c->id = ++st_->next_id;
             c->target = target;
             c->owner_ = st_;
-            if (st_->failing_resets.load(std::memory_order_relaxed) != 0) c->hot_.flags.store(detail::hot_state::faulty);
-            st_->live[c->id].point_at(c->hot_, c->cold_);
+            if (st_->failing_resets.load(std::memory_order_relaxed) != 0) c->own_.flags.store(detail::hot_state::faulty);
+            st_->live[c->id].point_at(c->own_, c->cold_);
         }
         return c; // (a move re-registers it, under m)
     }
 
     // reset and alive take no lock: the benchmarks measure the pool, not the fake.
-    KEYPOOL_ALWAYS_INLINE bool reset(connection& c) {
-        detail::bump(c.hot_.resets);
-        if (c.hot_.flags.load(std::memory_order_relaxed) != 0) [[unlikely]]
+    KEYPOOL_ALWAYS_INLINE bool reset(connection& c) { return reset(c, *c.hot_); }
+    /// The reset given the connection's hot part (`h`, where bind() put it): a clean, fault-free
+    /// connection's reset reads and writes those 8 bytes alone.
+    KEYPOOL_ALWAYS_INLINE bool reset(connection& c, detail::hot_state& h) {
+        detail::bump(h.resets);
+        if (h.flags.load(std::memory_order_relaxed) != 0) [[unlikely]]
             return reset_faulty(c);
-        if (c.hot_.session_used) c.clear_session();
+        if (h.session_used) c.clear_session();
         return true;
     }
+    /// The connection, now in a pool's slot, keeps its hot part in `h` (the slot's header).
+    void bind(connection& c, detail::hot_state& h) noexcept { c.bind(h); }
 
     KEYPOOL_ALWAYS_INLINE bool alive(connection& c) {
         detail::bump(c.cold_.alive_checks);
-        return !c.hot_.dead();
+        return !c.hot_->dead();
     }
 
     /// The keepalive round trip: fails for a killed connection, like `alive`.
     bool ping(connection& c) {
         detail::bump(c.cold_.pings);
-        return !c.hot_.dead();
+        return !c.hot_->dead();
     }
 
     void close(connection& c) {
@@ -426,16 +450,16 @@ private:
     // reset() of a killed connection, or of one open while resets were set to fail
     // (fail_next_resets): it fails while the count lasts; once it is out, the flag goes.
     KEYPOOL_NOINLINE bool reset_faulty(connection& c) {
-        bool fail = c.hot_.dead();
+        bool fail = c.hot_->dead();
         for (std::size_t n = st_->failing_resets.load(std::memory_order_relaxed); !fail && n > 0;)
             fail = st_->failing_resets.compare_exchange_weak(n, n - 1);
         if (!fail) {
             {
                 std::lock_guard lk(st_->m); // (fail_next_resets flags under it: none is lost)
                 if (st_->failing_resets.load(std::memory_order_relaxed) == 0)
-                    c.hot_.flags.fetch_and(static_cast<std::uint8_t>(~detail::hot_state::faulty));
+                    c.hot_->flags.fetch_and(static_cast<std::uint8_t>(~detail::hot_state::faulty));
             }
-            if (c.hot_.session_used) c.clear_session();
+            if (c.hot_->session_used) c.clear_session();
             return true;
         }
         detail::bump(c.cold_.reset_failures);
