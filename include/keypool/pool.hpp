@@ -231,16 +231,14 @@ private:
         if (!o) throw error(make_error_code(errc::invalid_config), "keypool: pool options missing");
         if (auto ec = validate(static_cast<const pool_options&>(*o), msg)) throw error(ec, msg);
         clock_ = o->clock;
-        const std::size_t slots = o->max_size;
-        const std::size_t front = o->front;
-        detail::huge_arena* const arena = o->arena.get();
+        const typename core_type::context* const x = o.get();
         // GCC 12 takes the placement delete (which frees the block the placement new made, should
         // the constructor throw) for a mismatched pair once both compute the block's start.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-        return new (typename core_type::slot_count{slots, front, arena}) core_type(std::move(t), std::move(o));
+        return new (typename core_type::slot_count{x}) core_type(std::move(t), std::move(o));
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

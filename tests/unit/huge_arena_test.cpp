@@ -11,6 +11,7 @@
 #include <keypool/detail/huge_arena.hpp>
 
 using keypool::detail::huge_arena;
+using keypool::detail::pair_layout;
 
 namespace {
 std::uintptr_t addr(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
@@ -110,6 +111,69 @@ TEST_CASE("huge_arena: prepare maps as many spares as the carving took since the
     CHECK(a.mapped_bytes() == 8 * chunk);
     for (void* b : blocks) a.deallocate(b, size);
     CHECK(a.mapped_bytes() == 8 * chunk); // chunks stay until the arena goes
+}
+
+TEST_CASE("pair_layout: records side by side, then their bodies, each found from the address of the other") {
+    // A registry pool's 64-byte record and 512-byte body (docs/design.md, "block layout").
+    const pair_layout l = pair_layout::make(64, 500);
+    CHECK(l.rec_bytes == 64);
+    CHECK(l.body_bytes == 512);
+    CHECK(l.chunk == chunk);
+    CHECK(l.count == (chunk - 64) / 576); // 3,640: place 0 holds the layout
+    CHECK(l.bodies == (l.count + 1) * 64);
+    CHECK(l.bodies + l.count * l.body_bytes <= chunk);
+    const std::uintptr_t base = std::uintptr_t{7} * chunk; // (addresses only: nothing is read)
+    for (std::size_t i = 1; i <= l.count; ++i) {
+        const auto* rec = reinterpret_cast<const unsigned char*>(base + i * 64);
+        const unsigned char* body = l.body_of(rec);
+        CHECK(addr(body) == base + l.bodies + (i - 1) * 512);
+        CHECK(l.record_of(body) == rec);
+    }
+    // Records of 128 bytes (a wider key) and a body that is no power of two.
+    const pair_layout w = pair_layout::make(88, 1000);
+    CHECK(w.rec_bytes == 128);
+    CHECK(w.body_bytes == 1024);
+    const pair_layout odd = pair_layout::make(64, 600);
+    CHECK(odd.body_bytes == 640);
+    for (std::size_t i = 1; i <= odd.count; ++i) {
+        const auto* rec = reinterpret_cast<const unsigned char*>(base + i * 64);
+        CHECK(odd.record_of(odd.body_of(rec)) == rec);
+    }
+    // A pool of many slots: a chunk per pair, as large as it takes (a power of two).
+    const pair_layout big = pair_layout::make(64, 3 << 20);
+    CHECK(big.count == 1);
+    CHECK(big.chunk == std::size_t{4} << 20);
+    const auto* rec = reinterpret_cast<const unsigned char*>(std::uintptr_t{3} * big.chunk + 64);
+    CHECK(big.record_of(big.body_of(rec)) == rec);
+}
+
+TEST_CASE("huge_arena: pairs are carved records first, reused after a free, and each chunk carries its layout") {
+    if (!huge_arena::supported()) return;
+    for (bool huge : {true, false}) {
+        huge_arena a(huge);
+        CHECK(a.huge() == huge);
+        a.set_pairs(pair_layout::make(64, 448));
+        const pair_layout& l = a.pairs();
+        void* first = a.allocate_pair();
+        CHECK(addr(first) % chunk == 64);
+        CHECK(&pair_layout::of(first) != &l); // the chunk's own copy
+        CHECK(pair_layout::of(first).body_of(first) == l.body_of(first));
+        void* second = a.allocate_pair();
+        CHECK(addr(second) == addr(first) + 64);
+        std::memset(first, 0xab, 64); // writable, records and bodies
+        std::memset(l.body_of(first), 0xcd, l.body_bytes);
+        std::memset(second, 0xef, 64);
+        CHECK(static_cast<unsigned char*>(l.body_of(first))[l.body_bytes - 1] == 0xcd);
+        CHECK(pair_layout::of(first).body_bytes == 448); // the layout survived
+        a.deallocate_pair(first);
+        CHECK(a.allocate_pair() == first);
+        // A full chunk: the next pair comes from a new one.
+        std::set<std::uintptr_t> chunks;
+        for (std::size_t i = 0; i < l.count + 1; ++i) chunks.insert(addr(a.allocate_pair()) / chunk);
+        CHECK(chunks.size() == 2);
+        CHECK(a.mapped_bytes() == 2 * chunk);
+        CHECK(a.prepare(16 * chunk) == (huge ? 2U : 0U)); // spares for the two chunks carved: a huge arena only
+    }
 }
 
 } // TEST_SUITE

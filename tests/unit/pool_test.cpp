@@ -134,7 +134,7 @@ TEST_CASE("the idle-stack head, slot 0's header and what a fake reset reads shar
     p.acquire().release();
     const auto* core = keypool::detail::pool_access::core(p);
     const auto line = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a) / 64; };
-    const auto* s0 = core->slots();
+    const auto* s0 = core->slot_of(0);
     REQUIRE(core->body(s0).conn);
     const auto* hot = reinterpret_cast<const unsigned char*>(&s0->hot);
     CHECK(line(&core->head()) == line(s0));

@@ -94,38 +94,47 @@ struct int_resolver {
 };
 } // namespace
 
-TEST_CASE("a key's node, its pool's idle-stack head and slot 0's header with the fake's hot part share one cache line") {
+TEST_CASE("a key's node, its pool's idle-stack head and slot 0's header with the fake's hot part fill one record, side by side with other keys'") {
     // All a hit reads and writes of its key when nobody used the connection's session: that one
-    // line (pool_core's block layout; docs/benchmarks.md, "Session 29"). The node is the key's
-    // link word (link and the entry's state bits) and the key: 16 bytes; the rest of the entry
-    // lies before it, at the block's start. The fake's reset reads the 8 bytes it keeps in the
-    // slot's header (connector_has_hot), not the connection, which lies in the slot's body.
+    // 64-byte record of its pool (pool_core's split layout; docs/benchmarks.md, "Session 31").
+    // The node is the key's link word (link and the entry's state bits) and the key: 16 bytes;
+    // the rest of the entry starts the pool's body, with the core and the connections. The
+    // fake's reset reads the 8 bytes it keeps in the slot's header (connector_has_hot). The
+    // records of keys built one after the other lie side by side.
     kp_test::fixture f;
     keypool::basic_registry<std::uint64_t, int_resolver, keypool::fake::connector, keypool::with_clock<keypool::manual_clock>> r(
         int_resolver{}, f.fake, {.pool = {.max_size = 2}}, f.clock);
     for (std::uint64_t k : {7U, 8U}) r.acquire(k).release();
+    const auto addr = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a); };
+    std::uintptr_t records[2] = {};
     for (std::uint64_t k : {7U, 8U}) {
         auto p = r.pool(k);
         auto* core = keypool::detail::pool_access::core(*p);
         using core_type = std::remove_pointer_t<decltype(core)>;
-        const auto addr = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a); };
-        const auto* front = static_cast<const unsigned char*>(core_type::front_at(core, core->shared()));
+        const auto& x = core->shared();
+        REQUIRE(x.split());
+        CHECK(x.pairs.rec_bytes == 64);
+        const auto* record = core_type::record_at(core, x);
+        CHECK(core_type::with_record(record, x) == core);
+        CHECK(addr(record) % 64 == 0);
         const auto* head = reinterpret_cast<const unsigned char*>(&core->head());
-        const auto* node = head - 16;
-        const auto* s0 = core->slots();
-        REQUIRE(core->body(s0).conn);
-        CHECK(addr(front) % 64 == 0);
-        CHECK(addr(node) % 64 == 0);
-        CHECK(node > front); // (the entry's cold part first)
+        CHECK(head == record + 16);
         std::uint64_t key = 0; // the node: its link word, then its key
-        std::memcpy(&key, node + 8, sizeof key);
+        std::memcpy(&key, record + 8, sizeof key);
         CHECK(key == k);
-        CHECK(addr(s0) / 64 == addr(node) / 64);
-        CHECK((addr(s0) + sizeof(*s0) - 1) / 64 == addr(node) / 64); // slot 0's whole header, the hot part too
+        const auto* s0 = core->slot_of(0);
+        REQUIRE(core->body(s0).conn);
+        CHECK(addr(s0) == addr(record) + 24);
+        CHECK(addr(s0) + sizeof(*s0) == addr(record) + 64); // slot 0's whole header, the hot part too
         CHECK(addr(&s0->hot) - addr(s0) == 32);
-        CHECK(addr(&core->connection_of(s0)) / 64 != addr(node) / 64);
-        CHECK(addr(core) / 64 > addr(node) / 64);
+        const auto* body = x.pairs.body_of(record); // the entry's cold part, then the rest
+        CHECK(keypool::detail::pair_layout::of(record).body_of(record) == body);
+        CHECK(addr(core->slot_of(1)) == addr(body) + 64);
+        CHECK(addr(&core->connection_of(s0)) > addr(body));
+        CHECK(addr(core) + sizeof(*core) <= addr(body) + x.pairs.body_bytes);
+        records[k - 7] = addr(record);
     }
+    CHECK(records[1] - records[0] == 64);
 }
 
 TEST_CASE("building a registry settles its lookups' barrier mode, so the first acquire makes no membarrier registration") {

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
-// huge_arena: a large registry's pool blocks and bucket arrays, carved from 2 MiB chunks that
-// maintenance prepares with transparent huge pages (Linux).
+// huge_arena: a registry's pool blocks (as record + body pairs) and a large registry's bucket
+// arrays, carved from 2 MiB chunks that maintenance prepares with transparent huge pages (Linux).
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -12,6 +13,8 @@
 #include <vector>
 
 #include <boost/container/flat_map.hpp>
+
+#include <keypool/detail/config.hpp>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -36,6 +39,58 @@
 #endif
 
 namespace keypool::detail {
+
+/// How the arena lays out pairs: a record of `rec_bytes` (a power of two, 64 or more) and a body
+/// of `body_bytes` (a multiple of 64) for each of `count` blocks of a chunk, the records side by
+/// side from the chunk's start, then the bodies in the same order. The chunk's first record
+/// place holds this layout, so the body of a record is found from its address alone (of()), and
+/// the record of a body from the layout (record_of). A registry keeps each key's hot bytes in
+/// its record: 100,000 keys' records are 6 MiB of lines side by side, where one line in each of
+/// their 576-byte blocks spread them over 12.8 MB of line pairs (docs/design.md, "block layout").
+struct pair_layout {
+    std::size_t rec_bytes = 0, body_bytes = 0;
+    std::size_t count = 0;                    // pairs a chunk holds
+    std::size_t chunk = 0;                    // its bytes: 2 MiB, or a power of two that holds one pair
+    std::size_t bodies = 0;                   // where the first body starts in the chunk
+    std::size_t body0 = 0;                    // bodies - body_bytes: body i at body0 + body_bytes * (i + 1)
+    std::uint32_t rec_shift = 0;              // log2(rec_bytes)
+    std::uint64_t body_inverse = 0;           // 2^42 / body_bytes, rounded up: record_of's division
+
+    static constexpr std::size_t small_chunk = std::size_t{2} << 20;
+    static pair_layout make(std::size_t rec_bytes, std::size_t body_bytes) noexcept {
+        pair_layout l;
+        l.rec_bytes = std::bit_ceil(std::max<std::size_t>(rec_bytes, 64));
+        l.body_bytes = (std::max<std::size_t>(body_bytes, 1) + 63) / 64 * 64;
+        l.rec_shift = static_cast<std::uint32_t>(std::countr_zero(l.rec_bytes));
+        // A chunk of 2 MiB, or the power of two that holds the layout and one pair (a pool of
+        // many slots): then a chunk per pool.
+        l.chunk = std::max(small_chunk, std::bit_ceil(2 * l.rec_bytes + l.body_bytes));
+        l.count = (l.chunk - l.rec_bytes) / (l.rec_bytes + l.body_bytes);
+        l.bodies = (l.count + 1) * l.rec_bytes;
+        l.body0 = l.bodies - l.body_bytes;
+        l.body_inverse = ((std::uint64_t{1} << 42) + l.body_bytes - 1) / l.body_bytes;
+        return l;
+    }
+    /// The layout of the chunk holding record `rec` (records lie in a chunk's first 2 MiB, and
+    /// chunks are aligned to 2 MiB at least).
+    static const pair_layout& of(const void* rec) noexcept {
+        return *std::launder(reinterpret_cast<const pair_layout*>(reinterpret_cast<std::uintptr_t>(rec) & ~(small_chunk - 1)));
+    }
+    /// The body of record `rec` (an address only: nothing is read).
+    KEYPOOL_ALWAYS_INLINE unsigned char* body_of(const void* rec) const noexcept {
+        const auto r = reinterpret_cast<std::uintptr_t>(rec);
+        const std::uintptr_t at = r & (chunk - 1);
+        return reinterpret_cast<unsigned char*>(r - at + body0 + body_bytes * (at >> rec_shift));
+    }
+    /// The record of the body that starts at `body` (an address only). (at - bodies) / body_bytes
+    /// as a multiply and a shift: exact for a multiple of body_bytes below 2^42, and the product
+    /// stays below 2^64 for chunks up to 2^28 bytes (a pool of 65,534 slots needs 2^24).
+    KEYPOOL_ALWAYS_INLINE unsigned char* record_of(const void* body) const noexcept {
+        const auto b = reinterpret_cast<std::uintptr_t>(body);
+        const std::uintptr_t at = b & (chunk - 1);
+        return reinterpret_cast<unsigned char*>(b - at + ((((at - bodies) * body_inverse) >> 42) + 1) * rec_bytes);
+    }
+};
 
 /// Memory in 2 MiB-aligned chunks, the ones prepared by maintenance backed by transparent huge
 /// pages: a registry of 100,000 keys spreads its pools over ≈ 60 MB, and with 4 KiB pages nearly
@@ -76,7 +131,9 @@ public:
 #endif
     }
 
-    huge_arena() = default;
+    /// `huge`: chunks carved here are advised for huge pages and prepare() maps spares; else
+    /// chunks keep ordinary pages (a registry of few keys keeps its pools' pairs here too).
+    explicit huge_arena(bool huge = true) noexcept : huge_(huge) {}
     huge_arena(const huge_arena&) = delete;
     huge_arena& operator=(const huge_arena&) = delete;
     ~huge_arena() {
@@ -107,6 +164,7 @@ public:
             } else {
                 maps_.reserve(maps_.size() + 1);
                 cur_ = static_cast<unsigned char*>(map(chunk_bytes));
+                advise(cur_, chunk_bytes);
                 maps_.push_back({cur_, chunk_bytes});
             }
             left_ = chunk_bytes; // (the old chunk's tail, under one block, stays unused)
@@ -116,6 +174,49 @@ public:
         cur_ += n;
         left_ -= n;
         return p;
+    }
+
+    /// Pairs from now on are laid out as `l` (set once, before the first allocate_pair()).
+    void set_pairs(const pair_layout& l) noexcept {
+        std::lock_guard lk(m_);
+        pairs_ = l;
+    }
+    const pair_layout& pairs() const noexcept { return pairs_; }
+
+    /// A record and its body (pairs()): returns the record, 64-byte aligned; the body is
+    /// pairs().body_of(record). std::bad_alloc when the system has no memory.
+    void* allocate_pair() {
+        std::lock_guard lk(m_);
+        if (free_block* b = free_pairs_) {
+            free_pairs_ = b->next;
+            KEYPOOL_ARENA_UNPOISON(b, pairs_.rec_bytes);
+            KEYPOOL_ARENA_UNPOISON(pairs_.body_of(b), pairs_.body_bytes);
+            return b;
+        }
+        if (pair_next_ == pairs_.count || !pair_chunk_) {
+            unsigned char* c = nullptr;
+            if (pairs_.chunk == chunk_bytes && !spares_.empty()) {
+                c = static_cast<unsigned char*>(spares_.back());
+                spares_.pop_back();
+            } else {
+                maps_.reserve(maps_.size() + 1);
+                c = static_cast<unsigned char*>(map(pairs_.chunk, pairs_.chunk));
+                advise(c, pairs_.chunk);
+                maps_.push_back({c, pairs_.chunk});
+            }
+            ::new (static_cast<void*>(c)) pair_layout(pairs_);
+            pair_chunk_ = c;
+            pair_next_ = 0;
+            ++carved_;
+        }
+        return pair_chunk_ + (++pair_next_) * pairs_.rec_bytes; // (place 0 holds the layout)
+    }
+    /// Gives back what allocate_pair() returned, for the next allocate_pair().
+    void deallocate_pair(void* rec) noexcept {
+        std::lock_guard lk(m_);
+        KEYPOOL_ARENA_POISON(pairs_.body_of(rec), pairs_.body_bytes);
+        free_pairs_ = ::new (rec) free_block{free_pairs_};
+        KEYPOOL_ARENA_POISON(rec, pairs_.rec_bytes);
     }
 
     /// Gives back what allocate(bytes) returned, for reuse by a request of the same size.
@@ -143,6 +244,7 @@ public:
     /// Returns how many it mapped. For maintenance threads: a chunk's first touch took the kernel
     /// 0.3–7 ms here (finding a free huge page, zeroing it), and nothing else waits for it.
     std::size_t prepare(std::size_t limit) {
+        if (!huge_) return 0;
         return top_up([&] {
             const std::size_t target = std::min({std::max<std::size_t>(carved_, 1), max_spares, limit / chunk_bytes});
             carved_ = 0;
@@ -152,9 +254,13 @@ public:
     /// The same for `bytes` of requests the caller is about to make (the registry's reserved
     /// tables, when it is built), whatever the carving did before: spares for all of them.
     std::size_t prepare_for(std::size_t bytes) {
+        if (!huge_) return 0;
         return top_up([&] { return round_up(bytes, chunk_bytes) / chunk_bytes; });
     }
     static constexpr std::size_t max_spares = 32; // 64 MiB
+
+    /// Whether chunks are advised for huge pages (the constructor's `huge`).
+    bool huge() const noexcept { return huge_; }
 
     /// Bytes mapped now: chunks and own mappings.
     std::size_t mapped_bytes() const {
@@ -177,20 +283,32 @@ private:
 
     // `n` bytes (a multiple of chunk_bytes) at a chunk-aligned address: a huge page can back only
     // an aligned 2 MiB range. Maps a chunk more and unmaps what lies outside the aligned range.
-    static void* map(std::size_t n) {
+    // (`align`: a power of two, chunk_bytes or more: a pair chunk of more than 2 MiB is aligned
+    // to its size, so record_of finds its start from a body's address.)
+    static void* map(std::size_t n, std::size_t align = chunk_bytes) {
 #if defined(__linux__)
-        if (n > SIZE_MAX - chunk_bytes) throw std::bad_alloc();
-        void* raw = ::mmap(nullptr, n + chunk_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (n > SIZE_MAX - align) throw std::bad_alloc();
+        void* raw = ::mmap(nullptr, n + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (raw == MAP_FAILED) throw std::bad_alloc();
         const auto start = reinterpret_cast<std::uintptr_t>(raw);
-        const std::uintptr_t aligned = (start + chunk_bytes - 1) & ~std::uintptr_t{chunk_bytes - 1};
+        const std::uintptr_t aligned = (start + align - 1) & ~std::uintptr_t{align - 1};
         if (aligned > start) ::munmap(raw, aligned - start);
-        if (const std::uintptr_t end = start + n + chunk_bytes; end > aligned + n)
+        if (const std::uintptr_t end = start + n + align; end > aligned + n)
             ::munmap(reinterpret_cast<void*>(aligned + n), end - (aligned + n));
         return reinterpret_cast<void*>(aligned);
 #else
-        (void)n;
+        (void)n, (void)align;
         throw std::bad_alloc();
+#endif
+    }
+    // A chunk the carving mapped: in an arena without huge pages, kept out of them (a kernel set
+    // to give every aligned 2 MiB range one would else fill a small registry's chunk at once).
+    // (The huge arena's carved chunks get no advice either way: see the class comment.)
+    void advise(void* p, std::size_t n) const noexcept {
+#if defined(__linux__)
+        if (!huge_) (void)::madvise(p, n, MADV_NOHUGEPAGE);
+#else
+        (void)p, (void)n;
 #endif
     }
     static void unmap(void* p, std::size_t n) noexcept {
@@ -277,6 +395,11 @@ private:
     std::vector<void*> spares_;    // prepared chunks not carved yet
     std::size_t carved_ = 0;       // chunks the carving began since the last prepare()
     bool preparing_ = false;       // prepare() is faulting spares in without the lock
+    const bool huge_ = true;
+    pair_layout pairs_{};               // set_pairs()
+    unsigned char* pair_chunk_ = nullptr; // the chunk pairs are carved from
+    std::size_t pair_next_ = 0;         // pairs carved from it
+    free_block* free_pairs_ = nullptr;  // records given back (their bodies with them)
 };
 
 } // namespace keypool::detail

@@ -110,7 +110,7 @@ public:
     using hot_type = typename hot_of<Connector>::type;
     struct slot {
         atomic<std::uint16_t> next{none};
-        std::uint16_t self = 0; // its index in slots() (index_of without a division)
+        std::uint16_t self = 0; // its index (slot_of; index_of without a division)
         atomic<std::uint8_t> state{static_cast<std::uint8_t>(slot_state::empty)};
         // Set (to a close_reason + 1) by maintain() for a leased connection that must not come
         // back, e.g. past its lifetime: the release closes it. Read by the owner at release.
@@ -203,7 +203,16 @@ public:
         // start, before the idle-stack head (a registry's key entry and node), a multiple of 8;
         // and the distances from a core back to its block's start, its head and its slots. Set
         // (set_prefix) before the first pool is built.
-        std::size_t front = 0, block_back = 0, head_back = 0, slots_back = 0, bodies_back = 0;
+        std::size_t front = 0, block_back = 0, head_back = 0, slots_back = 0, slot1_back = 0, bodies_back = 0;
+        // The split layout (set_split; a registry's pools): each block is a record and a body,
+        // from the arena's pairs (`pairs`, rec_bytes 0 otherwise): the record holds the owner's
+        // record bytes, the head (at rec_head) and slot 0's header (after it); the body the
+        // owner's body bytes, the other slots' headers (slot 1 at core - slot1_back), the bodies
+        // and the core (at core_in_body).
+        pair_layout pairs{};
+        std::size_t rec_head = 0, core_in_body = 0;
+        std::size_t slot0_from_head = 0; // (both layouts)
+        bool split() const noexcept { return pairs.rec_bytes != 0; }
         /// reset_at::background: `f` is called when a returned connection of any pool built from
         /// this context waits for its reset (under that pool's lock and this context's signal
         /// lock, so once set_reset_signal returns, no earlier `f` is running). One per context, so
@@ -272,7 +281,27 @@ public:
             block_back = core_offset(max_size, front);
             head_back = block_back - (slot0_offset(front) - sizeof(head_type));
             slots_back = block_back - slot0_offset(front);
+            slot1_back = slots_back - sizeof(slot);
+            slot0_from_head = head_back - slots_back;
             bodies_back = block_back - bodies_offset(max_size, front);
+        }
+        /// The split layout, with `rec_front` bytes for the owner at the record's start (a
+        /// registry's node) and `body_front` at the body's (the rest of its entry; a multiple of
+        /// 64). Before the first pool is built; the arena (made after, as the block's size
+        /// decides) gets `pairs`.
+        void set_split(std::size_t rec_front, std::size_t body_front) noexcept {
+            static_assert(can_split());
+            rec_head = (rec_front + alignof(head_type) - 1) / alignof(head_type) * alignof(head_type);
+            const std::size_t slot0 = (rec_head + sizeof(head_type) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
+            const std::size_t slot1 = body_front; // (alignof(slot) ≤ 64)
+            const std::size_t n = std::max<std::size_t>(max_size, 1); // (0 is refused when a pool is built)
+            const std::size_t bodies = round_to(slot1 + (n - 1) * sizeof(slot), alignof(slot_body));
+            core_in_body = round_to(bodies + n * sizeof(slot_body), alignof(pool_core));
+            pairs = pair_layout::make(slot0 + sizeof(slot), core_in_body + sizeof(pool_core));
+            slot1_back = core_in_body - slot1;
+            slot0_from_head = slot0 - rec_head;
+            bodies_back = core_in_body - bodies;
+            front = 0, block_back = 0, head_back = 0, slots_back = 0;
         }
     };
     using shared_context = boost::intrusive_ptr<context>;
@@ -280,117 +309,148 @@ public:
         return new context(o, std::move(c), clock, std::move(obs));
     }
 
-    /// How many slots a core is allocated with, the owner's bytes and where from:
-    /// `new (slot_count{max_size, front, arena}) pool_core(...)`, all as the context says.
+    /// Where and how a core is allocated: `new (slot_count{ctx}) pool_core(...)`, as the context
+    /// says (its slots, the owner's bytes, the layout, the arena).
     struct slot_count {
-        std::size_t n;
-        std::size_t front = 0;
-        huge_arena* arena = nullptr; // the context's, if it has one
+        const context* x;
     };
 
-    /// `o` comes from share(). Allocate with `new (slot_count{o->max_size, o->front, o->arena.get()}) pool_core(...)`:
-    /// the slots and the idle-stack head live in the same allocation, before the core (one
-    /// allocation per pool; see operator new).
+    /// `o` comes from share(). Allocate with `new (slot_count{o.get()}) pool_core(...)`: the slots
+    /// and the idle-stack head live in the same block as the core (one allocation per pool, or
+    /// one pair of the arena's: see operator new).
     pool_core(target_type t, shared_context o)
         : ctx_(o.get()),
           caches_(o->n_caches ? new cpu_cache[o->n_caches] : nullptr),
           target_(std::move(t)),
           leases_(ctx_->has_lease_info ? new lease_info[ctx_->max_size] : nullptr),
           rng_(ctx_->seed ? *ctx_->seed : seed_from_address()) {
-        slot* const all = slots();
-        std::uninitialized_default_construct_n(all, ctx_->max_size); // noexcept: atomics and nullopt
-        std::uninitialized_default_construct_n(bodies_at(this, *ctx_), ctx_->max_size);
+        std::uninitialized_default_construct_n(bodies_at(this, *ctx_), ctx_->max_size); // noexcept: nullopt
         for (std::uint32_t i = 0; i < ctx_->max_size; ++i) {
-            all[i].self = i;
-            all[i].next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
+            slot* s = ::new (static_cast<void*>(slot_at(this, *ctx_, i))) slot(); // noexcept: atomics
+            s->self = static_cast<std::uint16_t>(i);
+            s->next.store(i + 1 < ctx_->max_size ? i + 1 : none, std::memory_order_relaxed);
         }
         free_head_ = 0;
-        ::new (static_cast<void*>(reinterpret_cast<unsigned char*>(this) - o->head_back)) head_type(none);
+        ::new (static_cast<void*>(&head_at(this, *ctx_))) head_type(none);
         (void)o.detach(); // ctx_ keeps o's reference (released by the destructor)
     }
     ~pool_core() {
         std::destroy_n(bodies_at(this, *ctx_), ctx_->max_size); // (before the headers: a connection may use its hot part until then)
-        std::destroy_n(slots(), ctx_->max_size);
+        for (std::uint32_t i = 0; i < ctx_->max_size; ++i) slot_at(this, *ctx_, i)->~slot();
         intrusive_ptr_release(ctx_);
     }
 
-    // One allocation: [the owner's front][idle-stack head, 8 bytes][slot 0 .. slot n-1][core];
-    // the block starts on a cache line.
-    // - A pool of its own (no owner bytes): [head][slots][padding to a cache line][core]. The head
-    //   and slot 0, the one an idle pool hands out (most recently used first), share the first
-    //   line: slot 0's 32-byte header and its connection's first 24 bytes. A checkout and a
-    //   release of slot 0 write that line alone, so the core's first fields, which they read,
-    //   stay shared between cores.
-    // - A registry's pool: the front holds the rest of the key's entry (a line), then the key's
-    //   node (16 bytes for an 8-byte key: link word and key), so one line holds all a hit reads
-    //   and writes — the node, the head, slot 0's header and its connection's first 8 bytes
-    //   (docs/benchmarks.md, "Session 29").
-    // Head, slots and the owner's bytes lie at fixed distances from the core, so a caller that
-    // knows the context reaches each without reading the core (head_at, slots_at, front_at).
+    // Block layout. Every part lies at a fixed distance from the core or, in the split layout,
+    // from the core's record, which follows from the core's address (huge_arena's pair_layout),
+    // so a caller that knows the context reaches each without reading the core (head_at,
+    // slot_at, bodies_at).
+    // - A pool of its own, one allocation: [head][slot headers][slot bodies][core], the core on a
+    //   cache line of its own. The head and slot 0's header (the slot an idle pool hands out,
+    //   most recently used first) share the first line, which a checkout and a release of slot 0
+    //   write alone, so the core's first fields, which they read, stay shared between cores.
+    // - A registry's pool, a pair from its arena (set_split): a record — the key's node (16 bytes
+    //   for an 8-byte key: link word and key), the head, slot 0's header with the connector's
+    //   hot part (the fake's 8 bytes): 64 bytes, all a hit reads and writes of its key — and a
+    //   body: the rest of the key's entry, the other slots' headers, the slots' bodies and the
+    //   core. The records of a chunk lie side by side: 100,000 keys' hot bytes take 6.1 MiB of
+    //   lines, and W3 ran 1.07x where one hot line in each 576-byte block ran 1.80x
+    //   (docs/benchmarks.md, "Session 31").
+    // - Where the arena is not available (not Linux), a registry's pool is one allocation:
+    //   [the owner's front: entry, node][head][slot headers][slot bodies][core] (set_prefix).
     static void* operator new(std::size_t size, slot_count c) {
-        const std::size_t offset = core_offset(c.n, c.front);
-        void* block = c.arena ? c.arena->allocate(offset + size) : ::operator new(offset + size, std::align_val_t{allocation_alignment()});
+        const context& x = *c.x;
+        if (x.split()) return x.pairs.body_of(x.arena->allocate_pair()) + x.core_in_body;
+        const std::size_t offset = x.block_back;
+        void* block = x.arena ? x.arena->allocate(offset + size) : ::operator new(offset + size, std::align_val_t{allocation_alignment()});
         return static_cast<unsigned char*>(block) + offset;
     }
     static void operator delete(void* p, slot_count c) noexcept { // a constructor threw
-        const std::size_t offset = core_offset(c.n, c.front);
-        free_block(static_cast<unsigned char*>(p) - offset, offset + sizeof(pool_core), c.arena);
+        free_block(static_cast<pool_core*>(p), *c.x);
     }
     // A destroying delete: `delete core` reads the slot count before the destructor runs, and a
     // pool that left a registry hands its final counters over while it is still alive (a
     // registry's stats() may be reading it under the list's lock until then).
     static void operator delete(pool_core* p, std::destroying_delete_t) noexcept {
         if (p->slow_ && p->slow_->retired) p->slow_->retired->forget(*p);
-        const std::size_t offset = p->ctx_->block_back;
-        unsigned char* block = reinterpret_cast<unsigned char*>(p) - offset;
         // The arena lives in the context, whose last reference the destructor may drop: held
         // until the block is back in it.
-        const shared_context keep = p->ctx_->arena ? shared_context(p->ctx_) : shared_context();
+        const shared_context keep(p->ctx_);
         p->~pool_core();
-        free_block(block, offset + sizeof(pool_core), keep ? keep->arena.get() : nullptr);
+        free_block(p, *keep);
     }
-    static void free_block(void* block, std::size_t bytes, huge_arena* arena) noexcept {
-        if (arena) arena->deallocate(block, bytes);
-        else ::operator delete(block, std::align_val_t{allocation_alignment()});
+    static void free_block(pool_core* c, const context& x) noexcept {
+        if (x.split()) x.arena->deallocate_pair(record_at(c, x));
+        else if (x.arena) x.arena->deallocate(front_at(c, x), block_bytes(x));
+        else ::operator delete(front_at(c, x), std::align_val_t{allocation_alignment()});
     }
-    /// The bytes of one pool's allocation (the owner's bytes, head, slots and the core).
-    static std::size_t block_bytes(const context& x) noexcept { return x.block_back + sizeof(pool_core); }
+    /// The bytes of one pool's block (both parts of a pair).
+    static std::size_t block_bytes(const context& x) noexcept {
+        return x.split() ? x.pairs.rec_bytes + x.pairs.body_bytes : x.block_back + sizeof(pool_core);
+    }
     static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
-    /// Where slot 0 starts: right after the head, which follows the owner's `front` bytes
-    /// (later only for a connection aligned wider than 8 bytes; the head then ends where slot 0
-    /// starts).
-    static constexpr std::size_t slot0_offset(std::size_t front) noexcept {
-        return (front + sizeof(head_type) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
+    /// Whether the split layout can hold this core's parts (alignments a pair chunk keeps).
+    static constexpr bool can_split() noexcept {
+        return alignof(slot) <= 64 && alignof(slot_body) <= 64 && alignof(pool_core) <= 64;
     }
-    /// Where the core starts. A pool of its own rounds the slots up to a cache line (the core's
-    /// first fields, read by every checkout, apart from the slots it writes); a registry's pool
-    /// puts the core right after the slots (its hits read none of the core's fields).
+    static constexpr std::size_t round_to(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
+    /// Where slot 0 starts: right after the head, which follows the owner's `front` bytes
+    /// (later only for a slot aligned wider than 8 bytes; the head then ends where slot 0
+    /// starts).
+    static constexpr std::size_t slot0_offset(std::size_t front) noexcept { return round_to(front + sizeof(head_type), alignof(slot)); }
     /// Where the slots' bodies start: after the headers.
     static constexpr std::size_t bodies_offset(std::size_t slots, std::size_t front) noexcept {
-        const std::size_t end = slot0_offset(front) + slots * sizeof(slot);
-        return (end + alignof(slot_body) - 1) / alignof(slot_body) * alignof(slot_body);
+        return round_to(slot0_offset(front) + slots * sizeof(slot), alignof(slot_body));
     }
+    /// Where the core starts. A pool of its own rounds up to a cache line (the core's first
+    /// fields, read by every checkout, apart from the slots it writes); one with owner's bytes
+    /// puts the core right after the bodies.
     static constexpr std::size_t core_offset(std::size_t slots, std::size_t front) noexcept {
-        const std::size_t end = bodies_offset(slots, front) + slots * sizeof(slot_body);
-        const std::size_t a = front == 0 ? allocation_alignment() : alignof(pool_core);
-        return (end + a - 1) / a * a;
+        return round_to(bodies_offset(slots, front) + slots * sizeof(slot_body), front == 0 ? allocation_alignment() : alignof(pool_core));
     }
-    /// The idle-stack head and the slots of core `c` made with context `x`, from the core's
-    /// address alone (the core's own fields are not read).
+    /// The record of core `c` made with context `x` (split layout; an address only).
+    static KEYPOOL_ALWAYS_INLINE unsigned char* record_at(const pool_core* c, const context& x) noexcept {
+        return x.pairs.record_of(reinterpret_cast<const unsigned char*>(c) - x.core_in_body);
+    }
+    /// The core whose record is `rec` (split layout; the inverse of record_at).
+    static KEYPOOL_ALWAYS_INLINE pool_core* with_record(const void* rec, const context& x) noexcept {
+        return reinterpret_cast<pool_core*>(x.pairs.body_of(rec) + x.core_in_body);
+    }
+    /// The idle-stack head, the slots' headers and their bodies of core `c` made with context
+    /// `x`, from the core's address alone (the core's own fields are not read).
     static KEYPOOL_ALWAYS_INLINE head_type& head_at(const pool_core* c, const context& x) noexcept {
-        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.head_back;
+        unsigned char* p = x.split() ? record_at(c, x) + x.rec_head : mutable_bytes(c) - x.head_back;
         return *std::launder(reinterpret_cast<head_type*>(p));
     }
-    static KEYPOOL_ALWAYS_INLINE slot* slots_at(const pool_core* c, const context& x) noexcept {
-        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.slots_back;
+    static KEYPOOL_ALWAYS_INLINE slot* slot_at(const pool_core* c, const context& x, std::size_t i) noexcept {
+        unsigned char* p;
+        if (i == 0)
+            p = x.split() ? record_at(c, x) + x.rec_head + x.slot0_from_head : mutable_bytes(c) - x.slots_back;
+        else
+            p = mutable_bytes(c) - x.slot1_back + (i - 1) * sizeof(slot);
         return std::launder(reinterpret_cast<slot*>(p));
     }
+    /// Slot `i` of core `c` whose head is `head`: slot 0 lies at a fixed distance from the head
+    /// (head_at need not find the record again), the others from the core.
+    static KEYPOOL_ALWAYS_INLINE slot* slot_near(const pool_core* c, const context& x, head_type& head, std::size_t i) noexcept {
+        unsigned char* p = i == 0 ? reinterpret_cast<unsigned char*>(&head) + x.slot0_from_head : mutable_bytes(c) - x.slot1_back + (i - 1) * sizeof(slot);
+        return std::launder(reinterpret_cast<slot*>(p));
+    }
+    /// The head of slot 0's pool, from slot 0's address.
+    static KEYPOOL_ALWAYS_INLINE head_type& head_before(slot* s0, const context& x) noexcept {
+        return *std::launder(reinterpret_cast<head_type*>(reinterpret_cast<unsigned char*>(s0) - x.slot0_from_head));
+    }
+    /// The head in record `rec` (split layout).
+    static KEYPOOL_ALWAYS_INLINE head_type& head_in(const void* rec, const context& x) noexcept {
+        return *std::launder(reinterpret_cast<head_type*>(mutable_bytes(rec) + x.rec_head));
+    }
     static KEYPOOL_ALWAYS_INLINE slot_body* bodies_at(const pool_core* c, const context& x) noexcept {
-        auto* p = const_cast<unsigned char*>(reinterpret_cast<const unsigned char*>(c)) - x.bodies_back;
-        return std::launder(reinterpret_cast<slot_body*>(p));
+        return std::launder(reinterpret_cast<slot_body*>(mutable_bytes(c) - x.bodies_back));
+    }
+    static unsigned char* mutable_bytes(const void* p) noexcept {
+        return const_cast<unsigned char*>(static_cast<const unsigned char*>(p));
     }
     /// Where the owner's front bytes of core `c` (made with context `x`) start: the block's
-    /// start, a cache line.
+    /// start, a cache line (not the split layout).
     static void* front_at(pool_core* c, const context& x) noexcept { return reinterpret_cast<unsigned char*>(c) - x.block_back; }
     /// The core whose owner's front bytes start at `p` (the inverse of front_at; an address
     /// only: nothing is read).
@@ -412,7 +472,8 @@ public:
     /// The context this core was made with (its pools' options, connector, clock, budget).
     context& shared() const noexcept { return *ctx_; }
     head_type& head() const noexcept { return head_at(this, *ctx_); }
-    slot* slots() const noexcept { return slots_at(this, *ctx_); }
+    /// Slot `i`'s header.
+    slot* slot_of(std::size_t i) const noexcept { return slot_at(this, *ctx_, i); }
     /// The body of slot `s` (its connection and maintain()'s notes).
     slot_body& body(const slot* s) const noexcept { return bodies_at(this, *ctx_)[s->self]; }
     /// The connection of slot `s`, which holds one (an address only: nothing is read but the
@@ -582,7 +643,8 @@ public:
 
     /// An idle connection, or nullptr if none is free or callers are queued (pop_ready). `x`:
     /// this core's context (shared()), which a caller has at hand: see pop_fast.
-    KEYPOOL_ALWAYS_INLINE slot* pop_idle(const context& x) noexcept { return pop_ready(x); }
+    /// `known`: the pool's head, when the caller has its address (see head_in).
+    KEYPOOL_ALWAYS_INLINE slot* pop_idle(const context& x, head_type* known = nullptr) noexcept { return pop_ready(x, known); }
 
     /// Starts loading what a checkout of `c` (made with context `x`) touches: the line of the
     /// idle-stack head and slot 0's header (slot 0 is the slot an idle pool hands out when one
@@ -590,7 +652,7 @@ public:
     /// the core's pointer (the registry) waits for this miss beside its own, not after it.
     static KEYPOOL_ALWAYS_INLINE void prefetch(const pool_core* c, const context& x) noexcept {
         KEYPOOL_PREFETCH_WRITE(&head_at(c, x));
-        if constexpr (slot0_offset(0) > sizeof(head_type)) KEYPOOL_PREFETCH_WRITE(slots_at(c, x)); // (not on the head's line)
+        if constexpr (slot0_offset(0) > sizeof(head_type)) KEYPOOL_PREFETCH_WRITE(slot_at(c, x, 0)); // (not on the head's line)
     }
 
     /// reset_at::background: called (under the pool's lock, so it must not call back into the
@@ -657,7 +719,7 @@ public:
         const time_point now = ctx_->clock->coarse_now();
         std::lock_guard lk(m_);
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots()[i];
+            const slot& s = *slot_of(i);
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) != slot_state::in_use) continue;
             r.push_back({now - used_at(s),
                          ctx_->leak_threshold ? leases_[i].site.load(std::memory_order_relaxed) : std::source_location{}});
@@ -840,7 +902,7 @@ public:
             for (std::size_t j = 0; j < ctx_->n_caches; ++j) {
                 const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
                 if (w >= none) continue;
-                const slot& c = slots()[w];
+                const slot& c = *slot_of(w);
                 ++cached;
                 due = std::min({due, c.expires, keepalive_due(&c),
                                 ctx_->idle_timeout ? used_at(c) + *ctx_->idle_timeout : time_point::max()});
@@ -848,7 +910,7 @@ public:
             // Leased connections: note that they were out now (see last_used), and mark the ones
             // past their lifetime to be closed when they come back.
             for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-                slot& s = slots()[i];
+                slot& s = *slot_of(i);
                 if (static_cast<slot_state>(s.state.load(std::memory_order_relaxed)) != slot_state::in_use) continue;
                 const std::uint32_t uses = s.uses.load(std::memory_order_relaxed);
                 if (uses != body(&s).seen_uses) s.leak_reported = false; // another lease than last pass's
@@ -1009,7 +1071,7 @@ public:
         r.peak_size = peak_size_;
         r.peak_waiters = t.peak_waiters;
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots()[i];
+            const slot& s = *slot_of(i);
             auto st = static_cast<slot_state>(s.state.load(std::memory_order_relaxed));
             if (st == slot_state::idle) ++r.idle;
             if (st == slot_state::in_use) ++r.in_use;
@@ -1033,7 +1095,7 @@ public:
     std::size_t idle_count_locked() const noexcept {
         std::size_t n = 0;
         for (std::size_t i = 0; i < ctx_->max_size; ++i)
-            if (static_cast<slot_state>(slots()[i].state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
+            if (static_cast<slot_state>(slot_of(i)->state.load(std::memory_order_relaxed)) == slot_state::idle) ++n;
         return n;
     }
 
@@ -1043,7 +1105,7 @@ public:
         std::lock_guard lk(m_);
         if (connecting_ > 0 || has_waiters_locked()) return true;
         for (std::size_t i = 0; i < ctx_->max_size; ++i)
-            if (static_cast<slot_state>(slots()[i].state.load(std::memory_order_relaxed)) == slot_state::in_use)
+            if (static_cast<slot_state>(slot_of(i)->state.load(std::memory_order_relaxed)) == slot_state::in_use)
                 return true;
         return false;
     }
@@ -1056,14 +1118,14 @@ public:
     /// has checked out since does not count (opened for min_idle, not asked for).
     std::uint32_t uses_mod32() const noexcept {
         std::uint32_t n = 0;
-        for (std::size_t i = 0; i < ctx_->max_size; ++i) n += slots()[i].uses.load(std::memory_order_relaxed);
+        for (std::size_t i = 0; i < ctx_->max_size; ++i) n += slot_of(i)->uses.load(std::memory_order_relaxed);
         return n;
     }
     time_point last_use() const noexcept {
         std::lock_guard lk(m_);
         time_point t{};
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots()[i];
+            const slot& s = *slot_of(i);
             if (s.uses.load(std::memory_order_relaxed) != body(&s).uses_at_connect) t = std::max(t, used_at(s));
         }
         return t;
@@ -1194,7 +1256,7 @@ private:
 
     slot* next_of(slot* s) noexcept {
         std::uint32_t n = s->next.load(std::memory_order_relaxed);
-        return n == none ? nullptr : &slots()[n];
+        return n == none ? nullptr : slot_of(n);
     }
 
     // ---- per-CPU caches (pool_options::cpu_caches) ---------------------------------------------
@@ -1229,7 +1291,7 @@ private:
         std::uint32_t w = c.load(std::memory_order_relaxed);
         while (w < none)
             if (c.compare_exchange_weak(w, none, std::memory_order_acquire, std::memory_order_relaxed))
-                return &slots()[w];
+                return slot_of(w);
         return nullptr;
     }
 
@@ -1258,7 +1320,7 @@ private:
         if (ctx_->rseq_caches) return seize_caches_locked(chain, cache_blocked | none);
         for (std::size_t j = ctx_->n_caches; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.exchange(cache_blocked | none, std::memory_order_acquire);
-            if (w < none) chain = prepend(&slots()[w], chain);
+            if (w < none) chain = prepend(slot_of(w), chain);
         }
         return chain;
     }
@@ -1276,9 +1338,9 @@ private:
     template <class Want = decltype(every_slot)>
     slot* seize_caches_locked(slot* chain, std::uint32_t final, const Want& want = every_slot) noexcept {
         percpu::seize_all(
-            cache_words(), ctx_->n_caches, none, final, cache_locked, [&](std::uint32_t v) { return want(slots()[v]); },
+            cache_words(), ctx_->n_caches, none, final, cache_locked, [&](std::uint32_t v) { return want(*slot_of(v)); },
             [&](std::uint32_t v) {
-                if (v < none) chain = prepend(&slots()[v], chain);
+                if (v < none) chain = prepend(slot_of(v), chain);
             },
             percpu::fence);
         return chain;
@@ -1292,27 +1354,28 @@ private:
     /// pop_idle_or_steal.)
     /// `x`: this core's context, which the caller may have at hand (a registry): then the pop
     /// reads nothing of the core's own fields when the pool has no cache words.
-    KEYPOOL_ALWAYS_INLINE slot* pop_fast(const context& x) noexcept {
+    /// `known`: the head when the caller has its address at hand (a registry's hit: in the key's
+    /// record), else null (computed from the core's).
+    KEYPOOL_ALWAYS_INLINE slot* pop_fast(const context& x, head_type* known = nullptr) noexcept {
         if constexpr (thread_safe) {
             if (x.has_caches) {
                 if (x.rseq_caches) {
                     std::uint32_t w;
-                    if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return &slots_at(this, x)[w];
+                    if (percpu::swap_if_below(cache_words(), x.n_caches, none, none, w)) return slot_at(this, x, w);
                 } else if (slot* s = take_cached(my_cache())) {
                     return s;
                 }
             }
         }
-        head_type& head = head_at(this, x);
-        slot* const slots = slots_at(this, x);
+        head_type& head = known ? *known : head_at(this, x);
         std::uint64_t h = head.load(std::memory_order_acquire);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return nullptr;
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
             if (i == none) return x.has_caches && !x.rseq_caches ? steal_cached() : nullptr; // (rseq: under m_)
-            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots[i].next.load(std::memory_order_relaxed);
+            slot* const s = slot_near(this, x, head, i);
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | s->next.load(std::memory_order_relaxed);
             if (head.compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire)) {
-                slot* const s = &slots[i];
                 KEYPOOL_ASSUME(s != nullptr); // (so a caller's test for none folds away)
                 return s;
             }
@@ -1321,8 +1384,8 @@ private:
 
     /// pop_fast(); with a connector that has `reset_ready`, a connection whose begun reset is
     /// still waiting for its answer is swapped for the next idle one if that one is ready.
-    KEYPOOL_ALWAYS_INLINE slot* pop_ready(const context& x) noexcept {
-        slot* s = pop_fast(x);
+    KEYPOOL_ALWAYS_INLINE slot* pop_ready(const context& x, head_type* known = nullptr) noexcept {
+        slot* s = pop_fast(x, known);
         if constexpr (connector_has_reset_ready<Connector>) {
             if (s && !reset_ready(s)) s = prefer_ready(s);
         }
@@ -1372,11 +1435,13 @@ private:
                     }
                 }
                 if (w == none) return nullptr;
-                if (w < none) s = &slots_at(this, x)[w]; // displaced: ours now, so the core stays alive while we push it
+                if (w < none) s = slot_at(this, x, w); // displaced: ours now, so the core stays alive while we push it
             }
         }
         const std::uint32_t i = index_of(s);
-        head_type& head = head_at(this, x);
+        // Slot 0's header lies at a fixed distance from the head (in a registry's pool, both in
+        // the key's record): no need to find the record from the core's address.
+        head_type& head = i == 0 ? head_before(s, x) : head_at(this, x);
         std::uint64_t h = head.load(std::memory_order_relaxed);
         for (;;) {
             if (h & (waiters_bit | closed_bit)) return s;
@@ -1411,20 +1476,20 @@ private:
                 break;
         }
         std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
-        slot* chain = i == none ? nullptr : &slots()[i];
+        slot* chain = i == none ? nullptr : slot_of(i);
         // reset_at::background's dirty list: returned most recently, so in front.
         if (dirty_head_ != none) {
-            slot* last = &slots()[dirty_head_];
+            slot* last = slot_of(dirty_head_);
             while (next_of(last)) last = next_of(last);
             last->next.store(chain ? index_of(chain) : none, std::memory_order_relaxed);
-            chain = &slots()[dirty_head_];
+            chain = slot_of(dirty_head_);
             dirty_head_ = none;
         }
         if (extra & closed_bit) return block_caches_locked(chain);
         if (ctx_->rseq_caches) return seize_caches_locked(chain, none, want);
         for (std::size_t j = ctx_->n_caches; j-- > 0;) {
             const std::uint32_t w = caches_[j].word.load(std::memory_order_acquire);
-            if (w < none && want(slots()[w]))
+            if (w < none && want(*slot_of(w)))
                 if (slot* c = take_cached(caches_[j].word)) chain = prepend(c, chain);
         }
         return chain;
@@ -1435,9 +1500,9 @@ private:
         for (;;) {
             std::uint32_t i = static_cast<std::uint32_t>(h & index_mask);
             if (i == none) return nullptr;
-            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slots()[i].next.load(std::memory_order_relaxed);
+            std::uint64_t nh = ((h & ~index_mask) + tag_one) | slot_of(i)->next.load(std::memory_order_relaxed);
             if (head().compare_exchange_weak(h, nh, std::memory_order_acquire, std::memory_order_acquire))
-                return &slots()[i];
+                return slot_of(i);
         }
     }
 
@@ -1530,7 +1595,7 @@ private:
 
     slot* pop_dirty_locked() noexcept {
         if (dirty_head_ == none) return nullptr;
-        slot* s = &slots()[dirty_head_];
+        slot* s = slot_of(dirty_head_);
         dirty_head_ = s->next.load(std::memory_order_relaxed);
         return s;
     }
@@ -1555,7 +1620,7 @@ private:
     // ---- capacity: reservations, permits, backoff ------------------------------------------------
 
     slot* reserve_locked() noexcept {
-        slot* s = &slots()[free_head_];
+        slot* s = slot_of(free_head_);
         free_head_ = s->next.load(std::memory_order_relaxed);
         s->state.store(static_cast<std::uint8_t>(slot_state::connecting), std::memory_order_relaxed);
         ++open_;
@@ -1837,7 +1902,7 @@ private:
     bool holds_lease_locked() const noexcept {
         const auto me = std::this_thread::get_id();
         for (std::size_t i = 0; i < ctx_->max_size; ++i) {
-            const slot& s = slots()[i];
+            const slot& s = *slot_of(i);
             if (static_cast<slot_state>(s.state.load(std::memory_order_acquire)) == slot_state::in_use &&
                 leases_[i].owner.load(std::memory_order_relaxed) == me)
                 return true;
@@ -1941,7 +2006,7 @@ private:
     struct alignas(64) cpu_cache {
         std::atomic<std::uint32_t> word{none};
     };
-    // Derived from the context, not kept twice: the slots (slots_at), how many cache words
+    // Derived from the context, not kept twice: the slots (slot_at), how many cache words
     // (n_caches, a power of two, or 0) and how their owners reach them (rseq_caches).
     context* const ctx_; // shared with other pools: the core holds one of its references
     // The slow path's lock: 4 bytes, in what would be padding. (Every caller that finds no idle

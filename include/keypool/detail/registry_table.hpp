@@ -145,11 +145,19 @@ public:
         // fewer than 1,024 nodes takes well under a millisecond): reserved ahead, 1,000 keys had 8
         // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
         // in 4 (docs/benchmarks.md, "Session 18").
-        if constexpr (embeds) pool_context_->set_prefix(cold_room + sizeof(node_type));
+        if constexpr (split_layout)
+            pool_context_->set_split(sizeof(node_type), cold_room);
+        else if constexpr (embeds)
+            pool_context_->set_prefix(cold_room + sizeof(node_type));
         if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
         const std::size_t expected = std::min<std::size_t>(opt_.max_pools, std::size_t{1} << 21);
-        if (wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_))) {
-            pool_context_->arena = std::make_unique<huge_arena>(); // (no pool is built yet)
+        const bool huge = wants_huge_pages(opt_, expected, core_type::block_bytes(*pool_context_));
+        if (split_layout || huge) {
+            // (no pool is built yet) The pools' pairs come from it whatever their pages.
+            pool_context_->arena = std::make_unique<huge_arena>(huge);
+            pool_context_->arena->set_pairs(pool_context_->pairs);
+        }
+        if (huge) {
             // The tables' arrays, reserved below, are read by every hit: spares in huge pages for
             // them (a hit's bucket in a 4 KiB page missed the TLB; the pools' own spares come
             // with maintain()).
@@ -585,7 +593,7 @@ public:
         }
         for (std::size_t i = 0; i < r.errors.size(); ++i) r.errors[i] = errors_[i].load(std::memory_order_relaxed);
         r.pool_passes = passes_.load(std::memory_order_relaxed);
-        if (pool_context_->arena) r.huge_page_bytes = pool_context_->arena->mapped_bytes();
+        if (pool_context_->arena && pool_context_->arena->huge()) r.huge_page_bytes = pool_context_->arena->mapped_bytes();
         return r;
     }
 
@@ -632,10 +640,11 @@ private:
     // node-based, so the node never moves): the state (2 bits) and whether the node lives in its
     // pool's allocation (1 bit), in the word's low bits (key_table's value bits), so the entry
     // itself takes no room and the node is 16 bytes for an 8-byte key. The rest, which a hit on
-    // a key's own pool never reads, lives at a fixed distance from the node (entry::c()): for a
-    // node in its pool's allocation (embeds) at the block's start, the line before the node's,
-    // so the node, the idle-stack head, slot 0's header and its connection's first 8 bytes fill
-    // one line; for a node of the table's own memory right after the node (key_table's Tail).
+    // a key's own pool never reads, lives where the node's address says (entry::c()): for a
+    // node in its pool's record (embeds) at the start of the pool's body, so the node, the
+    // idle-stack head and slot 0's header with the connector's hot part fill the record (where
+    // the arena is not available: at the block's start, the line before the node's); for a node
+    // of the table's own memory right after the node (key_table's Tail).
     // Lock-free lookups read the state and, once it is ready, core, setup and shared_key, which
     // do not change while the node is linked.
     struct cold {
@@ -682,6 +691,8 @@ private:
         /// The cold part: the entry's fields a hit on a key's own pool does not read.
         cold& c() const noexcept {
             unsigned char* const n = reinterpret_cast<unsigned char*>(&node());
+            if constexpr (split_layout) // (the body's start: the chunk's layout says where)
+                if (embedded()) return *std::launder(reinterpret_cast<cold*>(pair_layout::of(n).body_of(n)));
             return *std::launder(reinterpret_cast<cold*>(embedded() ? n - cold_room : static_cast<unsigned char*>(table_type::tail_of(&node()))));
         }
         auto& node() const noexcept { return table_type::node_of(const_cast<entry&>(*this)); }
@@ -701,19 +712,24 @@ private:
     using table_type = key_table<Key, entry, boost::hash<Key>, std::equal_to<Key>, Sync::thread_safe, is_embedded, cold>;
     using node_type = typename table_type::node;
 
-    /// A ready key's node lives in its pool's allocation, at the block's start, before the
-    /// idle-stack head, and the rest of its entry (cold) behind the slots (pool_core's block
+    /// A ready key's node lives in its pool's block, in the record before the idle-stack head,
+    /// and the rest of its entry (cold) at the start of the block's body (pool_core's block
     /// layout), when the key's pool is its own: routes without a setup (with one, keys share
-    /// pools by target). Then the node — link, key, state: 24 bytes for an 8-byte key — the head
-    /// and slot 0's 32-byte header fill one cache line, and slot 0's connection starts on the
-    /// next: a hit reads and writes those two lines of the key, side by side (it reads the
-    /// first, the second is prefetched with it), and nothing else of it (docs/benchmarks.md,
-    /// "Session 28"). The node is built when the pool is published, in place of the `creating` node that
+    /// pools by target). Then the node — link and key, the state in the link's low bits: 16
+    /// bytes for an 8-byte key — the head and slot 0's header with the connector's hot part fill
+    /// the record, 64 bytes, side by side with other keys' records: a hit reads and writes that
+    /// line of the key and nothing else of it (docs/benchmarks.md, "Session 31"). The node is
+    /// built when the pool is published, in place of the `creating` node that
     /// the leader inserted (key_table::replace), and destroyed by the table's reclaim after a
     /// grace period, before the registry drops its reference on the pool (every path that takes
     /// an entry's pool unlinks the node, waits for the grace period and reclaims before letting
     /// the pool go); the block is freed with the pool.
     static constexpr bool embeds = std::is_same_v<setup_type, no_setup> && alignof(node_type) <= 8;
+    /// Where an embedded node goes: into its pool's record, with the idle-stack head and slot 0's
+    /// header, and the rest of its entry at the start of the pool's body (pool_core's split
+    /// layout, from the registry's arena: every key's hot bytes in records side by side); where
+    /// the arena is not available, at the front of the pool's one allocation.
+    static constexpr bool split_layout = embeds && huge_arena::supported() && core_type::can_split();
 
     struct alignas(64) shard {
         mutable mutex_type m;
@@ -889,17 +905,19 @@ private:
             return lookup::missing;
         entry& e = it->second;
         core_type* core = nullptr;
+        typename core_type::head_type* head = nullptr; // (when known: else the pop finds it)
         // One load for the state and where the node lives (the node's link word).
         const std::uintptr_t bits = it->bits();
         if (embeds && bits == (entry::in_pool_bit | static_cast<std::uintptr_t>(entry::state::ready))) [[likely]] {
-            // The key's own pool, whose allocation holds the node: the core's address follows
-            // from the node's, and nothing of the entry's cold part is read. The node, the
-            // idle-stack head, slot 0's header and its connection's first bytes share one line,
-            // the only line of the key's a hit reads or writes. The checkout stamps the slot,
-            // which is what eviction reads (last_use, used_since_hand). (While the node is linked
-            // and ready, its pool is the registry's: every path that takes the pool unlinks the
-            // node and lets a grace period pass before it lets the pool go.)
+            // The key's own pool, whose record holds the node: the core's address follows from
+            // the node's, and nothing of the entry's cold part is read. The node, the idle-stack
+            // head and slot 0's header with the connector's hot part fill the record, the only
+            // line of the key's a hit reads or writes. The checkout stamps the slot, which is
+            // what eviction reads (last_use, used_since_hand). (While the node is linked and
+            // ready, its pool is the registry's: every path that takes the pool unlinks the node
+            // and lets a grace period pass before it lets the pool go.)
             core = home_of(&*it, x);
+            if constexpr (split_layout) head = &core_type::head_in(&*it, x);
         } else {
             if ((bits & entry::state_bits) != static_cast<std::uintptr_t>(entry::state::ready)) [[unlikely]]
                 return lookup::missing;
@@ -910,7 +928,7 @@ private:
             touch(e, now);
         }
         count_hit(sh, rs);
-        typename core_type::slot* s = core->pop_idle(x);
+        typename core_type::slot* s = core->pop_idle(x, head);
         if (!s) [[unlikely]]
             return lookup::empty;
         p = {core, s, &e};
@@ -1129,11 +1147,14 @@ private:
     /// Where a key's node is built: in the front of `home`'s allocation, after its entry's cold
     /// part (cold_room), or (nullptr) in the table's own memory.
     void* node_memory(core_type* home) const noexcept {
-        return home ? static_cast<unsigned char*>(core_type::front_at(home, *pool_context_)) + cold_room : nullptr;
+        if (!home) return nullptr;
+        if constexpr (split_layout) return core_type::record_at(home, *pool_context_);
+        return static_cast<unsigned char*>(core_type::front_at(home, *pool_context_)) + cold_room;
     }
     /// The core whose allocation holds node `n` (a node in its pool's allocation; an address
     /// only: nothing is read).
     static core_type* home_of(const node_type* n, const typename core_type::context& x) noexcept {
+        if constexpr (split_layout) return core_type::with_record(n, x);
         return core_type::after_front(reinterpret_cast<const unsigned char*>(n) - cold_room, x);
     }
 
