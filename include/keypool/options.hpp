@@ -164,9 +164,11 @@ struct registry_options {
     duration failure_backoff = 1s;
     /// Lock shards of the key table. Default 64; range 1..4096.
     std::size_t shards = 64;
-    /// Whether the pools' allocations and the key table's bucket arrays come from 2 MiB chunks,
-    /// those `maintain()` prepares ahead of need in transparent huge pages (Linux; elsewhere
-    /// ignored): with many keys, a hit then misses the TLB far less often. No acquire waits for
+    /// Whether the 2 MiB chunks the pools come from (a registry whose keys have pools of their
+    /// own keeps one arena of them whatever this says: each key's hot bytes side by side, see
+    /// docs/design.md, "block layout") and the key table's bucket arrays are those `maintain()`
+    /// prepares ahead of need in transparent huge pages (Linux; elsewhere ignored): with many
+    /// keys, a hit then misses the TLB far less often. No acquire waits for
     /// the kernel (docs/options.md). The memory of evicted pools is kept for the
     /// pools that replace them and goes back to the system with the registry and its last pool.
     /// Default nullopt: on when `max_pools` pools (at most 2^21) would take 12 MiB or more.

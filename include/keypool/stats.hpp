@@ -76,7 +76,7 @@ struct registry_stats {
     /// most 1/32 of its shortest timer later (never with min_idle or background resets).
     std::uint64_t pool_passes = 0;
     /// Bytes the registry's huge-page arena has mapped (registry_options::huge_pages; 0 without
-    /// one): pools' allocations and bucket arrays, in use, kept for reuse or prepared as spares
+    /// one, and for an arena of ordinary pages): pools' allocations and bucket arrays, in use, kept for reuse or prepared as spares
     /// by maintain(). The spares carry huge pages; chunks the registry mapped itself, growing
     /// faster than maintain() ran, keep ordinary pages.
     std::uint64_t huge_page_bytes = 0;

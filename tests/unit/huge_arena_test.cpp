@@ -133,6 +133,13 @@ TEST_CASE("pair_layout: records side by side, then their bodies, each found from
     const pair_layout w = pair_layout::make(88, 1000);
     CHECK(w.rec_bytes == 128);
     CHECK(w.body_bytes == 1024);
+    const pair_layout w2 = pair_layout::make(88, 1100); // (bodies are whole records)
+    CHECK(w2.body_bytes == 1152);
+    for (std::size_t i = 1; i <= w2.count; ++i) {
+        const auto* rec = reinterpret_cast<const unsigned char*>(base + i * 128);
+        CHECK(addr(w2.body_of(rec)) == base + w2.bodies + (i - 1) * 1152);
+        CHECK(w2.record_of(w2.body_of(rec)) == rec);
+    }
     const pair_layout odd = pair_layout::make(64, 600);
     CHECK(odd.body_bytes == 640);
     for (std::size_t i = 1; i <= odd.count; ++i) {

@@ -41,7 +41,7 @@
 namespace keypool::detail {
 
 /// How the arena lays out pairs: a record of `rec_bytes` (a power of two, 64 or more) and a body
-/// of `body_bytes` (a multiple of 64) for each of `count` blocks of a chunk, the records side by
+/// of `body_bytes` (a multiple of rec_bytes) for each of `count` blocks of a chunk, the records side by
 /// side from the chunk's start, then the bodies in the same order. The chunk's first record
 /// place holds this layout, so the body of a record is found from its address alone (of()), and
 /// the record of a body from the layout (record_of). A registry keeps each key's hot bytes in
@@ -52,7 +52,8 @@ struct pair_layout {
     std::size_t count = 0;                    // pairs a chunk holds
     std::size_t chunk = 0;                    // its bytes: 2 MiB, or a power of two that holds one pair
     std::size_t bodies = 0;                   // where the first body starts in the chunk
-    std::size_t body0 = 0;                    // bodies - body_bytes: body i at body0 + body_bytes * (i + 1)
+    std::size_t body0 = 0;                    // bodies - body_bytes: the body of the record at offset o: body0 + o * (body_bytes / rec_bytes)
+    std::size_t body_step = 0;                // body_bytes / rec_bytes - 1
     std::uint32_t rec_shift = 0;              // log2(rec_bytes)
     std::uint64_t body_inverse = 0;           // 2^42 / body_bytes, rounded up: record_of's division
 
@@ -60,7 +61,7 @@ struct pair_layout {
     static pair_layout make(std::size_t rec_bytes, std::size_t body_bytes) noexcept {
         pair_layout l;
         l.rec_bytes = std::bit_ceil(std::max<std::size_t>(rec_bytes, 64));
-        l.body_bytes = (std::max<std::size_t>(body_bytes, 1) + 63) / 64 * 64;
+        l.body_bytes = (std::max<std::size_t>(body_bytes, 1) + l.rec_bytes - 1) / l.rec_bytes * l.rec_bytes;
         l.rec_shift = static_cast<std::uint32_t>(std::countr_zero(l.rec_bytes));
         // A chunk of 2 MiB, or the power of two that holds the layout and one pair (a pool of
         // many slots): then a chunk per pool.
@@ -68,6 +69,7 @@ struct pair_layout {
         l.count = (l.chunk - l.rec_bytes) / (l.rec_bytes + l.body_bytes);
         l.bodies = (l.count + 1) * l.rec_bytes;
         l.body0 = l.bodies - l.body_bytes;
+        l.body_step = l.body_bytes / l.rec_bytes - 1;
         l.body_inverse = ((std::uint64_t{1} << 42) + l.body_bytes - 1) / l.body_bytes;
         return l;
     }
@@ -76,11 +78,12 @@ struct pair_layout {
     static const pair_layout& of(const void* rec) noexcept {
         return *std::launder(reinterpret_cast<const pair_layout*>(reinterpret_cast<std::uintptr_t>(rec) & ~(small_chunk - 1)));
     }
-    /// The body of record `rec` (an address only: nothing is read).
+    /// The body of record `rec` (an address only: nothing is read). The record at offset o of
+    /// its chunk is number o / rec_bytes - 1, whose body starts at body0 + o * (body_bytes /
+    /// rec_bytes), that is rec + body0 + body_step * o: an and, a multiply and two adds.
     KEYPOOL_ALWAYS_INLINE unsigned char* body_of(const void* rec) const noexcept {
         const auto r = reinterpret_cast<std::uintptr_t>(rec);
-        const std::uintptr_t at = r & (chunk - 1);
-        return reinterpret_cast<unsigned char*>(r - at + body0 + body_bytes * (at >> rec_shift));
+        return reinterpret_cast<unsigned char*>(r + body0 + body_step * (r & (chunk - 1)));
     }
     /// The record of the body that starts at `body` (an address only). (at - bodies) / body_bytes
     /// as a multiply and a shift: exact for a multiple of body_bytes below 2^42, and the product

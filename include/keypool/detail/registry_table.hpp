@@ -219,7 +219,7 @@ public:
         popped p;
         const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) [[likely]] {
-            held<setup_type> setup = p.e->c().setup;
+            held<setup_type> setup = setup_of(*p.e);
             held<Key> k = key_of(*p.e, key);
             rs.leave();
             const auto r = p.core->checkout_detached(x, p.s, now, checkout_when(when), site); // (records the site)
@@ -266,7 +266,7 @@ public:
                 touch(e, now);
                 if (!counted) ++sh.hits;
                 counted = true;
-                held<setup_type> setup = e.c().setup;
+                held<setup_type> setup = setup_of(e);
                 if (auto* s = core->pop_idle(*pool_context_)) {
                     held<Key> k = key_of(e, key);
                     lk.unlock();
@@ -300,7 +300,7 @@ public:
         popped p;
         const lookup found = pop_unlocked(h, key, now, rs, p, x);
         if (found == lookup::popped) {
-            held<setup_type> setup = p.e->c().setup;
+            held<setup_type> setup = setup_of(*p.e);
             held<Key> k = key_of(*p.e, key);
             rs.leave();
             const auto r = p.core->checkout_detached(x, p.s, now);
@@ -329,7 +329,7 @@ public:
             if (!counted) ++sh.hits;
             counted = true;
             core_type* core = e.c().core.get();
-            held<setup_type> setup = e.c().setup;
+            held<setup_type> setup = setup_of(e);
             auto* s = core->pop_idle_or_steal(); // (may take the core's lock: shard, then core)
             if (!s) return {};
             held<Key> k = key_of(e, key);
@@ -1179,6 +1179,13 @@ private:
 
     /// What a lease of `e`, found for `key`, holds for its key (under the shard lock): a plain key
     /// is the caller's (equal, and already in a register), any other the entry's shared copy.
+    /// The entry's per-lease setup (ready entries): nothing to read for routes without one (a
+    /// hit then reads nothing of the entry's cold part, whose address an embedded node's record
+    /// gives only through its chunk's layout).
+    static held<setup_type> setup_of(const entry& e) noexcept {
+        if constexpr (std::is_same_v<setup_type, no_setup>) return (void)e, held<setup_type>{};
+        else return e.c().setup;
+    }
     static held<Key> key_of(const entry& e, const Key& key) noexcept {
         if constexpr (copy_is_plain<Key>) return (void)e, key;
         else return e.c().shared_key;

@@ -118,16 +118,17 @@ struct counters {
 struct connection;
 
 namespace detail {
-/// A connection's flags and counters, kept inside the connection (reset and alive touch only the
-/// connection, as a real connector's would: no second allocation to miss in the cache). Only the
+/// A connection's flags and counters (no second allocation to miss in the cache). Only the
 /// connection's current owner calls reset/alive, so the counters need no read-modify-write; the
 /// flags, which the connector also sets (kill, fail_next_resets), change by atomic or/and.
 /// Two parts: what every reset touches (`hot_state`, 8 bytes: the flags, whether the session was
-/// used, the reset count) comes first in the connection, so that a fault-free reset of a
+/// used, the reset count), which a pool keeps in the slot's header once the connection is in its
+/// slot (connector::bind; until then the connection holds it), so that a fault-free reset of a
 /// connection whose session nobody touched reads and writes those 8 bytes alone (a registry
-/// puts its key's node, the idle-stack head and slot 0's 32-byte header before them, all on one
-/// cache line: 16 + 8 + 32 + 8 bytes); the rest (`cold_state`) after. A connection's reset count is 32 bits (it wraps after
-/// 2^32 resets of one connection); the connector's counters sum them in 64.
+/// puts its key's node, the idle-stack head and slot 0's 32-byte header before them, one 64-byte
+/// record: 16 + 8 + 32 + 8 bytes); the rest (`cold_state`) in the connection. A connection's
+/// reset count is 32 bits (it wraps after 2^32 resets of one connection); the connector's
+/// counters sum them in 64.
 template <class T>
 KEYPOOL_ALWAYS_INLINE void bump(std::atomic<T>& a) noexcept {
     (void)keypool::detail::owner_increment(a);
