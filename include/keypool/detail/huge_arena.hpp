@@ -191,9 +191,9 @@ public:
     void* allocate_pair() {
         std::lock_guard lk(m_);
         if (free_block* b = free_pairs_) {
-            free_pairs_ = b->next;
             KEYPOOL_ARENA_UNPOISON(b, pairs_.rec_bytes);
             KEYPOOL_ARENA_UNPOISON(pairs_.body_of(b), pairs_.body_bytes);
+            free_pairs_ = b->next;
             return b;
         }
         if (pair_next_ == pairs_.count || !pair_chunk_) {
