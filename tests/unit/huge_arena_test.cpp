@@ -142,6 +142,14 @@ TEST_CASE("pair_layout: records side by side, then their bodies, each found from
     }
     const pair_layout odd = pair_layout::make(64, 600);
     CHECK(odd.body_bytes == 640);
+    const pair_layout fine = pair_layout::make(64, 520, 8); // a body aligned to 8 bytes: no padding
+    CHECK(fine.body_bytes == 520);
+    for (std::size_t i = 1; i <= fine.count; ++i) {
+        const auto* rec = reinterpret_cast<const unsigned char*>(base + i * 64);
+        CHECK(addr(fine.body_of(rec)) == base + fine.bodies + (i - 1) * 520);
+        CHECK(fine.record_of(fine.body_of(rec)) == rec);
+    }
+    CHECK(fine.bodies + fine.count * 520 <= chunk);
     for (std::size_t i = 1; i <= odd.count; ++i) {
         const auto* rec = reinterpret_cast<const unsigned char*>(base + i * 64);
         CHECK(odd.record_of(odd.body_of(rec)) == rec);

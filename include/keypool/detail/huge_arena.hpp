@@ -41,7 +41,7 @@
 namespace keypool::detail {
 
 /// How the arena lays out pairs: a record of `rec_bytes` (a power of two, 64 or more) and a body
-/// of `body_bytes` (a multiple of rec_bytes) for each of `count` blocks of a chunk, the records side by
+/// of `body_bytes` (a multiple of the body's alignment) for each of `count` blocks of a chunk, the records side by
 /// side from the chunk's start, then the bodies in the same order. The chunk's first record
 /// place holds this layout, so the body of a record is found from its address alone (of()), and
 /// the record of a body from the layout (record_of). A registry keeps each key's hot bytes in
@@ -52,16 +52,17 @@ struct pair_layout {
     std::size_t count = 0;                    // pairs a chunk holds
     std::size_t chunk = 0;                    // its bytes: 2 MiB, or a power of two that holds one pair
     std::size_t bodies = 0;                   // where the first body starts in the chunk
-    std::size_t body0 = 0;                    // bodies - body_bytes: the body of the record at offset o: body0 + o * (body_bytes / rec_bytes)
-    std::size_t body_step = 0;                // body_bytes / rec_bytes - 1
+    std::size_t body0 = 0;                    // bodies - body_bytes (see body_of)
+    std::size_t body_step = 0;                // (body_bytes - rec_bytes) / rec_bytes, in 1/65536ths
     std::uint32_t rec_shift = 0;              // log2(rec_bytes)
     std::uint64_t body_inverse = 0;           // 2^42 / body_bytes, rounded up: record_of's division
 
     static constexpr std::size_t small_chunk = std::size_t{2} << 20;
-    static pair_layout make(std::size_t rec_bytes, std::size_t body_bytes) noexcept {
+    /// `body_align`: the body's alignment (a power of two, at most 64).
+    static pair_layout make(std::size_t rec_bytes, std::size_t body_bytes, std::size_t body_align = 64) noexcept {
         pair_layout l;
         l.rec_bytes = std::bit_ceil(std::max<std::size_t>(rec_bytes, 64));
-        l.body_bytes = (std::max<std::size_t>(body_bytes, 1) + l.rec_bytes - 1) / l.rec_bytes * l.rec_bytes;
+        l.body_bytes = std::max(l.rec_bytes, (body_bytes + body_align - 1) / body_align * body_align); // (no smaller than a record)
         l.rec_shift = static_cast<std::uint32_t>(std::countr_zero(l.rec_bytes));
         // A chunk of 2 MiB, or the power of two that holds the layout and one pair (a pool of
         // many slots): then a chunk per pool.
@@ -69,7 +70,7 @@ struct pair_layout {
         l.count = (l.chunk - l.rec_bytes) / (l.rec_bytes + l.body_bytes);
         l.bodies = (l.count + 1) * l.rec_bytes;
         l.body0 = l.bodies - l.body_bytes;
-        l.body_step = l.body_bytes / l.rec_bytes - 1;
+        l.body_step = (l.body_bytes - l.rec_bytes) << (16 - l.rec_shift); // (records of at most 8 KiB: registry_table::split_layout)
         l.body_inverse = ((std::uint64_t{1} << 42) + l.body_bytes - 1) / l.body_bytes;
         return l;
     }
@@ -79,11 +80,13 @@ struct pair_layout {
         return *std::launder(reinterpret_cast<const pair_layout*>(reinterpret_cast<std::uintptr_t>(rec) & ~(small_chunk - 1)));
     }
     /// The body of record `rec` (an address only: nothing is read). The record at offset o of
-    /// its chunk is number o / rec_bytes - 1, whose body starts at body0 + o * (body_bytes /
-    /// rec_bytes), that is rec + body0 + body_step * o: an and, a multiply and two adds.
+    /// its chunk (a multiple of rec_bytes) is number o / rec_bytes - 1, whose body starts at
+    /// body0 + o * body_bytes / rec_bytes, that is rec + body0 + o * (body_bytes - rec_bytes) /
+    /// rec_bytes: an and, a multiply, a shift and two adds (body_step holds the fraction in
+    /// 1/65536ths, exact since o is a multiple of rec_bytes).
     KEYPOOL_ALWAYS_INLINE unsigned char* body_of(const void* rec) const noexcept {
         const auto r = reinterpret_cast<std::uintptr_t>(rec);
-        return reinterpret_cast<unsigned char*>(r + body0 + body_step * (r & (chunk - 1)));
+        return reinterpret_cast<unsigned char*>(r + body0 + ((body_step * (r & (chunk - 1))) >> 16));
     }
     /// The record of the body that starts at `body` (an address only). (at - bodies) / body_bytes
     /// as a multiply and a shift: exact for a multiple of body_bytes below 2^42, and the product

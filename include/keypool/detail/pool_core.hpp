@@ -44,9 +44,6 @@ struct shared_context_tag {};
 /// Selects basic_pool's constructor that shares an existing core (pool_access::share).
 struct adopt_core_tag {};
 
-/// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write.
-/// `on_wrap()` runs when the 32-bit count wraps (every 2^32) and must carry 2^32 into a total
-/// that readers add to the count (pool_core::carry, stats).
 /// What a pool keeps of a connection in its slot's header: the connector's hot part
 /// (connector_has_hot), else nothing.
 struct no_hot {};
@@ -60,6 +57,9 @@ struct hot_of<C> {
     using type = typename C::hot_type;
 };
 
+/// One more use or reset of a slot, by the slot's owner (the only writer): no read-modify-write.
+/// `on_wrap()` runs when the 32-bit count wraps (every 2^32) and must carry 2^32 into a total
+/// that readers add to the count (pool_core::carry, stats).
 template <class Count32, class OnWrap>
 KEYPOOL_ALWAYS_INLINE void tally(Count32& count, OnWrap on_wrap) noexcept {
     if (owner_increment(count)) [[unlikely]]
@@ -286,18 +286,19 @@ public:
             bodies_back = block_back - bodies_offset(max_size, front);
         }
         /// The split layout, with `rec_front` bytes for the owner at the record's start (a
-        /// registry's node) and `body_front` at the body's (the rest of its entry; a multiple of
-        /// 64). Before the first pool is built; the arena (made after, as the block's size
-        /// decides) gets `pairs`.
+        /// registry's node) and `body_front` at the body's (the rest of its entry, aligned as a
+        /// body is: to 8 bytes or more). Before the first pool is built; the arena (made after,
+        /// as the block's size decides) gets `pairs`.
         void set_split(std::size_t rec_front, std::size_t body_front) noexcept {
             static_assert(can_split());
             rec_head = (rec_front + alignof(head_type) - 1) / alignof(head_type) * alignof(head_type);
             const std::size_t slot0 = (rec_head + sizeof(head_type) + alignof(slot) - 1) / alignof(slot) * alignof(slot);
-            const std::size_t slot1 = body_front; // (alignof(slot) ≤ 64)
+            const std::size_t slot1 = round_to(body_front, alignof(slot));
             const std::size_t n = std::max<std::size_t>(max_size, 1); // (0 is refused when a pool is built)
             const std::size_t bodies = round_to(slot1 + (n - 1) * sizeof(slot), alignof(slot_body));
             core_in_body = round_to(bodies + n * sizeof(slot_body), alignof(pool_core));
-            pairs = pair_layout::make(slot0 + sizeof(slot), core_in_body + sizeof(pool_core));
+            pairs = pair_layout::make(slot0 + sizeof(slot), core_in_body + sizeof(pool_core),
+                                      std::max({alignof(slot), alignof(slot_body), alignof(pool_core)}));
             slot1_back = core_in_body - slot1;
             slot0_from_head = slot0 - rec_head;
             bodies_back = core_in_body - bodies;
@@ -387,7 +388,9 @@ public:
     static std::size_t block_bytes(const context& x) noexcept {
         return x.split() ? x.pairs.rec_bytes + x.pairs.body_bytes : x.block_back + sizeof(pool_core);
     }
-    static constexpr std::size_t allocation_alignment() noexcept { return std::max<std::size_t>(64, alignof(slot)); }
+    static constexpr std::size_t allocation_alignment() noexcept {
+        return std::max({std::size_t{64}, alignof(slot), alignof(slot_body), alignof(pool_core)});
+    }
     /// Whether the split layout can hold this core's parts (alignments a pair chunk keeps).
     static constexpr bool can_split() noexcept {
         return alignof(slot) <= 64 && alignof(slot_body) <= 64 && alignof(pool_core) <= 64;

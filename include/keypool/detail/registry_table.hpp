@@ -146,7 +146,7 @@ public:
         // buckets each across 64 shards (64 KiB), and a lookup missed the L1 on its bucket 3 times
         // in 4 (docs/benchmarks.md, "Session 18").
         if constexpr (split_layout)
-            pool_context_->set_split(sizeof(node_type), cold_room);
+            pool_context_->set_split(sizeof(node_type), sizeof(cold));
         else if constexpr (embeds)
             pool_context_->set_prefix(cold_room + sizeof(node_type));
         if constexpr (Sync::thread_safe) rcu.prepare(); // (the kernel's membarrier registration: not in an acquire)
@@ -729,7 +729,8 @@ private:
     /// header, and the rest of its entry at the start of the pool's body (pool_core's split
     /// layout, from the registry's arena: every key's hot bytes in records side by side); where
     /// the arena is not available, at the front of the pool's one allocation.
-    static constexpr bool split_layout = embeds && huge_arena::supported() && core_type::can_split();
+    static constexpr bool split_layout = embeds && huge_arena::supported() && core_type::can_split() &&
+                                         alignof(cold) <= 8 && sizeof(node_type) + sizeof(typename core_type::slot) <= 4096;
 
     struct alignas(64) shard {
         mutable mutex_type m;
