@@ -354,7 +354,7 @@ public:
     //   hot part (the fake's 8 bytes): 64 bytes, all a hit reads and writes of its key — and a
     //   body: the rest of the key's entry, the other slots' headers, the slots' bodies and the
     //   core. The records of a chunk lie side by side: 100,000 keys' hot bytes take 6.1 MiB of
-    //   lines, and W3 ran 1.07x where one hot line in each 576-byte block ran 1.80x
+    //   lines, and W3 ran 0.93x the baseline where one hot line in each 576-byte block ran 1.91x
     //   (docs/benchmarks.md, "Session 31").
     // - Where the arena is not available (not Linux), a registry's pool is one allocation:
     //   [the owner's front: entry, node][head][slot headers][slot bodies][core] (set_prefix).
