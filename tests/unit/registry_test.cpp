@@ -1019,11 +1019,11 @@ TEST_CASE("huge_pages by default: on from 12 MiB of pools, a second-level TLB's 
         CHECK_FALSE(wants_huge_pages({.huge_pages = true}, 1'000'000, 552)); // nothing to map them with
         return;
     }
-    constexpr std::size_t block = 552; // a registry's pool of two fake connections
-    constexpr std::size_t at = (std::size_t{12} << 20) / block; // 22,795 pools
+    constexpr std::size_t block = 576; // a registry's pool of two fake connections: record 64 + body 512
+    constexpr std::size_t at = (std::size_t{12} << 20) / block; // 21,845 pools
     CHECK(wants_huge_pages({}, at, block));
     CHECK_FALSE(wants_huge_pages({}, at - 1, block));
-    CHECK(wants_huge_pages({}, 30'000, block)); // 15.8 MiB: off until session 30 (from 32 MiB)
+    CHECK(wants_huge_pages({}, 30'000, block)); // 16.5 MiB: off until session 30 (from 32 MiB)
     CHECK_FALSE(wants_huge_pages({.huge_pages = false}, 1'000'000, block));
     CHECK(wants_huge_pages({.huge_pages = true}, 1, block));
 }
